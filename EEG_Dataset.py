@@ -1,0 +1,725 @@
+"""Read the field's EEG/envelope formats, split and standardize them, window them for training,
+and read, write and score the challenge's test-set files.
+
+Formats (detected from what a folder contains, see ``detect_format``):
+  split_data  SparrKULee / challenge files ``{split}_-_{subject}_-_{stimulus}_-_{feature}.npy``
+              (feature ``eeg`` (T, C) or ``envelope`` (T, 1)); memory-mapped, never loaded whole.
+  npz         DTU-style trials ``<prefix>_<subject>_<trial>.npz`` with keys ``eeg`` and ``envelope``;
+              ``DTU_S3_004.npz`` is subject ``S3``, recording ``DTU_S3_004``.
+  challenge   a test set of ``sub-XXX.json`` files ``{segment_id: [[C floats] x T]}``, without labels;
+              labels (when given) ``{segment_id: [[[e0], [e1], ...], stimulus]}``.
+
+Every reader yields ``Recording(subject, rec_id, eeg (T, C) float32, envelope (T, 1) float32 or
+None, fs=64, path, split)``. ``load_corpus`` then splits each recording (split_data keeps its own
+train/val/test; everything else is cut in time 80/10/10) and standardizes each recording's EEG
+(per channel) and envelope with the mean and std of *that recording's train part* - whatever the
+files claim, because the field's split scripts save unstandardized arrays by mistake.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from metrics import pearson
+
+FS = 64  # Hz: the field's EEG and envelope rate; every format here is at 64 Hz
+LENGTH_TOLERANCE = 4  # samples: EEG and envelope may differ this much (rounding at resampling)
+SPLITS = ("train", "val", "test")
+SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # the field's per-recording split in time
+SEP = "_-_"
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file and what is wrong with it."""
+
+
+@dataclass
+class Recording:
+    """One recording (or one part of one, for split_data) as read from disk, not standardized.
+
+    eeg: (T, C) float32, possibly a read-only memory map. envelope: (T, 1) float32 or None
+    (challenge test set without labels). split: 'train'/'val'/'test' when the files fix it.
+    """
+
+    subject: str
+    rec_id: str
+    eeg: np.ndarray
+    envelope: np.ndarray | None
+    fs: int = FS
+    path: str = ""
+    split: str | None = None
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_finite(arr: np.ndarray, path, what: str, chunk: int = 1 << 16) -> None:
+    """Raise DataError if ``arr`` holds NaN or Inf. Reads memory maps in chunks."""
+    for start in range(0, arr.shape[0], chunk):
+        block = np.asarray(arr[start : start + chunk])
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0]
+            raise DataError(
+                f"{path}: {what} holds NaN or Inf values (first at sample {start + bad[0]}"
+                + (f", channel {bad[1]}" if block.ndim > 1 else "") + ")"
+            )
+
+
+def _as_eeg(arr: np.ndarray, path) -> np.ndarray:
+    if arr.ndim != 2:
+        raise DataError(f"{path}: EEG must be 2-D (time, channels), got shape {arr.shape}")
+    if arr.shape[1] > arr.shape[0]:
+        raise DataError(
+            f"{path}: EEG of shape {arr.shape} looks channels-first; expected (time, channels). "
+            "Transpose it (raw SparrKULee derivatives are stored (64, T))."
+        )
+    return arr
+
+
+def _as_envelope(arr: np.ndarray, path) -> np.ndarray:
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] != 1:
+        raise DataError(f"{path}: envelope must be (time,) or (time, 1), got shape {arr.shape}")
+    return arr
+
+
+def _match_lengths(eeg, env, path_eeg, path_env=None):
+    """Trim EEG and envelope to a common length if they differ by at most LENGTH_TOLERANCE."""
+    if env is None or len(eeg) == len(env):
+        return eeg, env
+    if abs(len(eeg) - len(env)) > LENGTH_TOLERANCE:
+        where = f"{path_eeg}" + (f" and {path_env}" if path_env else "")
+        raise DataError(
+            f"{where}: EEG has {len(eeg)} samples but the envelope has {len(env)} "
+            f"(more than {LENGTH_TOLERANCE} apart); they must cover the same time span"
+        )
+    n = min(len(eeg), len(env))
+    return eeg[:n], env[:n]
+
+
+def _check_channels(recordings: Sequence[Recording], n_chans: int | None = None) -> int:
+    """All recordings must have one channel count (``n_chans`` if given). Returns it."""
+    if not recordings:
+        raise DataError("no recordings to check")
+    ref = recordings[0]
+    want = n_chans if n_chans is not None else ref.eeg.shape[1]
+    for rec in recordings:
+        if rec.eeg.shape[1] != want:
+            origin = f"the expected {n_chans}" if n_chans is not None else f"{want} in {ref.path}"
+            raise DataError(
+                f"{rec.path}: EEG has {rec.eeg.shape[1]} channels, but {origin}; "
+                "all recordings must have the same channels"
+            )
+    return want
+
+
+# --------------------------------------------------------------------------- readers
+
+_SPLIT_RE = re.compile(r"^(train|val|test)_-_(.+?)_-_(.+)_-_([A-Za-z0-9]+)\.npy$")
+_NPZ_SUBJECT_RE = re.compile(r"^(?:.*?_)?(S\d+|sub-\w+?)_(\d+)$")
+
+
+def detect_format(folder) -> str:
+    """'split_data', 'npz' or 'challenge', from the files in ``folder``; DataError otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder does not exist")
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    if any(_SPLIT_RE.match(n) and n.endswith("_-_eeg.npy") for n in names):
+        return "split_data"
+    if any(n.endswith(".npz") for n in names):
+        return "npz"
+    if any(n.startswith("sub-") and n.endswith(".json") for n in names):
+        return "challenge"
+    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "") if names else "nothing"
+    raise DataError(
+        f"{folder}: no recognizable EEG data (found {shown}). Expected split_data files "
+        "'{split}_-_{subject}_-_{stimulus}_-_eeg.npy' + '..._-_envelope.npy', DTU-style "
+        "'*_S<n>_<trial>.npz' with keys eeg/envelope, or a challenge test set of 'sub-XXX.json'"
+    )
+
+
+def read_split_data(folder) -> list[Recording]:
+    """SparrKULee / challenge split_data: one Recording per (split, subject, stimulus), memory-mapped."""
+    folder = Path(folder)
+    groups: dict[tuple[str, str, str], dict[str, Path]] = {}
+    for p in sorted(folder.glob("*.npy")):
+        m = _SPLIT_RE.match(p.name)
+        if m:
+            split, subject, stimulus, feature = m.groups()
+            groups.setdefault((split, subject, stimulus), {})[feature] = p
+    recs = []
+    for (split, subject, stimulus), files in sorted(groups.items()):
+        if "eeg" not in files:
+            raise DataError(f"{next(iter(files.values()))}: no matching '_-_eeg.npy' file for this recording")
+        if "envelope" not in files:
+            raise DataError(f"{files['eeg']}: no matching '_-_envelope.npy' file for this recording")
+        eeg = _load_npy(files["eeg"])
+        env = _load_npy(files["envelope"])
+        eeg = _as_eeg(eeg, files["eeg"])
+        env = _as_envelope(env, files["envelope"])
+        eeg, env = _match_lengths(eeg, env, files["eeg"], files["envelope"])
+        _check_finite(eeg, files["eeg"], "EEG")
+        _check_finite(env, files["envelope"], "envelope")
+        recs.append(Recording(subject, f"{subject}{SEP}{stimulus}", eeg, env, FS, str(files["eeg"]), split))
+    if not recs:
+        raise DataError(f"{folder}: no split_data recordings found")
+    return recs
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        raise DataError(f"{path}: cannot read as a .npy array ({exc})") from exc
+    if arr.dtype != np.float32:
+        # Rare (e.g. float64 derivatives); converting loads this one file into memory.
+        arr = np.asarray(arr, dtype=np.float32)
+    return arr
+
+
+def read_npz_folder(folder) -> list[Recording]:
+    """DTU-style ``*.npz`` trials with keys ``eeg`` (T, C) and ``envelope`` (T, 1)."""
+    folder = Path(folder)
+    recs = []
+    for p in sorted(folder.glob("*.npz")):
+        m = _NPZ_SUBJECT_RE.match(p.stem)
+        if not m:
+            raise DataError(
+                f"{p}: cannot tell the subject from the file name; expected e.g. 'DTU_S3_004.npz' "
+                "(<prefix>_<subject>_<trial>.npz, subject like S3 or sub-003)"
+            )
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                missing = {"eeg", "envelope"} - set(z.files)
+                if missing:
+                    raise DataError(f"{p}: missing key(s) {sorted(missing)}; found {z.files}")
+                eeg = np.asarray(z["eeg"], dtype=np.float32)
+                env = np.asarray(z["envelope"], dtype=np.float32)
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{p}: cannot read as an .npz archive ({exc})") from exc
+        eeg = _as_eeg(eeg, p)
+        env = _as_envelope(env, p)
+        eeg, env = _match_lengths(eeg, env, p)
+        _check_finite(eeg, p, "EEG")
+        _check_finite(env, p, "envelope")
+        recs.append(Recording(m.group(1), p.stem, eeg, env, FS, str(p)))
+    if not recs:
+        raise DataError(f"{folder}: no .npz trials found")
+    return recs
+
+
+def _read_json(path: Path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: malformed JSON ({exc})") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+
+
+def _subject_of_json(path: Path) -> str:
+    return path.stem  # 'sub-002'
+
+
+def read_challenge_segments(path) -> dict[str, np.ndarray]:
+    """One challenge test file ``sub-XXX.json`` -> {segment_id: eeg (T, C) float32}."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path}: expected a non-empty JSON object {{segment_id: [[C floats] x T]}}")
+    out = {}
+    for key, seg in data.items():
+        try:
+            arr = np.asarray(seg, dtype=np.float32)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{path}: segment {key!r} is not a rectangular list of numbers ({exc})") from exc
+        if arr.ndim != 2 or arr.shape[0] == 0:
+            raise DataError(f"{path}: segment {key!r} must be (time, channels), got shape {arr.shape}")
+        _as_eeg(arr, f"{path} segment {key!r}")
+        _check_finite(arr, f"{path} segment {key!r}", "EEG")
+        out[key] = arr
+    return out
+
+
+def read_challenge_labels(label_dir) -> dict[str, np.ndarray]:
+    """Labels folder -> {segment_id: envelope (T,) float64}. Files: ``{seg: [[[e0], ...], stimulus]}``."""
+    label_dir = Path(label_dir)
+    if not label_dir.is_dir():
+        raise DataError(f"{label_dir}: label folder does not exist")
+    files = sorted(label_dir.glob("*.json"))
+    if not files:
+        raise DataError(f"{label_dir}: no label .json files found")
+    labels = {}
+    for p in files:
+        data = _read_json(p)
+        if not isinstance(data, dict):
+            raise DataError(f"{p}: expected a JSON object {{segment_id: [envelope, stimulus]}}")
+        for key, val in data.items():
+            env = val[0] if isinstance(val, list) and len(val) == 2 and isinstance(val[1], str) else val
+            try:
+                arr = np.asarray(env, dtype=np.float64).reshape(-1) if env is not None else None
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"{p}: label {key!r} is not a list of numbers ({exc})") from exc
+            if arr is None or arr.size == 0:
+                raise DataError(f"{p}: label {key!r} is empty")
+            _check_finite(arr, f"{p} label {key!r}", "envelope")
+            labels[key] = arr
+    return labels
+
+
+def read_challenge_folder(folder, label_dir=None) -> list[Recording]:
+    """A challenge test set: one Recording per segment (envelope from ``label_dir`` when given)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob("sub-*.json"))
+    if not files:
+        raise DataError(f"{folder}: no challenge 'sub-XXX.json' files found")
+    labels = read_challenge_labels(label_dir) if label_dir is not None else {}
+    recs = []
+    for p in files:
+        for key, eeg in read_challenge_segments(p).items():
+            env = None
+            if key in labels:
+                env = labels[key].astype(np.float32)[:, None]
+                eeg, env = _match_lengths(eeg, env, p, label_dir)
+            recs.append(Recording(_subject_of_json(p), key, eeg, env, FS, str(p), "test"))
+    return recs
+
+
+def read_folder(folder, label_dir=None) -> tuple[str, list[Recording]]:
+    """Detect the format of ``folder`` and read it. Returns (format, recordings).
+
+    A folder that holds a ``split_data`` sub-folder (like the demo corpus's ``xfdata/``) is read
+    through it.
+    """
+    folder = Path(folder)
+    if folder.is_dir() and not any(p.is_file() for p in folder.iterdir()) and (folder / "split_data").is_dir():
+        folder = folder / "split_data"
+    fmt = detect_format(folder)
+    if fmt == "split_data":
+        recs = read_split_data(folder)
+    elif fmt == "npz":
+        recs = read_npz_folder(folder)
+    else:
+        recs = read_challenge_folder(folder, label_dir)
+    _check_channels(recs)
+    return fmt, recs
+
+
+# --------------------------------------------------------------------------- splits & standardization
+
+
+@dataclass
+class SplitRecording:
+    """A recording cut into parts, with the statistics it is standardized by.
+
+    parts: {'train'|'val'|'test': (eeg (T, C), envelope (T, 1) or None, path)}; raw views into the
+    files (memory maps stay memory maps). Standardization is applied per access, so no
+    standardized copy of the corpus is ever held.
+    stats_from: which part gave the statistics ('train', or the part itself when a recording has
+    no train part, e.g. a whole held-out trial).
+    """
+
+    subject: str
+    rec_id: str
+    parts: dict
+    eeg_mean: np.ndarray = field(default=None)
+    eeg_std: np.ndarray = field(default=None)
+    env_mean: float = 0.0
+    env_std: float = 1.0
+    stats_from: str = "train"
+
+    def length(self, part: str) -> int:
+        return len(self.parts[part][0]) if part in self.parts else 0
+
+    def get(self, part: str, start: int = 0, stop: int | None = None):
+        """Standardized (eeg (n, C) float32, envelope (n, 1) float32 or None) for [start, stop)."""
+        eeg, env, _ = self.parts[part]
+        x = (np.asarray(eeg[start:stop], dtype=np.float32) - self.eeg_mean) / self.eeg_std
+        y = None
+        if env is not None:
+            y = (np.asarray(env[start:stop], dtype=np.float32) - self.env_mean) / self.env_std
+        return x, y
+
+
+def _mean_std(arr: np.ndarray, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std in float64, chunked so memory maps are not loaded whole."""
+    n = len(arr)
+    s = np.zeros(arr.shape[1])
+    for i in range(0, n, chunk):
+        s += np.asarray(arr[i : i + chunk], dtype=np.float64).sum(0)
+    mean = s / max(n, 1)
+    ss = np.zeros(arr.shape[1])
+    for i in range(0, n, chunk):
+        ss += ((np.asarray(arr[i : i + chunk], dtype=np.float64) - mean) ** 2).sum(0)
+    std = np.sqrt(ss / max(n, 1))
+    return mean, std
+
+
+def standardize_stats(rec: SplitRecording, path: str = "") -> SplitRecording:
+    """Set ``rec``'s statistics from its train part (or its only part). Flat channels get std 1."""
+    src = "train" if "train" in rec.parts else next(iter(rec.parts))
+    eeg, env, path = rec.parts[src]
+    if len(eeg) < 2:
+        raise DataError(f"{path}: the {src} part has {len(eeg)} samples; too short to standardize")
+    m, s = _mean_std(eeg)
+    # A dead channel (std 0) would divide by zero; leave it centred instead.
+    s[s < 1e-12] = 1.0
+    rec.eeg_mean, rec.eeg_std = m.astype(np.float32), s.astype(np.float32)
+    if env is not None:
+        em, es = _mean_std(env)
+        rec.env_mean, rec.env_std = float(em[0]), float(es[0]) if es[0] > 1e-12 else 1.0
+    rec.stats_from = src
+    return rec
+
+
+def _matches(rec: Recording, patterns) -> bool:
+    if not patterns:
+        return False
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return any(fnmatch.fnmatchcase(rec.rec_id, p) or fnmatch.fnmatchcase(rec.subject, p) for p in patterns)
+
+
+@dataclass
+class Corpus:
+    """Recordings of one data folder, split and with their standardization statistics."""
+
+    fmt: str
+    folder: str
+    recordings: list[SplitRecording]
+    n_chans: int
+    fs: int = FS
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted({r.subject for r in self.recordings}, key=natural_key)
+
+    def with_part(self, part: str) -> list[SplitRecording]:
+        return [r for r in self.recordings if r.length(part) > 0]
+
+    def n_samples(self, part: str) -> int:
+        return sum(r.length(part) for r in self.recordings)
+
+
+def natural_key(s: str):
+    """Sort 'S2' before 'S10'."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def load_corpus(
+    folder,
+    *,
+    subjects=None,
+    exclude_subjects=None,
+    val_recordings=None,
+    test_recordings=None,
+    split: str = "time",
+    n_chans: int | None = None,
+    label_dir=None,
+) -> Corpus:
+    """Read ``folder``, split every recording and compute its standardization statistics.
+
+    subjects / exclude_subjects: glob patterns of subjects to keep / drop (None: all).
+    val_recordings / test_recordings: glob patterns (matched on recording id or subject) of
+      recordings that go whole to val / test (e.g. ``['*_007']``, or a held-out subject ``'S3'``).
+    split: what happens to the other recordings: 'time' cuts each 80/10/10 in time (split_data
+      keeps the split its files give); 'whole' puts them whole into train.
+    n_chans: the channel count every recording must have (None: whatever the first one has).
+    Standardization: per recording, from its train part; a recording with no train part (whole
+    val/test trial) is standardized by its own statistics, as the benchmark protocol does.
+    """
+    if split not in ("time", "whole"):
+        raise ValueError(f"split must be 'time' or 'whole', got {split!r}")
+    fmt, raw = read_folder(folder, label_dir=label_dir)
+    if subjects:
+        raw = [r for r in raw if _matches_subject(r, subjects)]
+    if exclude_subjects:
+        raw = [r for r in raw if not _matches_subject(r, exclude_subjects)]
+    if not raw:
+        raise DataError(f"{folder}: no recordings left after selecting subjects={subjects} exclude={exclude_subjects}")
+    chans = _check_channels(raw, n_chans)
+
+    grouped: dict[tuple[str, str], SplitRecording] = {}
+    for r in raw:
+        key = (r.subject, r.rec_id)
+        rec = grouped.setdefault(key, SplitRecording(r.subject, r.rec_id, {}))
+        if _matches(r, test_recordings):
+            role = "test"
+        elif _matches(r, val_recordings):
+            role = "val"
+        elif r.split is not None:
+            role = r.split
+        elif split == "whole":
+            role = "train"
+        else:
+            role = None
+        if role is not None:
+            if role in rec.parts:
+                raise DataError(f"{r.path}: recording {r.rec_id!r} has two '{role}' parts")
+            rec.parts[role] = (r.eeg, r.envelope, r.path)
+            continue
+        n = len(r.eeg)
+        a, b = int(round(n * SPLIT_FRACTIONS[0])), int(round(n * sum(SPLIT_FRACTIONS[:2])))
+        for part, lo, hi in (("train", 0, a), ("val", a, b), ("test", b, n)):
+            if hi > lo:
+                env = r.envelope[lo:hi] if r.envelope is not None else None
+                rec.parts[part] = (r.eeg[lo:hi], env, r.path)
+    recs = [standardize_stats(rec) for rec in grouped.values()]
+    recs.sort(key=lambda r: (natural_key(r.subject), natural_key(r.rec_id)))
+    return Corpus(fmt, str(folder), recs, chans)
+
+
+def _matches_subject(r: Recording, patterns) -> bool:
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return any(fnmatch.fnmatchcase(r.subject, p) for p in patterns)
+
+
+# --------------------------------------------------------------------------- training windows
+
+
+class WindowDataset(Dataset):
+    """Seeded, non-overlapping windows over the train part of every recording.
+
+    Item: {'eeg': (window, C) float32, 'envelope': (window, 1), 'mask': (window, 1),
+    'subject': int64 index (or -1 if not in ``subject_index``)}.
+
+    Each epoch (``set_epoch``) draws, from (seed, epoch), a random offset per recording and cuts
+    it into windows that start there; the samples before the offset and after the last full
+    window become two edge windows that hold real EEG but whose ``mask`` marks only the samples
+    no other window covers. So every train sample counts exactly once per epoch, every window
+    has the same length, and nothing is copied ahead: items are sliced from the (memory-mapped)
+    recordings on access. ``shuffle`` permutes the window order, also from (seed, epoch).
+    ``rank``/``world_size`` take a disjoint strided shard of the epoch's windows.
+    """
+
+    def __init__(
+        self,
+        recordings: Sequence[SplitRecording],
+        window: int,
+        *,
+        part: str = "train",
+        seed: int = 0,
+        shuffle: bool = True,
+        subject_index: dict | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.recs = [r for r in recordings if r.length(part) > 0]
+        if not self.recs:
+            raise DataError(f"no recordings with a '{part}' part to make windows from")
+        if window < 1:
+            raise ValueError(f"window must be at least 1 sample, got {window}")
+        self.window, self.part, self.seed, self.shuffle = int(window), part, int(seed), shuffle
+        self.subject_index = subject_index or {}
+        self.rank, self.world_size = rank, world_size
+        self.n_chans = self.recs[0].parts[part][0].shape[1]
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        w = self.window
+        rows = []  # (recording, start, valid_lo, valid_hi) with valid range in window coordinates
+        for i, rec in enumerate(self.recs):
+            n = rec.length(self.part)
+            if n <= w:
+                rows.append((i, 0, 0, n))
+                continue
+            off = int(rng.integers(0, w))
+            if off > 0:
+                rows.append((i, 0, 0, off))
+            n_full = (n - off) // w
+            rows.extend((i, off + k * w, 0, w) for k in range(n_full))
+            end = off + n_full * w
+            if end < n:
+                rows.append((i, n - w, end - (n - w), w))
+        index = np.asarray(rows, dtype=np.int64)
+        if self.shuffle:
+            index = index[rng.permutation(len(index))]
+        # A strided shard keeps every rank's share of edge windows similar.
+        self.index = index[self.rank :: self.world_size]
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        r, start, lo, hi = (int(v) for v in self.index[i])
+        rec = self.recs[r]
+        eeg, env = rec.get(self.part, start, start + self.window)
+        n = len(eeg)
+        if n < self.window:  # a recording shorter than one window: zero-pad (masked out)
+            eeg = np.pad(eeg, ((0, self.window - n), (0, 0)))
+            env = np.pad(env, ((0, self.window - n), (0, 0)))
+        mask = np.zeros((self.window, 1), np.float32)
+        mask[lo:hi] = 1.0
+        return {
+            "eeg": torch.from_numpy(eeg),
+            "envelope": torch.from_numpy(env),
+            "mask": torch.from_numpy(mask),
+            "subject": torch.tensor(self.subject_index.get(rec.subject, -1), dtype=torch.long),
+        }
+
+    def coverage(self) -> dict:
+        """{(recording index): count per sample} for this epoch's windows; for tests."""
+        counts = {i: np.zeros(r.length(self.part), np.int64) for i, r in enumerate(self.recs)}
+        for r, start, lo, hi in self.index:
+            counts[int(r)][start + lo : start + hi] += 1
+        return counts
+
+
+def fixed_windows(rec: SplitRecording, part: str, window: int, hop: int | None = None):
+    """Standardized fixed windows of one part: list of (eeg (window, C), env (window, 1)).
+
+    hop defaults to ``window`` (no overlap); parts shorter than a window give one short window.
+    """
+    eeg, env = rec.get(part)
+    hop = hop or window
+    if len(eeg) <= window:
+        return [(eeg, env)]
+    return [(eeg[s : s + window], env[s : s + window]) for s in range(0, len(eeg) - window + 1, hop)]
+
+
+# --------------------------------------------------------------------------- challenge I/O & scoring
+
+
+def zscore(eeg: np.ndarray) -> np.ndarray:
+    """Per-channel z-score of one segment (T, C), as the reference inference does."""
+    m = eeg.mean(0, keepdims=True, dtype=np.float64)
+    s = eeg.std(0, keepdims=True, dtype=np.float64)
+    s[s < 1e-12] = 1.0
+    return ((eeg - m) / s).astype(np.float32)
+
+
+def read_test_set(test_dir, n_chans: int | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """``auditory-eeg-test-dataset/`` -> {subject: {segment_id: eeg (T, C) float32, raw}}."""
+    test_dir = Path(test_dir)
+    if not test_dir.is_dir():
+        raise DataError(f"{test_dir}: test folder does not exist")
+    files = sorted(test_dir.glob("*.json"))
+    if not files:
+        raise DataError(f"{test_dir}: no test .json files found (expected sub-XXX.json)")
+    out = {}
+    for p in files:
+        segs = read_challenge_segments(p)
+        for key, eeg in segs.items():
+            if n_chans is not None and eeg.shape[1] != n_chans:
+                raise DataError(
+                    f"{p}: segment {key!r} has {eeg.shape[1]} EEG channels, but the model expects {n_chans}"
+                )
+        out[_subject_of_json(p)] = segs
+    return out
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj).encode())
+
+
+def write_predictions(result_dir, predictions: dict[str, dict[str, np.ndarray]]) -> list[Path]:
+    """Write {subject: {segment_id: (T,) prediction}} as ``result_dir/sub-XXX.json`` files, atomically."""
+    paths = []
+    for subject, segs in sorted(predictions.items()):
+        obj = {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in segs.items()}
+        p = Path(result_dir) / f"{subject}.json"
+        atomic_write_json(p, obj)
+        paths.append(p)
+    return paths
+
+
+def read_predictions(result_dir) -> dict[str, np.ndarray]:
+    """Merge every prediction file in ``result_dir`` -> {segment_id: (T,) float64}."""
+    merged = {}
+    for p in sorted(Path(result_dir).glob("sub-*.json")):
+        data = _read_json(p)
+        if not isinstance(data, dict):
+            raise DataError(f"{p}: expected a JSON object {{segment_id: [floats]}}")
+        for k, v in data.items():
+            try:
+                merged[k] = np.asarray(v, dtype=np.float64).reshape(-1)
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"{p}: prediction {k!r} is not a list of numbers ({exc})") from exc
+    return merged
+
+
+def segment_subject(segment_id: str) -> str:
+    """'sub-002_13' -> 'sub-002' (the challenge's segment naming)."""
+    return segment_id.rsplit("_", 1)[0]
+
+
+def score(predictions, labels, seen_subjects: Iterable[str] | None = None) -> dict:
+    """The official challenge scoring.
+
+    predictions: {segment_id: (T',) array} (merged over files; see ``read_predictions``), or a
+      folder of prediction files. labels: {segment_id: (T,) array}, or a label folder.
+    For every label: a missing prediction scores 0; a prediction is zero-padded or truncated to
+    the label's length; r = Pearson(prediction, label). Subject score = mean r of its segments.
+    Total = plain mean over subjects, or 2/3 * mean(seen) + 1/3 * mean(held-out) when
+    ``seen_subjects`` is given (subjects not in it are held-out).
+    Returns {'per_subject': {subject: r}, 'per_segment': {...}, 'total': r, and 'seen'/'heldout'
+    when grouped}.
+    """
+    if isinstance(predictions, (str, os.PathLike)):
+        predictions = read_predictions(predictions)
+    if isinstance(labels, (str, os.PathLike)):
+        labels = read_challenge_labels(labels)
+    per_segment = {}
+    for key, lab in labels.items():
+        lab = np.asarray(lab, dtype=np.float64).reshape(-1)
+        pred = predictions.get(key)
+        if pred is None:
+            per_segment[key] = 0.0
+            continue
+        pred = np.asarray(pred, dtype=np.float64).reshape(-1)[: len(lab)]
+        pred = np.pad(pred, (0, len(lab) - len(pred)))
+        per_segment[key] = float(pearson(pred, lab, dim=0))
+    by_subject: dict[str, list[float]] = {}
+    for key, r in per_segment.items():
+        by_subject.setdefault(segment_subject(key), []).append(r)
+    per_subject = {s: float(np.mean(v)) for s, v in sorted(by_subject.items(), key=lambda kv: natural_key(kv[0]))}
+    out = {"per_subject": per_subject, "per_segment": per_segment}
+    if seen_subjects is None:
+        out["total"] = float(np.mean(list(per_subject.values()))) if per_subject else 0.0
+        return out
+    seen_subjects = set(seen_subjects)
+    seen = [v for s, v in per_subject.items() if s in seen_subjects]
+    held = [v for s, v in per_subject.items() if s not in seen_subjects]
+    out["seen"] = float(np.mean(seen)) if seen else None
+    out["heldout"] = float(np.mean(held)) if held else None
+    if seen and held:
+        out["total"] = 2 / 3 * out["seen"] + 1 / 3 * out["heldout"]
+    else:  # only one group present: the weighting has nothing to weigh
+        out["total"] = out["seen"] if seen else out["heldout"]
+    return out

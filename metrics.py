@@ -1,0 +1,55 @@
+"""The project's one Pearson correlation, shared by the loss, the metrics and the scorer."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def pearson(x, y, dim: int = -2, mask=None, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson r between ``x`` and ``y`` along ``dim`` (time), batched over all other dims.
+
+    x, y: tensors (or arrays) of the same shape, e.g. (batch, time, 1) -> (batch, 1).
+    mask: optional 0/1 weights broadcastable to x (e.g. (batch, time, 1)); only samples with
+      mask 1 count. Training windows at recording edges use it so that every sample is
+      scored once per epoch.
+    A constant input (zero variance) gives r = 0, not NaN, as the challenge reference does.
+    NumPy inputs are computed in float64 and returned as a tensor.
+    """
+    if not torch.is_tensor(x):
+        x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    if not torch.is_tensor(y):
+        y = torch.as_tensor(np.asarray(y, dtype=np.float64), device=x.device)
+    if x.shape != y.shape:
+        raise ValueError(f"pearson: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}")
+    if mask is None:
+        xc = x - x.mean(dim=dim, keepdim=True)
+        yc = y - y.mean(dim=dim, keepdim=True)
+    else:
+        mask = torch.as_tensor(mask, dtype=x.dtype, device=x.device).expand_as(x)
+        n = mask.sum(dim=dim, keepdim=True).clamp_min(1)
+        xc = (x - (x * mask).sum(dim=dim, keepdim=True) / n) * mask
+        yc = (y - (y * mask).sum(dim=dim, keepdim=True) / n) * mask
+        x, y = x * mask, y * mask
+    cov = (xc * yc).sum(dim=dim)
+    sx = xc.pow(2).sum(dim=dim)
+    sy = yc.pow(2).sum(dim=dim)
+    # A series counts as constant when its spread is at rounding level relative to its size
+    # (a float32 constant's mean is not exact, so its residuals are tiny but not zero).
+    rel = (16 * torch.finfo(x.dtype).eps) ** 2
+    const = (sx <= rel * x.pow(2).sum(dim=dim)) | (sy <= rel * y.pow(2).sum(dim=dim))
+    denom = torch.sqrt(sx * sy).clamp_min(eps * eps)
+    return torch.where(const, torch.zeros_like(cov), cov / denom)
+
+
+def pearson_loss(pred: torch.Tensor, target: torch.Tensor, mask=None) -> torch.Tensor:
+    """Negative Pearson r, averaged over batch and outputs.
+
+    pred, target: (batch, time, k); mask: optional (batch, time, 1) -> scalar.
+    With a mask, each window's r is weighted by its number of valid samples, so a short
+    edge piece counts for what it holds; with full masks this is the plain mean.
+    """
+    r = pearson(pred, target, dim=1, mask=mask)
+    if mask is None:
+        return -r.mean()
+    n = torch.as_tensor(mask, dtype=r.dtype).sum(dim=1).expand_as(r)
+    return -(r * n).sum() / n.sum().clamp_min(1)

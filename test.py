@@ -1,0 +1,218 @@
+"""Predict the challenge test set with trained models, write per-subject predictions, and score.
+
+    python test.py                                     # the demo: runs/<model>/seed-*/best.pt
+    python test.py --run_dir=runs --model=vlaai --seeds=[1,2]
+    python test.py --test_dir=DIR --label_dir=LABELS --result_dir=OUT
+    python test.py --eval_dir=../shared/data/dtu       # also score a labelled folder's test split
+
+Loads ``best.pt`` of every seed in ``run_dir/<model>/`` (or the ``--seeds`` given), z-scores each
+test segment per channel (as the reference inference does), predicts it with every seed and
+averages the seeds' z-scored predictions into an ensemble. Writes ``result_dir/sub-XXX.json``
+({segment_id: [floats]}) for the ensemble and ``result_dir/per_seed/seed-N/`` for each seed.
+When ``label_dir`` exists, scores them with the official rules, prints per-subject scores and
+the total, also for each seed alone, and writes ``result_dir/score.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import config as config_module
+import newmodel
+from EEG_Dataset import (DataError, atomic_write_json, load_corpus, read_challenge_labels, read_test_set, score,
+                         write_predictions, zscore)
+from metrics import pearson
+from train import load_checkpoint, pick_device
+
+MANIFEST = "manifest.json"
+
+
+def find_checkpoints(cfg: dict, given: set) -> tuple[str, list[Path]]:
+    """The best.pt files to use: (model name, paths), or exit with a hint on how to train."""
+    run_dir = Path(cfg["run_dir"])
+    hint = (f"Train one first, e.g.  python train.py --run_dir={run_dir}"
+            + (f" --model={cfg['model']}" if "model" in given else "") + "  (see README)")
+    if not run_dir.is_dir():
+        raise SystemExit(f"no trained model: {run_dir} does not exist. {hint}")
+    models = sorted(p.name for p in run_dir.iterdir() if p.is_dir() and any(p.glob("seed-*/best.pt")))
+    if "model" in given or len(models) != 1:
+        model = cfg["model"]
+        if model not in models:
+            found = f" It holds: {', '.join(models)}; choose one with --model=NAME." if models else ""
+            raise SystemExit(f"no trained '{model}' model in {run_dir}.{found} {hint}")
+    else:
+        model = models[0]
+    seed_dirs = sorted((run_dir / model).glob("seed-*"), key=lambda p: int(p.name.split("-", 1)[1]))
+    if "seeds" in given:
+        wanted = {f"seed-{s}" for s in cfg["seeds"]}
+        missing = wanted - {p.name for p in seed_dirs}
+        if missing:
+            raise SystemExit(f"{run_dir / model}: no run for {', '.join(sorted(missing))}. {hint}")
+        seed_dirs = [p for p in seed_dirs if p.name in wanted]
+    paths = [p / "best.pt" for p in seed_dirs if (p / "best.pt").exists()]
+    if not paths:
+        raise SystemExit(f"no best.pt under {run_dir / model}. {hint}")
+    return model, paths
+
+
+def load_model(path: Path, device):
+    ck = load_checkpoint(path)
+    cfg = dict(ck["config"], n_chans=ck["n_chans"],
+               n_subjects=len(ck["subjects"]) if ck["config"].get("subject_embedding") else 0)
+    model = newmodel.build_model(ck["model_name"], **cfg)
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), ck
+
+
+@torch.no_grad()
+def predict_segments(model, segments: dict, subject_idx: int, device) -> dict:
+    """{segment_id: eeg (T, C)} -> {segment_id: z-scored prediction (T,)}."""
+    out = {}
+    for key, eeg in segments.items():
+        x = torch.from_numpy(zscore(eeg))[None].to(device)
+        y = model(x, subject=torch.tensor([subject_idx], device=device)).float().cpu().numpy()[0, :, 0]
+        out[key] = (y - y.mean()) / (y.std() + 1e-12)  # equal weight per seed in the ensemble
+    return out
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def claim_result_dir(result_dir: Path, manifest: dict, overwrite: bool) -> None:
+    """Never replace another run's predictions: a result folder written from other checkpoints
+    or another test set is only replaced with --overwrite."""
+    old = result_dir / MANIFEST
+    has_files = result_dir.is_dir() and any(result_dir.glob("sub-*.json"))
+    if not has_files or overwrite:
+        return
+    try:
+        same = json.loads(old.read_text()) == manifest
+    except (OSError, json.JSONDecodeError):
+        same = False
+    if not same:
+        raise SystemExit(f"{result_dir} already holds predictions from other checkpoints or another test set. "
+                         "Choose another --result_dir or pass --overwrite.")
+
+
+def print_scores(title: str, s: dict) -> None:
+    subj = "  ".join(f"{k} {v:.4f}" for k, v in s["per_subject"].items())
+    extra = "" if "seen" not in s else f"  (seen {s['seen']}, held-out {s['heldout']})"
+    print(f"{title}: total {s['total']:.4f}{extra}\n    {subj}")
+
+
+def main(argv=None) -> dict:
+    cfg, given = config_module.parse_or_exit(argv)
+    device = pick_device(cfg["device"])
+    model_name, ckpts = find_checkpoints(cfg, given)
+    loaded = [load_model(p, device) for p in ckpts]
+    seeds = [ck["seed"] for _, ck in loaded]
+    n_chans = loaded[0][1]["n_chans"]
+    train_subjects = loaded[0][1]["subjects"]
+    print(f"{model_name}: {len(loaded)} seed(s) {seeds} from {cfg['run_dir']}", flush=True)
+    result: dict = {"model": model_name, "seeds": seeds, "checkpoints": [str(p) for p in ckpts]}
+
+    test_dir, result_dir = Path(cfg["test_dir"]), Path(cfg["result_dir"])
+    if test_dir.is_dir():
+        try:
+            test_set = read_test_set(test_dir, n_chans=n_chans)
+        except DataError as exc:
+            raise SystemExit(f"test data error: {exc}") from exc
+        manifest = {"test_dir": str(test_dir.resolve()), "checkpoints": {str(p): file_digest(p) for p in ckpts}}
+        claim_result_dir(result_dir, manifest, cfg["overwrite"])
+        per_seed = []
+        for model, ck in loaded:
+            index = {s: i for i, s in enumerate(ck["subjects"])}
+            per_seed.append({subj: predict_segments(model, segs, index.get(subj, -1), device)
+                             for subj, segs in test_set.items()})
+        ensemble = {subj: {k: np.mean([p[subj][k] for p in per_seed], axis=0) for k in segs}
+                    for subj, segs in test_set.items()}
+        if len(per_seed) > 1:
+            for seed, preds in zip(seeds, per_seed):
+                write_predictions(result_dir / "per_seed" / f"seed-{seed}", preds)
+        write_predictions(result_dir, ensemble)
+        atomic_write_json(result_dir / MANIFEST, manifest)
+        n_seg = sum(len(s) for s in test_set.values())
+        print(f"wrote {len(ensemble)} prediction files ({n_seg} segments) to {result_dir}/", flush=True)
+
+        label_dir = Path(cfg["label_dir"])
+        if label_dir.is_dir():
+            labels = read_challenge_labels(label_dir)
+            seen = train_subjects if cfg["seen_subjects"] == "auto" else cfg["seen_subjects"]
+            flat = lambda preds: {k: v for segs in preds.values() for k, v in segs.items()}  # noqa: E731
+            result["ensemble"] = score(flat(ensemble), labels, seen)
+            result["per_seed"] = {f"seed-{s}": score(flat(p), labels, seen) for s, p in zip(seeds, per_seed)}
+            for s, sc in result["per_seed"].items():
+                print_scores(f"{s}", sc)
+            singles = [sc["total"] for sc in result["per_seed"].values()]
+            if len(singles) > 1:
+                print(f"single seeds: mean {np.mean(singles):.4f} sd {np.std(singles, ddof=1):.4f} "
+                      f"(min {min(singles):.4f}, max {max(singles):.4f})")
+            print_scores(f"score ({'ensemble of ' + str(len(seeds)) + ' seeds' if len(seeds) > 1 else 'seed ' + str(seeds[0])})",
+                         result["ensemble"])
+            for sc in [result["ensemble"], *result["per_seed"].values()]:
+                sc.pop("per_segment", None)
+            atomic_write_json(result_dir / "score.json", result)
+            print(f"scores written to {result_dir / 'score.json'}")
+        else:
+            print(f"no labels at {label_dir}: predictions written, not scored")
+    elif "test_dir" in given:
+        raise SystemExit(f"test_dir {test_dir} does not exist")
+
+    if cfg["eval_dir"]:
+        result["eval"] = evaluate_folder(cfg, loaded, device)
+        atomic_write_json(result_dir / "eval_score.json", result["eval"])
+        print(f"scores written to {result_dir / 'eval_score.json'}")
+    if "ensemble" not in result and "eval" not in result and not test_dir.is_dir():
+        raise SystemExit(f"nothing to test: {test_dir} does not exist and no --eval_dir was given")
+    return result
+
+
+def evaluate_folder(cfg: dict, loaded, device) -> dict:
+    """Score the test split of a labelled folder (any format EEG_Dataset reads), for each seed and
+    for the ensemble: Pearson r of each whole test part, mean per subject, then over subjects."""
+    try:
+        corpus = load_corpus(cfg["eval_dir"], subjects=cfg["subjects"], exclude_subjects=cfg["exclude_subjects"],
+                             val_recordings=cfg["val_recordings"], test_recordings=cfg["test_recordings"],
+                             split=cfg["split"], n_chans=loaded[0][1]["n_chans"])
+    except DataError as exc:
+        raise SystemExit(f"eval data error: {exc}") from exc
+    recs = [r for r in corpus.with_part("test") if r.parts["test"][1] is not None]
+    if not recs:
+        raise SystemExit(f"{cfg['eval_dir']}: no labelled test part to evaluate")
+    data = [rec.get("test") for rec in recs]
+    per_seed = []
+    with torch.no_grad():
+        for model, ck in loaded:
+            index = {s: i for i, s in enumerate(ck["subjects"])}
+            preds = []
+            for rec, (eeg, _) in zip(recs, data):
+                subj = torch.tensor([index.get(rec.subject, -1)], device=device)
+                y = model(torch.from_numpy(eeg)[None].to(device), subject=subj).float().cpu().numpy()[0, :, 0]
+                preds.append((y - y.mean()) / (y.std() + 1e-12))
+            per_seed.append(preds)
+
+    def summarize(preds) -> dict:
+        by_subject: dict[str, list[float]] = {}
+        for rec, (_, env), p in zip(recs, data, preds):
+            by_subject.setdefault(rec.subject, []).append(float(pearson(p, env[:, 0], dim=0)))
+        per_subject = {s: float(np.mean(v)) for s, v in by_subject.items()}
+        return {"r": float(np.mean(list(per_subject.values()))), "per_subject": per_subject}
+
+    out = {"eval_dir": str(cfg["eval_dir"]),
+           "per_seed": {f"seed-{ck['seed']}": summarize(p) for (_, ck), p in zip(loaded, per_seed)},
+           "ensemble": summarize([np.mean(ps, axis=0) for ps in zip(*per_seed)])}
+    for s, sc in out["per_seed"].items():
+        print(f"eval {s}: r {sc['r']:.4f}")
+    print(f"eval ensemble of {len(loaded)}: r {out['ensemble']['r']:.4f}  "
+          + "  ".join(f"{k} {v:.4f}" for k, v in out["ensemble"]["per_subject"].items()))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)
