@@ -37,7 +37,7 @@ def pearson(x, y, dim: int = -2, mask=None, eps: float = 1e-8) -> torch.Tensor:
     # (a float32 constant's mean is not exact, so its residuals are tiny but not zero).
     rel = (16 * torch.finfo(x.dtype).eps) ** 2
     const = (sx <= rel * x.pow(2).sum(dim=dim)) | (sy <= rel * y.pow(2).sum(dim=dim))
-    denom = torch.sqrt(sx * sy).clamp_min(eps * eps)
+    denom = torch.sqrt((sx * sy).clamp_min(eps**4))  # clamp inside: sqrt'(0) would make NaN gradients
     return torch.where(const, torch.zeros_like(cov), cov / denom)
 
 
