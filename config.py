@@ -54,11 +54,13 @@ resume = False  # continue an interrupted run from its last.pt
 overwrite = False  # allow replacing an existing run or result folder (otherwise a clash stops)
 
 # ---- test / scoring -------------------------------------------------------------------------
-test_dir = "xfdata/auditory-eeg-test-dataset"  # challenge-format test set (sub-XXX.json)
+test_dir = "xfdata/auditory-eeg-test-dataset"  # challenge-format test set (sub-XXX.json); None: skip
 label_dir = "xfdata/test_labels"  # labels of test_dir; scored when this folder exists
 result_dir = "prediction_result"  # predictions sub-XXX.json and score.json are written here
 seen_subjects = None  # scoring: None = plain mean over subjects; 'auto' = the training subjects; or a list
 eval_dir = None  # test.py: also score the test split of this labelled data folder (any readable format)
+eval_window_s = 5.0  # eval_dir: also score windows of this length (0: whole recordings only)
+eval_hop_s = 1.0  # eval_dir: hop between those windows
 
 # ---- demo corpus ----------------------------------------------------------------------------
 demo_subjects = 8  # subjects in the built-in demo corpus
@@ -73,6 +75,8 @@ _TYPES = {
     "test_recordings": (list, str, type(None)),
     "seen_subjects": (list, str, type(None)),
     "eval_dir": (str, type(None)),
+    "test_dir": (str, type(None)),
+    "label_dir": (str, type(None)),
     "seeds": (list, int),
 }
 _CHOICES = {
@@ -95,7 +99,10 @@ def _literal(text: str):
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return text  # a bare word is a string
+        pass
+    if text.startswith("[") and text.endswith("]"):  # [S1,S2] or ['*_008', 9]: bare words are strings
+        return [_literal(t.strip()) for t in text[1:-1].split(",") if t.strip()]
+    return text  # a bare word is a string
 
 
 def _check(key: str, value, base: dict):

@@ -439,7 +439,8 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    # xfdata/ ships with a README.md only; that does not make it 'not empty'.
+    if out.is_dir() and any(p.name != "README.md" for p in out.iterdir()):
         if not overwrite:
             raise FileExistsError(
                 f"{out} already exists and is not empty; refusing to write the demo corpus into it. "

@@ -117,8 +117,9 @@ def main(argv=None) -> dict:
     print(f"{model_name}: {len(loaded)} seed(s) {seeds} from {cfg['run_dir']}", flush=True)
     result: dict = {"model": model_name, "seeds": seeds, "checkpoints": [str(p) for p in ckpts]}
 
-    test_dir, result_dir = Path(cfg["test_dir"]), Path(cfg["result_dir"])
-    if test_dir.is_dir():
+    result_dir = Path(cfg["result_dir"])
+    test_dir = Path(cfg["test_dir"]) if cfg["test_dir"] else None
+    if test_dir is not None and test_dir.is_dir():
         try:
             test_set = read_test_set(test_dir, n_chans=n_chans)
         except DataError as exc:
@@ -140,15 +141,16 @@ def main(argv=None) -> dict:
         n_seg = sum(len(s) for s in test_set.values())
         print(f"wrote {len(ensemble)} prediction files ({n_seg} segments) to {result_dir}/", flush=True)
 
-        label_dir = Path(cfg["label_dir"])
-        if label_dir.is_dir():
+        label_dir = Path(cfg["label_dir"]) if cfg["label_dir"] else None
+        if label_dir is not None and label_dir.is_dir():
             labels = read_challenge_labels(label_dir)
             seen = train_subjects if cfg["seen_subjects"] == "auto" else cfg["seen_subjects"]
             flat = lambda preds: {k: v for segs in preds.values() for k, v in segs.items()}  # noqa: E731
             result["ensemble"] = score(flat(ensemble), labels, seen)
             result["per_seed"] = {f"seed-{s}": score(flat(p), labels, seen) for s, p in zip(seeds, per_seed)}
-            for s, sc in result["per_seed"].items():
-                print_scores(f"{s}", sc)
+            if len(seeds) > 1:
+                for s, sc in result["per_seed"].items():
+                    print_scores(f"{s}", sc)
             singles = [sc["total"] for sc in result["per_seed"].values()]
             if len(singles) > 1:
                 print(f"single seeds: mean {np.mean(singles):.4f} sd {np.std(singles, ddof=1):.4f} "
@@ -161,15 +163,15 @@ def main(argv=None) -> dict:
             print(f"scores written to {result_dir / 'score.json'}")
         else:
             print(f"no labels at {label_dir}: predictions written, not scored")
-    elif "test_dir" in given:
+    elif test_dir is not None and "test_dir" in given:
         raise SystemExit(f"test_dir {test_dir} does not exist")
 
     if cfg["eval_dir"]:
         result["eval"] = evaluate_folder(cfg, loaded, device)
         atomic_write_json(result_dir / "eval_score.json", result["eval"])
         print(f"scores written to {result_dir / 'eval_score.json'}")
-    if "ensemble" not in result and "eval" not in result and not test_dir.is_dir():
-        raise SystemExit(f"nothing to test: {test_dir} does not exist and no --eval_dir was given")
+    if "ensemble" not in result and "eval" not in result and not (test_dir and test_dir.is_dir()):
+        raise SystemExit(f"nothing to test: test_dir {test_dir} does not exist and no --eval_dir was given")
     return result
 
 
@@ -186,31 +188,52 @@ def evaluate_folder(cfg: dict, loaded, device) -> dict:
     if not recs:
         raise SystemExit(f"{cfg['eval_dir']}: no labelled test part to evaluate")
     data = [rec.get("test") for rec in recs]
-    per_seed = []
+    win, hop = int(round(cfg["eval_window_s"] * cfg["fs"])), max(1, int(round(cfg["eval_hop_s"] * cfg["fs"])))
+    per_seed, per_seed_win = [], []  # z-scored predictions of whole recordings / of each window
     with torch.no_grad():
         for model, ck in loaded:
             index = {s: i for i, s in enumerate(ck["subjects"])}
-            preds = []
+            preds, wpreds = [], []
             for rec, (eeg, _) in zip(recs, data):
                 subj = torch.tensor([index.get(rec.subject, -1)], device=device)
-                y = model(torch.from_numpy(eeg)[None].to(device), subject=subj).float().cpu().numpy()[0, :, 0]
-                preds.append((y - y.mean()) / (y.std() + 1e-12))
+                x = torch.from_numpy(eeg).to(device)
+                y = model(x[None], subject=subj).float()[0, :, 0]
+                preds.append(((y - y.mean()) / (y.std() + 1e-12)).cpu().numpy())
+                if win > 0 and len(eeg) >= win:
+                    # each window is predicted on its own, as a model sees a 5 s test window
+                    xw = x.unfold(0, win, hop).transpose(1, 2)  # (n_windows, win, C)
+                    yw = model(xw, subject=subj.expand(len(xw))).float()[:, :, 0]
+                    wpreds.append(((yw - yw.mean(1, keepdim=True)) / (yw.std(1, keepdim=True) + 1e-12)).cpu().numpy())
             per_seed.append(preds)
+            per_seed_win.append(wpreds)
 
-    def summarize(preds) -> dict:
+    def subject_means(values) -> dict:
         by_subject: dict[str, list[float]] = {}
-        for rec, (_, env), p in zip(recs, data, preds):
-            by_subject.setdefault(rec.subject, []).append(float(pearson(p, env[:, 0], dim=0)))
+        for rec, v in zip(recs, values):
+            by_subject.setdefault(rec.subject, []).append(v)
         per_subject = {s: float(np.mean(v)) for s, v in by_subject.items()}
         return {"r": float(np.mean(list(per_subject.values()))), "per_subject": per_subject}
 
-    out = {"eval_dir": str(cfg["eval_dir"]),
-           "per_seed": {f"seed-{ck['seed']}": summarize(p) for (_, ck), p in zip(loaded, per_seed)},
-           "ensemble": summarize([np.mean(ps, axis=0) for ps in zip(*per_seed)])}
-    for s, sc in out["per_seed"].items():
-        print(f"eval {s}: r {sc['r']:.4f}")
-    print(f"eval ensemble of {len(loaded)}: r {out['ensemble']['r']:.4f}  "
-          + "  ".join(f"{k} {v:.4f}" for k, v in out["ensemble"]["per_subject"].items()))
+    def summarize(preds, wpreds) -> dict:
+        out = subject_means([float(pearson(p, env[:, 0], dim=0)) for (_, env), p in zip(data, preds)])
+        if wpreds:
+            wr = []
+            for (_, env), w in zip(data, wpreds):
+                lab = torch.from_numpy(env[:, 0]).unfold(0, win, hop).double()
+                wr.append(float(pearson(torch.from_numpy(w).double(), lab, dim=1).mean()))
+            wins = subject_means(wr)
+            out["window_r"], out["window_per_subject"] = wins["r"], wins["per_subject"]
+        return out
+
+    ens_win = [np.mean(ws, axis=0) for ws in zip(*per_seed_win)] if per_seed_win[0] else []
+    out = {"eval_dir": str(cfg["eval_dir"]), "n_recordings": len(recs), "window_s": cfg["eval_window_s"],
+           "hop_s": cfg["eval_hop_s"],
+           "per_seed": {f"seed-{ck['seed']}": summarize(p, w) for (_, ck), p, w in zip(loaded, per_seed, per_seed_win)},
+           "ensemble": summarize([np.mean(ps, axis=0) for ps in zip(*per_seed)], ens_win)}
+    for s, sc in [*out["per_seed"].items(), (f"ensemble of {len(loaded)}", out["ensemble"])]:
+        wtxt = f"  {cfg['eval_window_s']:g} s window r {sc['window_r']:.4f}" if "window_r" in sc else ""
+        print(f"eval {s}: recording r {sc['r']:.4f}{wtxt}")
+    print("    " + "  ".join(f"{k} {v:.4f}" for k, v in out["ensemble"]["per_subject"].items()))
     return out
 
 

@@ -84,7 +84,7 @@ def ensure_data(cfg: dict) -> None:
         )
         demo_corpus.make_demo_corpus(
             out_dir=str(DEMO_DIR), n_subjects=cfg["demo_subjects"], minutes=cfg["demo_minutes"],
-            seed=cfg["demo_seed"], overwrite=DEMO_DIR.exists() and not any(DEMO_DIR.iterdir()),
+            seed=cfg["demo_seed"], overwrite=(DEMO_DIR / "demo_info.json").is_file(),
         )
     if d.resolve() != demo_split.resolve():
         print(f"data_dir {d} is missing or empty: training on the demo corpus in {demo_split}", flush=True)
@@ -222,7 +222,7 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
                 if cfg["grad_clip"] > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
                 opt.step()
-                total += float(loss) * len(eeg)
+                total += float(loss.detach()) * len(eeg)
                 count += len(eeg)
                 bar.set_postfix(loss=f"{total / count:.4f}")
             train_r = -total / max(count, 1)
