@@ -10,6 +10,7 @@ never executed). Unknown keys and values of the wrong type are rejected.
 from __future__ import annotations
 
 import ast
+import copy
 import sys
 from pathlib import Path
 
@@ -98,7 +99,7 @@ class ConfigError(ValueError):
 def _literal(text: str):
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # e.g. {[1]: 2} is unhashable
         pass
     if text.startswith("[") and text.endswith("]"):  # [S1,S2] or ['*_008', 9]: bare words are strings
         return [_literal(t.strip()) for t in text[1:-1].split(",") if t.strip()]
@@ -148,7 +149,7 @@ def read_config_file(path) -> dict:
             raise ConfigError(f"{path}:{node.lineno}: only 'key = value' lines are allowed in a config file")
         try:
             out[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError as exc:
+        except (ValueError, TypeError, MemoryError, RecursionError) as exc:
             raise ConfigError(f"{path}:{node.lineno}: the value must be a Python literal ({exc})") from exc
     return out
 
@@ -159,8 +160,8 @@ def parse(argv=None, base: dict | None = None) -> tuple[dict, set]:
     Returns (config, keys the user set explicitly).
     """
     argv = sys.argv[1:] if argv is None else argv
-    base = dict(defaults() if base is None else base)
-    cfg, given = dict(base), set()
+    base = copy.deepcopy(defaults() if base is None else base)  # callers may mutate lists in cfg
+    cfg, given = copy.deepcopy(base), set()
     for arg in argv:
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}; use --key=value. Valid keys: {', '.join(sorted(base))}")

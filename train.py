@@ -156,6 +156,11 @@ def prepare_run_dir(out: Path, cfg: dict) -> None:
 def train_seed(cfg: dict, seed: int, corpus) -> dict:
     out = Path(cfg["run_dir"]) / cfg["model"] / f"seed-{seed}"
     prepare_run_dir(out, cfg)
+    if cfg["resume"] and (out / "last.pt").exists():
+        ck = load_checkpoint(out / "last.pt")
+        if ck.get("finished") and ck["model_name"] == cfg["model"] and ck["seed"] == seed:
+            print(f"[seed {seed}] already finished (best val r {ck['best_val_r']:.4f}): {out}", flush=True)
+            return {"seed": seed, "best_val_r": ck["best_val_r"], "epochs": ck["epoch"], "dir": str(out)}
     seed_everything(seed, cfg["deterministic"])
     device = pick_device(cfg["device"])
 
@@ -191,9 +196,6 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
         torch.set_rng_state(ck["torch_rng"])
         start_epoch, best_r, bad_epochs, rows = ck["epoch"], ck["best_val_r"], ck["bad_epochs"], list(ck["history"])
         print(f"[seed {seed}] resuming after epoch {start_epoch} (best val r {best_r:.4f})", flush=True)
-        if ck.get("finished"):
-            print(f"[seed {seed}] already finished", flush=True)
-            return {"seed": seed, "best_val_r": best_r, "epochs": start_epoch, "dir": str(out)}
 
     def checkpoint(epoch: int, finished=False, interrupted=False) -> dict:
         return dict(meta, model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,

@@ -1,0 +1,244 @@
+"""Benchmark models on real EEG with the protocols of docs/benchmark.md (DTU-style npz folder).
+
+    python benchmark.py --quick                       # one heldout fold + seen-subjects, 2 seeds
+    python benchmark.py                               # 4 heldout folds + seen-subjects, 3 seeds
+    python benchmark.py --models=[linear,ivlaai] --seeds=[1,2] --protocols=[seen]
+    python benchmark.py --variants="{'ivlaai_add': ['--model=ivlaai', '--ivlaai_concat=False']}"
+
+Every model is trained with ``train.py`` and scored with ``test.py`` (the code users run), one run
+folder per protocol/fold/model/seed under ``out_dir``. A finished run is never retrained, so an
+interrupted benchmark resumes where it stopped: run the same command again. Results:
+``out_dir/results.json``, ``out_dir/results.md`` and ``out_dir/results.png``.
+
+Protocols
+  heldout  4 folds over S1-S12, test subjects {S1-3}, {S4-6}, {S7-9}, {S10-12}; train on the other
+           9 (validation: each training trial's 80/10/10 time split). ``--quick``: fold S10-S12 only.
+  seen     train trials 000-006 of every subject, validate on 007, test 008 and 009.
+Scores: Pearson r of whole 50 s test trials and of 5 s windows (1 s hop), mean per subject, then
+over subjects; each trial standardized per channel. Model choices use validation r only.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import test as test_script
+import train as train_script
+from EEG_Dataset import atomic_write_bytes, atomic_write_json
+
+DTU_DEFAULT = str(Path(__file__).resolve().parent.parent / "shared" / "data" / "dtu")
+FOLDS = [["S1", "S2", "S3"], ["S4", "S5", "S6"], ["S7", "S8", "S9"], ["S10", "S11", "S12"]]
+
+DEFAULTS = {
+    "data_dir": DTU_DEFAULT,  # DTU-style npz folder with subjects S1..S12
+    "out_dir": "bench_runs",  # run folders and result tables go here
+    "protocols": ["heldout", "seen"],  # which protocols to run
+    "models": ["linear", "vlaai", "ivlaai"],  # models (train.py --model names) to compare
+    "variants": {},  # extra named variants: {label: [train.py args]}, e.g. ablations
+    "seeds": [1, 2, 3],  # seeds per model
+    "epochs": 30,  # maximum epochs per run
+    "patience": 5,  # early-stopping patience
+    "threads": 0,  # torch CPU threads per run (0: default)
+    "quick": False,  # one heldout fold (S10-S12) and 2 seeds
+    "folds": None,  # heldout folds to run, by index 0-3 (None: all, or [3] with --quick)
+    "extra": [],  # more train.py args for every run, e.g. ['--batch_size=32']
+}
+
+
+def parse_args(argv) -> dict:
+    cfg = dict(DEFAULTS)
+    for arg in argv:
+        key, eq, text = arg.lstrip("-").partition("=")
+        if key not in cfg:
+            raise SystemExit(f"unknown option --{key}; valid: {', '.join(cfg)}")
+        if not eq:
+            cfg[key] = True
+            continue
+        try:
+            val = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            val = text
+            if text.startswith("[") and text.endswith("]"):
+                val = [t.strip() for t in text[1:-1].split(",") if t.strip()]
+        cfg[key] = val
+    if cfg["quick"]:
+        if "seeds" not in " ".join(argv):
+            cfg["seeds"] = [1, 2]
+        if cfg["folds"] is None:
+            cfg["folds"] = [3]
+    if cfg["folds"] is None:
+        cfg["folds"] = [0, 1, 2, 3]
+    return cfg
+
+
+def protocol_runs(cfg: dict):
+    """(protocol, fold label, train args, eval args, test subjects) for every protocol/fold."""
+    for proto in cfg["protocols"]:
+        if proto == "heldout":
+            for k in cfg["folds"]:
+                test_subj = FOLDS[k]
+                label = f"fold{k + 1}-{test_subj[0]}-{test_subj[-1]}"
+                train_args = [f"--exclude_subjects={test_subj}", "--split=time"]
+                eval_args = [f"--subjects={test_subj}", "--test_recordings=['*']", "--split=whole"]
+                yield proto, label, train_args, eval_args, test_subj
+        elif proto == "seen":
+            sel = ["--val_recordings=['*_007']", "--test_recordings=['*_008','*_009']", "--split=whole"]
+            yield proto, "trials-008-009", sel, sel, None
+        else:
+            raise SystemExit(f"unknown protocol {proto!r}: use heldout and/or seen")
+
+
+def model_specs(cfg: dict) -> dict:
+    specs = {m: [f"--model={m}"] for m in cfg["models"]}
+    specs.update({k: list(v) for k, v in cfg["variants"].items()})
+    return specs
+
+
+def main(argv=None) -> dict:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    common = [f"--data_dir={cfg['data_dir']}", f"--epochs={cfg['epochs']}", f"--patience={cfg['patience']}",
+              f"--threads={cfg['threads']}", *cfg["extra"]]
+    results = {"config": cfg, "runs": {}}
+    for proto, fold, train_args, eval_args, _ in protocol_runs(cfg):
+        for label, margs in model_specs(cfg).items():
+            run_dir = out / proto / fold / label
+            model_name = next(a.split("=", 1)[1] for a in margs if a.startswith("--model="))
+            t0 = time.time()
+            for seed in cfg["seeds"]:
+                done = run_dir / model_name / f"seed-{seed}" / "last.pt"
+                print(f"== {proto} {fold} {label} seed {seed}", flush=True)
+                train_script.main([*common, *train_args, *margs, f"--run_dir={run_dir}", f"--seeds=[{seed}]",
+                                   "--resume" if done.exists() else "--overwrite"])
+            train_s = time.time() - t0
+            res = test_script.main([f"--run_dir={run_dir}", f"--model={model_name}", f"--seeds={cfg['seeds']}",
+                                    "--test_dir=None", f"--eval_dir={cfg['data_dir']}", *eval_args,
+                                    f"--result_dir={run_dir / 'eval'}", "--overwrite"])
+            val_r = {}
+            for seed in cfg["seeds"]:
+                ck = train_script.load_checkpoint(run_dir / model_name / f"seed-{seed}" / "best.pt")
+                val_r[f"seed-{seed}"] = float(ck["best_val_r"])
+                epochs = len(ck["history"]) if ck["history"] else 0
+                val_r.setdefault("epochs", {})[f"seed-{seed}"] = epochs
+            results["runs"].setdefault(proto, {}).setdefault(label, {})[fold] = {
+                "eval": res["eval"], "val_r": val_r, "train_eval_s": round(train_s + 0.0, 1)}
+            write_results(out, results, cfg, time.time() - t_start)
+    return results
+
+
+def summarize(results: dict, cfg: dict) -> dict:
+    """Per protocol and model: per-seed subject means (over all folds), mean/sd over seeds,
+    ensemble, per-subject scores, validation r."""
+    summary = {}
+    for proto, by_model in results["runs"].items():
+        for label, folds in by_model.items():
+            seeds = [f"seed-{s}" for s in cfg["seeds"]]
+            row = {}
+            for metric, key in (("trial", "per_subject"), ("window", "window_per_subject")):
+                per_seed_subj = {s: {} for s in seeds}
+                ens_subj = {}
+                for fold in folds.values():
+                    ev = fold["eval"]
+                    for s in seeds:
+                        per_seed_subj[s].update(ev["per_seed"][s].get(key, {}))
+                    ens_subj.update(ev["ensemble"].get(key, {}))
+                seed_means = [float(np.mean(list(v.values()))) for v in per_seed_subj.values() if v]
+                row[metric] = {
+                    "seed_means": dict(zip(seeds, seed_means)),
+                    "mean": float(np.mean(seed_means)) if seed_means else None,
+                    "sd": float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else 0.0,
+                    "ensemble": float(np.mean(list(ens_subj.values()))) if ens_subj else None,
+                    "per_subject_ensemble": ens_subj,
+                    "per_subject_seeds": per_seed_subj,
+                }
+            vals = [f["val_r"][s] for f in folds.values() for s in seeds]
+            row["val_r_mean"] = float(np.mean(vals))
+            row["epochs"] = [e for f in folds.values() for e in f["val_r"]["epochs"].values()]
+            row["seconds"] = sum(f["train_eval_s"] for f in folds.values())
+            row["folds"] = list(folds)
+            summary.setdefault(proto, {})[label] = row
+    return summary
+
+
+def machine() -> str:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    return f"{platform.machine()} {platform.processor() or ''} {dev}, torch {torch.__version__}".strip()
+
+
+def write_results(out: Path, results: dict, cfg: dict, wall_s: float) -> None:
+    summary = summarize(results, cfg)
+    results["summary"] = summary
+    results["wall_s"] = round(wall_s, 1)
+    results["machine"] = machine()
+    atomic_write_json(out / "results.json", results)
+    lines = [f"# Benchmark results ({'quick' if cfg['quick'] else 'full'})", "",
+             f"Command: `python benchmark.py {' '.join(sys.argv[1:])}`  ", f"Machine: {results['machine']}  ",
+             f"Seeds: {cfg['seeds']}, epochs <= {cfg['epochs']}, patience {cfg['patience']}, "
+             f"wall time so far {wall_s / 60:.1f} min", ""]
+    for proto, rows in summary.items():
+        folds = next(iter(rows.values()))["folds"]
+        lines += [f"## {proto} ({', '.join(folds)})", "",
+                  "| model | trial r mean ± sd over seeds | trial r seed-ensemble | 5 s window r mean ± sd | "
+                  "window r ensemble | val r | epochs | train+eval min |", "|---|---|---|---|---|---|---|---|"]
+        for label, row in rows.items():
+            t, w = row["trial"], row["window"]
+            lines.append(f"| {label} | {t['mean']:.4f} ± {t['sd']:.4f} | {t['ensemble']:.4f} | "
+                         f"{w['mean']:.4f} ± {w['sd']:.4f} | {w['ensemble']:.4f} | {row['val_r_mean']:.4f} | "
+                         f"{row['epochs']} | {row['seconds'] / 60:.1f} |")
+        subjects = list(next(iter(rows.values()))["trial"]["per_subject_ensemble"])
+        lines += ["", "Per-subject trial r (seed ensemble):", "",
+                  "| model | " + " | ".join(subjects) + " |", "|---" * (len(subjects) + 1) + "|"]
+        for label, row in rows.items():
+            ps = row["trial"]["per_subject_ensemble"]
+            lines.append(f"| {label} | " + " | ".join(f"{ps.get(s, float('nan')):.3f}" for s in subjects) + " |")
+        lines.append("")
+    atomic_write_bytes(out / "results.md", "\n".join(lines).encode())
+    try:
+        plot(out / "results.png", summary)
+    except ImportError:
+        print("matplotlib not installed: no figure", flush=True)
+
+
+def plot(path: Path, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summary), figsize=(7 * len(summary), 4.5), squeeze=False)
+    for ax, (proto, rows) in zip(axes[0], summary.items()):
+        subjects = list(next(iter(rows.values()))["trial"]["per_subject_ensemble"])
+        x = np.arange(len(subjects))
+        width = 0.8 / max(len(rows), 1)
+        for i, (label, row) in enumerate(rows.items()):
+            seeds = row["trial"]["per_subject_seeds"]
+            vals = np.array([[seeds[s].get(subj, np.nan) for subj in subjects] for s in seeds])
+            pos = x + (i - (len(rows) - 1) / 2) * width
+            ax.bar(pos, np.nanmean(vals, 0), width, label=f"{label} ({row['trial']['mean']:.3f})", alpha=0.8)
+            for v in vals:  # each seed as a dot: the spread over seeds
+                ax.plot(pos, v, "k.", ms=3)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xticks(x, subjects, rotation=45)
+        ax.set_ylabel("trial Pearson r (bars: mean over seeds, dots: seeds)")
+        ax.set_title(f"{proto}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()
