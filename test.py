@@ -89,7 +89,12 @@ def claim_result_dir(result_dir: Path, manifest: dict, overwrite: bool) -> None:
     or another test set is only replaced with --overwrite."""
     old = result_dir / MANIFEST
     has_files = result_dir.is_dir() and any(result_dir.glob("sub-*.json"))
-    if not has_files or overwrite:
+    if not has_files:
+        return
+    if overwrite:  # replace: no stale subject files, per-seed folders or scores of the old run stay behind
+        for p in [*result_dir.glob("sub-*.json"), *result_dir.glob("per_seed/seed-*/sub-*.json"),
+                  result_dir / "score.json", old]:
+            p.unlink(missing_ok=True)
         return
     try:
         same = json.loads(old.read_text()) == manifest
@@ -143,7 +148,10 @@ def main(argv=None) -> dict:
 
         label_dir = Path(cfg["label_dir"]) if cfg["label_dir"] else None
         if label_dir is not None and label_dir.is_dir():
-            labels = read_challenge_labels(label_dir)
+            try:
+                labels = read_challenge_labels(label_dir)
+            except DataError as exc:
+                raise SystemExit(f"label data error: {exc}") from exc
             seen = train_subjects if cfg["seen_subjects"] == "auto" else cfg["seen_subjects"]
             flat = lambda preds: {k: v for segs in preds.values() for k, v in segs.items()}  # noqa: E731
             result["ensemble"] = score(flat(ensemble), labels, seen)

@@ -158,7 +158,10 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
     prepare_run_dir(out, cfg)
     if cfg["resume"] and (out / "last.pt").exists():
         ck = load_checkpoint(out / "last.pt")
-        if ck.get("finished") and ck["model_name"] == cfg["model"] and ck["seed"] == seed:
+        # A run that stopped at its epoch limit continues when --epochs is raised (closed-form fits have
+        # no history and stay finished; early-stopped runs stay finished unless --patience is raised).
+        more = ck.get("history") and ck["epoch"] < cfg["epochs"] and ck.get("bad_epochs", 0) < cfg["patience"]
+        if ck.get("finished") and not more and ck["model_name"] == cfg["model"] and ck["seed"] == seed:
             print(f"[seed {seed}] already finished (best val r {ck['best_val_r']:.4f}): {out}", flush=True)
             return {"seed": seed, "best_val_r": ck["best_val_r"], "epochs": ck["epoch"], "dir": str(out)}
     seed_everything(seed, cfg["deterministic"])
@@ -245,7 +248,9 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
                   f"best {best_r:.4f}{' *' if improved else ''}  {secs:.1f}s", flush=True)
     except KeyboardInterrupt:
         # Keep what this epoch learned: resume restarts the interrupted epoch from these weights.
-        save_checkpoint(out / "last.pt", checkpoint(epoch, interrupted=True))
+        # len(rows) = epochs completed; ``epoch`` is one behind when the signal lands after an epoch's
+        # row was logged (e.g. during its checkpoint or print), which made resume log that epoch twice.
+        save_checkpoint(out / "last.pt", checkpoint(len(rows), interrupted=True))
         print(f"\n[seed {seed}] interrupted: saved {out / 'last.pt'}; continue with --resume", flush=True)
         raise
     save_checkpoint(out / "last.pt", checkpoint(len(rows), finished=True))

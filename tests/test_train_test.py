@@ -1,0 +1,620 @@
+"""End-to-end tests of train.py and test.py on tiny demo corpora (CPU, small models, seconds each).
+
+Scores are checked against an independent re-implementation of the official challenge rules
+(scipy.stats.pearsonr), written here and applied to the files test.py writes.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import pearsonr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import config  # noqa: E402
+import demo_corpus  # noqa: E402
+import train  # noqa: E402
+
+# test.py by path: the name 'test' is also the standard library's regression-test package.
+_spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
+
+N_CHANS = 8
+TINY = ["--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16", "--window_s=1", "--batch_size=16",
+        f"--n_chans={N_CHANS}", "--threads=1", "--patience=10"]
+TEMP_RE = re.compile(r"^\.(best\.pt|last\.pt|log\.csv)\..+\.tmp$")  # atomic_write_bytes' temp files
+
+
+# ----------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def _restore_global_torch_state():
+    """train.main sets torch threads and deterministic algorithms process-wide: undo that afterwards."""
+    state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_rng_state(), dict(os.environ))
+    yield
+    torch.set_num_threads(state[0])
+    torch.use_deterministic_algorithms(state[1], warn_only=state[2])
+    torch.set_rng_state(state[3])
+    os.environ.clear()
+    os.environ.update(state[4])
+
+
+def make_corpus(out: Path, minutes=1.0, n_subjects=3) -> Path:
+    demo_corpus.make_demo_corpus(out_dir=out, n_subjects=n_subjects, n_heldout=1, minutes=minutes,
+                                 n_test_segments=2, segment_s=20.0, n_chans=N_CHANS, seed=0, measure=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """3 seen + 1 held-out subjects, 1 min each, 8 channels, 2 test segments of 20 s per subject."""
+    return make_corpus(tmp_path_factory.mktemp("corpus") / "xfdata")
+
+
+def data_args(corpus: Path) -> list[str]:
+    return [f"--data_dir={corpus / 'split_data'}"]
+
+
+def args_for_test(corpus: Path, run_dir: Path, result_dir: Path, *extra) -> list[str]:
+    return [f"--run_dir={run_dir}", f"--test_dir={corpus / 'auditory-eeg-test-dataset'}",
+            f"--label_dir={corpus / 'test_labels'}", f"--result_dir={result_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def two_seeds(corpus, tmp_path_factory) -> Path:
+    """ivlaai (tiny), seeds 1 and 2, 2 epochs. Tests only read it."""
+    run_dir = tmp_path_factory.mktemp("runs_two_seeds")
+    results = train.main(data_args(corpus) + TINY + [f"--run_dir={run_dir}", "--seeds=[1,2]", "--epochs=2"])
+    assert [r["seed"] for r in results] == [1, 2]
+    return run_dir
+
+
+# ----------------------------------------------------------------------------------- helpers
+def official_score(result_dir: Path, label_dir: Path) -> tuple[float, dict]:
+    """The challenge rules, independently: every label segment counts; a missing prediction
+    scores 0; predictions are truncated or zero-padded to the label length; Pearson r per
+    segment; mean per subject; plain mean over subjects."""
+    labels = {}
+    for p in sorted(label_dir.glob("*.json")):
+        for seg, (env, _stimulus) in json.loads(p.read_text()).items():
+            labels[seg] = np.asarray(env, dtype=np.float64).ravel()
+    preds = {}
+    for p in sorted(result_dir.glob("sub-*.json")):
+        preds.update(json.loads(p.read_text()))
+    per_subject = defaultdict(list)
+    for seg, lab in labels.items():
+        if seg in preds:
+            pred = np.zeros(len(lab))
+            vals = np.asarray(preds[seg], dtype=np.float64)[: len(lab)]
+            pred[: len(vals)] = vals
+            r = pearsonr(pred, lab)[0]
+        else:
+            r = 0.0
+        per_subject[seg.rsplit("_", 1)[0]].append(r)
+    subj = {s: float(np.mean(v)) for s, v in per_subject.items()}
+    return float(np.mean(list(subj.values()))), subj
+
+
+def read_log(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def same_optimizer(a: dict, b: dict) -> bool:
+    if a["param_groups"] != b["param_groups"] or a["state"].keys() != b["state"].keys():
+        return False
+    return all(same_tensors(a["state"][k], b["state"][k]) for k in a["state"])
+
+
+def file_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def seg_lengths(test_dir: Path) -> dict[str, int]:
+    out = {}
+    for p in sorted(test_dir.glob("sub-*.json")):
+        out.update({k: len(v) for k, v in json.loads(p.read_text()).items()})
+    return out
+
+
+def check_predictions(result_dir: Path, corpus: Path) -> None:
+    lengths = seg_lengths(corpus / "auditory-eeg-test-dataset")
+    files = sorted(p.name for p in result_dir.glob("sub-*.json"))
+    assert files == sorted(p.name for p in (corpus / "auditory-eeg-test-dataset").glob("sub-*.json"))
+    seen = {}
+    for p in result_dir.glob("sub-*.json"):
+        data = json.loads(p.read_text())
+        assert isinstance(data, dict) and data
+        for seg, values in data.items():
+            assert seg.startswith(p.stem + "_")
+            assert isinstance(values, list) and all(isinstance(v, float) for v in values)
+            assert np.isfinite(values).all() and np.std(values) > 0
+            seen[seg] = len(values)
+    assert seen == lengths
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+def start_train(args: list[str]) -> subprocess.Popen:
+    # SIGINT may be ignored in a background job; the child must get Python's default handler.
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=str(ROOT), env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 120.0) -> list[str]:
+    lines, t0 = [], time.time()
+    while time.time() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
+    proc.kill()
+    raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n{''.join(lines)}")
+
+
+def assert_clean_run_dir(out: Path) -> None:
+    """Only complete real files (every .pt loads) and, at most, dot-prefixed temp files."""
+    for p in out.iterdir():
+        assert p.name in {"best.pt", "last.pt", "log.csv"} or TEMP_RE.match(p.name), f"stray file {p}"
+    for name in ("best.pt", "last.pt"):
+        if (out / name).exists():
+            ck = load(out / name)
+            assert {"model", "optimizer", "epoch", "best_val_r", "config"} <= set(ck)
+    if (out / "log.csv").exists():
+        rows = read_log(out / "log.csv")
+        assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+
+
+# ----------------------------------------------------------------------------------- 1. end to end
+def test_end_to_end_single_seed_scores_by_the_official_rules(corpus, two_seeds, tmp_path, capsys):
+    result_dir = tmp_path / "pred"
+    res = test_script.main(args_for_test(corpus, two_seeds, result_dir, "--seeds=[1]"))
+    out = capsys.readouterr().out
+    assert res["seeds"] == [1] and res["model"] == "ivlaai"
+    check_predictions(result_dir, corpus)
+    assert not (result_dir / "per_seed").exists()  # one seed: the ensemble is that seed
+
+    total, per_subject = official_score(result_dir, corpus / "test_labels")
+    assert res["ensemble"]["total"] == pytest.approx(total, abs=1e-9)
+    assert res["ensemble"]["per_subject"] == pytest.approx(per_subject, abs=1e-9)
+    assert f"total {total:.4f}" in out
+    saved = json.loads((result_dir / "score.json").read_text())
+    assert saved["ensemble"]["total"] == pytest.approx(total, abs=1e-9)
+    assert saved["per_seed"]["seed-1"]["total"] == pytest.approx(total, abs=1e-9)
+    assert set(per_subject) == {"sub-001", "sub-002", "sub-003", "sub-004"}
+    assert total > 0.02  # it learned something about the envelope (the demo corpus is easy)
+
+
+def test_project_scorer_follows_the_rules_for_missing_short_and_long_predictions(corpus, two_seeds, tmp_path):
+    """Edit written predictions (drop, shorten, lengthen, shift) and re-score both ways."""
+    from EEG_Dataset import score
+
+    result_dir = tmp_path / "pred"
+    test_script.main(args_for_test(corpus, two_seeds, result_dir, "--seeds=[1]"))
+    p1, p2, p3 = (result_dir / f"sub-00{i}.json" for i in (1, 2, 3))
+    d1, d2, d3 = (json.loads(p.read_text()) for p in (p1, p2, p3))
+    k1 = sorted(d1)
+    del d1[k1[0]]  # missing -> 0
+    k2 = sorted(d2)
+    d2[k2[0]] = d2[k2[0]][: len(d2[k2[0]]) // 2]  # short -> zero-padded
+    d2[k2[1]] = d2[k2[1]] + [5.0] * 300  # long -> truncated (the tail must not count)
+    k3 = sorted(d3)
+    d3[k3[0]] = [1.0] + d3[k3[0]]  # shifted by one sample, then truncated
+    for p, d in ((p1, d1), (p2, d2), (p3, d3)):
+        p.write_text(json.dumps(d))
+    total, per_subject = official_score(result_dir, corpus / "test_labels")
+    got = score(result_dir, corpus / "test_labels")
+    assert got["total"] == pytest.approx(total, abs=1e-9)
+    assert got["per_subject"] == pytest.approx(per_subject, abs=1e-9)
+    assert got["per_segment"][k1[0]] == 0.0
+
+
+# ----------------------------------------------------------------------------------- 2. two seeds
+def test_two_seeds_run_dirs_ensemble_and_per_seed_scores(corpus, two_seeds, tmp_path, capsys):
+    assert sorted(p.name for p in (two_seeds / "ivlaai").iterdir()) == ["seed-1", "seed-2"]
+    for s in (1, 2):
+        assert (two_seeds / "ivlaai" / f"seed-{s}" / "best.pt").is_file()
+    result_dir = tmp_path / "pred"
+    res = test_script.main(args_for_test(corpus, two_seeds, result_dir))
+    out = capsys.readouterr().out
+    assert res["seeds"] == [1, 2]
+    check_predictions(result_dir, corpus)
+    for s in (1, 2):
+        check_predictions(result_dir / "per_seed" / f"seed-{s}", corpus)
+    # the ensemble is the mean of the seeds' (z-scored) predictions
+    for p in result_dir.glob("sub-*.json"):
+        ens = json.loads(p.read_text())
+        a = json.loads((result_dir / "per_seed" / "seed-1" / p.name).read_text())
+        b = json.loads((result_dir / "per_seed" / "seed-2" / p.name).read_text())
+        for k in ens:
+            assert np.allclose(ens[k], (np.asarray(a[k]) + np.asarray(b[k])) / 2, atol=1e-6)
+            assert not np.allclose(a[k], b[k])  # two seeds really are two models
+
+    saved = json.loads((result_dir / "score.json").read_text())
+    assert set(saved["per_seed"]) == {"seed-1", "seed-2"}
+    total, _ = official_score(result_dir, corpus / "test_labels")
+    assert saved["ensemble"]["total"] == pytest.approx(total, abs=1e-9)
+    for s in (1, 2):
+        t, _ = official_score(result_dir / "per_seed" / f"seed-{s}", corpus / "test_labels")
+        assert saved["per_seed"][f"seed-{s}"]["total"] == pytest.approx(t, abs=1e-9)
+    assert saved["per_seed"]["seed-1"]["total"] != saved["per_seed"]["seed-2"]["total"]
+    assert f"total {total:.4f}" in out and "ensemble of 2 seeds" in out
+
+
+# ----------------------------------------------------------------------------------- 3. determinism
+def test_same_seed_same_weights_other_seed_other_weights(corpus, two_seeds, tmp_path):
+    train.main(data_args(corpus) + TINY + [f"--run_dir={tmp_path}", "--seeds=[1]", "--epochs=2"])
+    again = load(tmp_path / "ivlaai" / "seed-1" / "best.pt")
+    first = load(two_seeds / "ivlaai" / "seed-1" / "best.pt")
+    other = load(two_seeds / "ivlaai" / "seed-2" / "best.pt")
+    assert same_tensors(again["model"], first["model"])
+    assert same_optimizer(again["optimizer"], first["optimizer"])
+    assert again["best_val_r"] == first["best_val_r"]
+    assert not any(torch.equal(other["model"][k], first["model"][k])
+                   for k in first["model"] if first["model"][k].is_floating_point() and first["model"][k].numel() > 1)
+
+
+# ----------------------------------------------------------------------------------- 4. checkpoints
+def test_checkpoint_contents_and_log(corpus, two_seeds):
+    out = two_seeds / "ivlaai" / "seed-1"
+    rows = read_log(out / "log.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"epoch", "train_r", "val_r", "best_val_r"} <= set(rows[0])
+    best, last = load(out / "best.pt"), load(out / "last.pt")
+    for ck in (best, last):
+        assert {"model", "optimizer", "epoch", "best_val_r", "config"} <= set(ck)
+        assert ck["seed"] == 1 and ck["model_name"] == "ivlaai" and ck["n_chans"] == N_CHANS
+        assert ck["optimizer"]["state"] and ck["optimizer"]["param_groups"][0]["lr"] == 1e-3
+        cfg = ck["config"]
+        assert set(cfg) == set(config.defaults())  # the resolved config, every key
+        assert cfg["epochs"] == 2 and cfg["seeds"] == [1, 2] and cfg["ivlaai_width"] == 16
+        assert cfg["data_dir"] == str(corpus / "split_data") and cfg["n_chans"] == N_CHANS
+    assert last["epoch"] == 2 and last["finished"]
+    val = [float(r["val_r"]) for r in rows]
+    assert best["epoch"] == 1 + int(np.argmax(val))
+    assert best["best_val_r"] == pytest.approx(max(val), abs=1e-5) == pytest.approx(last["best_val_r"], abs=1e-5)
+    # the weights rebuild the model they came from
+    import newmodel
+
+    m = newmodel.build_model("ivlaai", **dict(best["config"], n_chans=N_CHANS, n_subjects=0))
+    m.load_state_dict(best["model"])
+
+
+# ----------------------------------------------------------------------------------- 5. clash, overwrite, resume
+def test_clash_overwrite_and_resume_of_a_finished_run(corpus, tmp_path, capsys):
+    args = data_args(corpus) + TINY + [f"--run_dir={tmp_path}", "--model=linear_conv", "--epochs=2"]
+    train.main(args)
+    out = tmp_path / "linear_conv" / "seed-1"
+    before = file_bytes(out)
+    assert set(before) == {"best.pt", "last.pt", "log.csv"}
+
+    with pytest.raises(SystemExit) as exc:
+        train.main(args)
+    msg = str(exc.value.code)
+    assert "--resume" in msg and "--overwrite" in msg and str(out) in msg
+    assert file_bytes(out) == before
+
+    capsys.readouterr()
+    res = train.main(args + ["--resume"])  # finished: nothing to do, nothing changed
+    assert "already finished" in capsys.readouterr().out
+    assert res[0]["epochs"] == 2
+    assert file_bytes(out) == before
+
+    train.main(args[:-1] + ["--epochs=1", "--overwrite"])
+    assert len(read_log(out / "log.csv")) == 1
+    assert load(out / "last.pt")["epoch"] == 1
+    assert file_bytes(out) != before
+
+
+def test_resume_after_epoch_1_of_3_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
+    """ivlaai has dropout: this also checks that the RNG state travels in the checkpoint.
+
+    'cut': trained with --epochs=1, then --resume --epochs=3. 'int': Ctrl-C lands while epoch 1's
+    last.pt is being written (after its log row), then --resume."""
+    base = data_args(corpus) + TINY + ["--seeds=[3]"]
+    train.main(base + [f"--run_dir={tmp_path / 'full'}", "--epochs=3"])
+    train.main(base + [f"--run_dir={tmp_path / 'cut'}", "--epochs=1"])
+    assert load(tmp_path / "cut" / "ivlaai" / "seed-3" / "last.pt")["epoch"] == 1
+    train.main(base + [f"--run_dir={tmp_path / 'cut'}", "--epochs=3", "--resume"])
+
+    real_save = train.save_checkpoint
+
+    def interrupted_save(path, obj):
+        if Path(path).name == "last.pt" and obj["epoch"] == 1 and not obj["interrupted"]:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived during this write
+        real_save(path, obj)
+
+    monkeypatch.setattr(train, "save_checkpoint", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(base + [f"--run_dir={tmp_path / 'int'}", "--epochs=3"])
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    ck = load(tmp_path / "int" / "ivlaai" / "seed-3" / "last.pt")
+    assert ck["interrupted"] and ck["epoch"] == len(ck["history"]) == 1
+    train.main(base + [f"--run_dir={tmp_path / 'int'}", "--epochs=3", "--resume"])
+
+    for name, run in [(n, r) for n in ("last.pt", "best.pt") for r in ("cut", "int")]:
+        full = load(tmp_path / "full" / "ivlaai" / "seed-3" / name)
+        cut = load(tmp_path / run / "ivlaai" / "seed-3" / name)
+        assert full["epoch"] == cut["epoch"], (run, name)
+        assert same_tensors(full["model"], cut["model"]), f"{run} {name}: resumed weights differ"
+        assert same_optimizer(full["optimizer"], cut["optimizer"]), f"{run} {name}: optimizer state differs"
+        assert full["best_val_r"] == cut["best_val_r"]
+        assert torch.equal(full["torch_rng"], cut["torch_rng"])
+        strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+        assert strip(full["history"]) == strip(cut["history"])
+    for run in ("cut", "int"):
+        assert load(tmp_path / run / "ivlaai" / "seed-3" / "last.pt")["epoch"] == 3
+        rows = read_log(tmp_path / run / "ivlaai" / "seed-3" / "log.csv")
+        assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------------- 6. Ctrl-C
+def test_ctrl_c_saves_last_pt_and_resume_completes(tmp_path):
+    corpus = make_corpus(tmp_path / "xfdata", minutes=3.0)
+    run_dir = tmp_path / "runs"
+    args = [f"--data_dir={corpus / 'split_data'}", f"--n_chans={N_CHANS}", "--model=ivlaai", "--ivlaai_blocks=2",
+            "--ivlaai_width=64", "--window_s=2", "--threads=1", "--patience=10", "--epochs=4",
+            f"--run_dir={run_dir}"]
+    proc = start_train(args)
+    try:
+        lines = wait_for_line(proc, r"epoch\s+1\s")
+        proc.send_signal(signal.SIGINT)  # lands in epoch 2 (each epoch takes >1 s here)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, text
+    assert "interrupted" in text and "--resume" in text
+    assert "Traceback" not in text
+    out = run_dir / "ivlaai" / "seed-1"
+    assert_clean_run_dir(out)
+    last = load(out / "last.pt")
+    assert last["interrupted"] and not last["finished"] and last["epoch"] in (1, 2)
+    assert len(read_log(out / "log.csv")) == last["epoch"]
+
+    train.main(args + ["--resume"])
+    assert_clean_run_dir(out)
+    last = load(out / "last.pt")
+    assert last["finished"] and last["epoch"] == 4
+    assert [int(r["epoch"]) for r in read_log(out / "log.csv")] == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------------- 7. SIGKILL
+def test_sigkill_during_training_leaves_only_complete_files(corpus, tmp_path):
+    run_dir = tmp_path / "runs"
+    args = data_args(corpus) + [f"--n_chans={N_CHANS}", "--model=ivlaai", "--ivlaai_blocks=2", "--ivlaai_width=64",
+                                "--window_s=1", "--threads=1", "--patience=500", f"--run_dir={run_dir}"]
+    proc = start_train(args + ["--epochs=500"])
+    try:
+        wait_for_line(proc, r"epoch\s+2\s")
+        time.sleep(0.13)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = run_dir / "ivlaai" / "seed-1"
+    assert_clean_run_dir(out)
+    last = load(out / "last.pt")
+    assert not last["finished"] and last["epoch"] >= 2
+    n_rows = len(read_log(out / "log.csv"))
+    assert last["epoch"] <= n_rows <= last["epoch"] + 1  # log.csv is written just before last.pt
+    # the killed run resumes from its last complete checkpoint
+    train.main(args + [f"--epochs={last['epoch'] + 1}", "--resume"])
+    assert_clean_run_dir(out)
+    assert load(out / "last.pt")["epoch"] == last["epoch"] + 1 == len(read_log(out / "log.csv"))
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_old_file(tmp_path):
+    """Kill a process while it is writing a large checkpoint: the file holds a whole checkpoint."""
+    target = tmp_path / "last.pt"
+    code = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); import train\n"
+        "w = torch.arange(6_000_000, dtype=torch.float32)\n"
+        "i = 0\n"
+        "while True:\n"
+        "    train.save_checkpoint(sys.argv[2], {'model': {'w': w + i}, 'epoch': i})\n"
+        "    print('saved', i, flush=True); i += 1\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(target)], env=subprocess_env(),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for_line(proc, r"saved 2")
+        time.sleep(0.02)  # in the middle of writing checkpoint 3 (or just after)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for p in tmp_path.iterdir():
+        assert p.name == "last.pt" or TEMP_RE.match(p.name), f"stray file {p}"
+    ck = load(target)
+    assert ck["epoch"] >= 2
+    assert torch.equal(ck["model"]["w"], torch.arange(6_000_000, dtype=torch.float32) + ck["epoch"])
+
+
+# ----------------------------------------------------------------------------------- 8. bad inputs
+def copy_test_set(corpus: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for p in (corpus / "auditory-eeg-test-dataset").glob("*.json"):
+        (dest / p.name).write_bytes(p.read_bytes())
+    return dest
+
+
+def test_malformed_test_json_names_the_file(corpus, two_seeds, tmp_path):
+    test_dir = copy_test_set(corpus, tmp_path / "tests")
+    bad = test_dir / "sub-002.json"
+    bad.write_text(bad.read_text()[:1000])  # cut off mid-way
+    args = args_for_test(corpus, two_seeds, tmp_path / "pred", f"--test_dir={test_dir}")
+    with pytest.raises(SystemExit) as exc:
+        test_script.main(args)
+    assert str(bad) in str(exc.value.code)
+    assert not (tmp_path / "pred").exists()  # nothing written from a broken test set
+
+
+def test_wrong_channel_count_in_test_json_names_the_file(corpus, two_seeds, tmp_path):
+    test_dir = copy_test_set(corpus, tmp_path / "tests")
+    bad = test_dir / "sub-003.json"
+    bad.write_text(json.dumps({"sub-003_0": np.zeros((640, N_CHANS + 2)).tolist()}))
+    with pytest.raises(SystemExit) as exc:
+        test_script.main(args_for_test(corpus, two_seeds, tmp_path / "pred", f"--test_dir={test_dir}"))
+    msg = str(exc.value.code)
+    assert str(bad) in msg and str(N_CHANS + 2) in msg and str(N_CHANS) in msg
+
+
+def test_malformed_label_json_names_the_file(corpus, two_seeds, tmp_path):
+    label_dir = tmp_path / "labels"
+    label_dir.mkdir()
+    for p in (corpus / "test_labels").glob("*.json"):
+        (label_dir / p.name).write_bytes(p.read_bytes())
+    bad = label_dir / "sub-001.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit) as exc:
+        test_script.main(args_for_test(corpus, two_seeds, tmp_path / "pred", f"--label_dir={label_dir}"))
+    assert str(bad) in str(exc.value.code)
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_no_trained_model_says_how_to_train(corpus, tmp_path, exists):
+    run_dir = tmp_path / "empty_runs"
+    if exists:
+        run_dir.mkdir()
+    with pytest.raises(SystemExit) as exc:
+        test_script.main(args_for_test(corpus, run_dir, tmp_path / "pred"))
+    msg = str(exc.value.code)
+    assert "train.py" in msg and str(run_dir) in msg
+    assert not (tmp_path / "pred").exists()
+
+
+def test_junk_data_folder_is_a_clear_error(tmp_path):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("hello")
+    (junk / "data.bin").write_bytes(os.urandom(100))
+    args = [f"--data_dir={junk}", f"--run_dir={tmp_path / 'runs'}", "--model=linear_conv", "--threads=1"]
+    with pytest.raises(SystemExit) as exc:
+        train.main(args)
+    msg = str(exc.value.code)
+    assert str(junk) in msg and "notes.txt" in msg
+    # a file that looks like split_data but is not an array: the message names that file
+    bad = junk / "train_-_sub-001_-_audiobook_1_-_eeg.npy"
+    bad.write_bytes(b"not a numpy file")
+    (junk / "train_-_sub-001_-_audiobook_1_-_envelope.npy").write_bytes(b"nor is this")
+    with pytest.raises(SystemExit) as exc:
+        train.main(args)
+    assert bad.name in str(exc.value.code)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+# ----------------------------------------------------------------------------------- 9. demo corpus
+def test_missing_or_empty_data_dir_builds_the_demo_corpus(tmp_path, monkeypatch, capsys):
+    demo = tmp_path / "demo_xfdata"
+    monkeypatch.setattr(train, "DEMO_DIR", demo)
+    cfg, _ = config.parse([f"--data_dir={tmp_path / 'missing'}", "--demo_subjects=2", "--demo_minutes=0.5"])
+    train.ensure_data(cfg)
+    out = capsys.readouterr().out
+    assert "missing or empty" in out and "demo" in out and str(demo) in out
+    assert cfg["data_dir"] == str(demo / "split_data")
+    eegs = sorted((demo / "split_data").glob("*_-_eeg.npy"))
+    assert {p.name.split("_-_")[1] for p in eegs} == {"sub-001", "sub-002"}
+    assert (demo / "auditory-eeg-test-dataset").is_dir() and (demo / "test_labels").is_dir()
+    built = file_bytes(demo)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg, _ = config.parse([f"--data_dir={empty}", "--demo_subjects=2", "--demo_minutes=0.5"])
+    train.ensure_data(cfg)  # the demo corpus exists now: used, not rebuilt
+    assert cfg["data_dir"] == str(demo / "split_data")
+    assert "training on the demo corpus" in capsys.readouterr().out
+    assert file_bytes(demo) == built
+    train.corpus_from_config(cfg)  # and it loads
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "x.npz").write_bytes(b"")
+    cfg, _ = config.parse([f"--data_dir={real}"])
+    train.ensure_data(cfg)  # a non-empty folder is left alone
+    assert cfg["data_dir"] == str(real)
+
+
+# ----------------------------------------------------------------------------------- 10. ridge
+def test_linear_closed_form_trains_and_scores(corpus, tmp_path, capsys):
+    run_dir = tmp_path / "runs"
+    res = train.main(data_args(corpus) + [f"--n_chans={N_CHANS}", "--model=linear", f"--run_dir={run_dir}",
+                                          "--threads=1"])
+    assert res[0]["epochs"] == 0
+    out = run_dir / "linear" / "seed-1"
+    best = load(out / "best.pt")
+    assert best["epoch"] == 0 and best["optimizer"] == {} and best["model_name"] == "linear"
+    assert np.isfinite(best["best_val_r"]) and best["best_val_r"] > 0
+    assert len(read_log(out / "log.csv")) == 1
+    result_dir = tmp_path / "pred"
+    capsys.readouterr()
+    r = test_script.main(args_for_test(corpus, run_dir, result_dir))
+    assert r["model"] == "linear"
+    check_predictions(result_dir, corpus)
+    total, _ = official_score(result_dir, corpus / "test_labels")
+    assert r["ensemble"]["total"] == pytest.approx(total, abs=1e-9) and total > 0.02
+    assert f"total {total:.4f}" in capsys.readouterr().out
+    # a finished closed-form run is not refitted by --resume
+    before = file_bytes(out)
+    train.main(data_args(corpus) + [f"--n_chans={N_CHANS}", "--model=linear", f"--run_dir={run_dir}",
+                                    "--threads=1", "--resume"])
+    assert file_bytes(out) == before
+
+
+# ----------------------------------------------------------------------------------- 11. result_dir clash
+def test_result_dir_from_other_checkpoints_needs_overwrite(corpus, two_seeds, tmp_path):
+    result_dir = tmp_path / "pred"
+    test_script.main(args_for_test(corpus, two_seeds, result_dir, "--seeds=[1]"))
+    first = file_bytes(result_dir)
+    test_script.main(args_for_test(corpus, two_seeds, result_dir, "--seeds=[1]"))  # same checkpoints: fine
+    assert file_bytes(result_dir) == first  # and the same predictions
+    with pytest.raises(SystemExit) as exc:
+        test_script.main(args_for_test(corpus, two_seeds, result_dir, "--seeds=[2]"))
+    assert "--overwrite" in str(exc.value.code) and str(result_dir) in str(exc.value.code)
+    assert file_bytes(result_dir) == first
+    test_script.main(args_for_test(corpus, two_seeds, result_dir, "--seeds=[2]", "--overwrite"))
+    assert file_bytes(result_dir) != first
+    res = json.loads((result_dir / "score.json").read_text())
+    assert res["seeds"] == [2]
+    # --overwrite leaves nothing of the old run behind: ensemble of 2 seeds -> seed 2 alone
+    test_script.main(args_for_test(corpus, two_seeds, result_dir, "--overwrite"))
+    per_seed_2 = file_bytes(result_dir / "per_seed" / "seed-2")
+    (result_dir / "sub-099.json").write_text(json.dumps({"sub-099_0": [0.0, 1.0]}))  # e.g. another test set
+    test_script.main(args_for_test(corpus, two_seeds, result_dir, "--seeds=[2]", "--overwrite"))
+    assert not any(p.is_file() for p in (result_dir / "per_seed").rglob("*")), "stale per-seed predictions"
+    assert not (result_dir / "sub-099.json").exists()
+    now = {k: v for k, v in file_bytes(result_dir).items() if k.startswith("sub-")}
+    assert now == per_seed_2  # seed 2 alone predicts exactly what it predicted inside the ensemble
+    assert json.loads((result_dir / "score.json").read_text())["seeds"] == [2]
