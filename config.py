@@ -30,11 +30,17 @@ model = "ivlaai"  # 'ivlaai' (ours), 'vlaai', 'linear' (closed-form ridge) or 'l
 dropout = 0.2  # dropout rate inside ivlaai (VLAAI and the linear models use none)
 subject_embedding = False  # ivlaai: learn a vector per training subject (helps subjects seen in training)
 ivlaai_blocks = 4  # ivlaai: number of blocks
-ivlaai_width = 128  # ivlaai: extractor channels
+ivlaai_width = 128  # ivlaai: channels of every extractor conv layer
+ivlaai_layers = 5  # ivlaai: conv layers per extractor
+ivlaai_kernel = 8  # ivlaai: extractor kernel (each layer looks kernel-1 samples ahead, as VLAAI)
+ivlaai_feat = 64  # ivlaai: width of each block's output (per-block dense layer)
+ivlaai_context = 32  # ivlaai: output-context kernel (looks context-1 samples back, as VLAAI)
 ivlaai_concat = True  # ivlaai: blocks see [EEG, all earlier outputs] concatenated (False: added, as VLAAI)
 ivlaai_separable = True  # ivlaai: depthwise-separable extractor convolutions
-ridge_lags = 26  # linear: EEG lags 0..ridge_lags-1 samples after the envelope (26 = 0-400 ms at 64 Hz)
-conv_taps = 32  # linear_conv: taps of the challenge's Conv1D linear baseline (500 ms)
+ivlaai_shared = True  # ivlaai: one extractor + output context shared by all blocks (as VLAAI)
+ivlaai_subject_dropout = 0.1  # ivlaai: while training, replace a subject by 'unknown' with this probability
+linear_lags = 26  # linear: EEG lags 0..linear_lags-1 samples after the envelope (26 = 0-400 ms at 64 Hz)
+linear_conv_taps = 32  # linear_conv: taps of the challenge's Conv1D linear baseline (500 ms)
 
 # ---- training -------------------------------------------------------------------------------
 seeds = [1]  # one model is trained per seed; edit this list (or --seeds=[1,2,3]) to change seeds
@@ -127,6 +133,8 @@ def _check(key: str, value, base: dict):
         value = [value] if isinstance(value, int) else value
         if not value or not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
             raise ConfigError(f"--seeds: expected a non-empty list of integers, got {value!r}")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"--seeds: each seed once, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ConfigError(f"--{key}: expected one of {_CHOICES[key]}, got {value!r}")
     return value

@@ -33,6 +33,10 @@ from EEG_Dataset import DataError, WindowDataset, atomic_write_bytes, load_corpu
 from metrics import pearson, pearson_loss
 
 DEMO_DIR = Path("xfdata")
+# Keys that shape the model or the data it sees: a resumed run must keep them.
+ARCH_KEYS = ("model", "n_chans", "subject_embedding", "window_s", "batch_size", "dropout", "data_dir", "subjects",
+             "exclude_subjects", "val_recordings", "test_recordings", "split",
+             *[k for k in newmodel.MODEL_DEFAULTS if k not in ("n_subjects",)])
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -194,6 +198,10 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
         ck = load_checkpoint(out / "last.pt")
         if ck["model_name"] != cfg["model"] or ck["seed"] != seed:
             raise SystemExit(f"{out / 'last.pt'}: holds {ck['model_name']} seed {ck['seed']}, not {cfg['model']} seed {seed}")
+        changed = {k: (ck["config"].get(k, cfg[k]), cfg[k]) for k in ARCH_KEYS if ck["config"].get(k, cfg[k]) != cfg[k]}
+        if changed:
+            raise SystemExit(f"{out / 'last.pt'}: cannot resume with a different model or data setup: "
+                             + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["torch_rng"])
@@ -279,6 +287,8 @@ def fit_closed_form(model, corpus, out: Path, meta: dict, device, subject_index)
 
 def main(argv=None) -> list[dict]:
     cfg, _ = config_module.parse_or_exit(argv)
+    if cfg["epochs"] < 1 or cfg["patience"] < 1 or cfg["batch_size"] < 1 or cfg["window_s"] <= 0:
+        raise SystemExit("config error: epochs, patience and batch_size must be >= 1 and window_s > 0")
     if cfg["threads"] > 0:
         torch.set_num_threads(cfg["threads"])
     ensure_data(cfg)

@@ -244,3 +244,15 @@ def test_the_defaults_section_of_config_py_reads_as_a_config_file(tmp_path):
     assert values == config.defaults()
     cfg, given = parse(f"--config={f}")
     assert cfg == config.defaults() and given == set(values)
+
+
+def test_every_model_key_is_a_config_key_with_the_same_default():
+    """build_model reads these keys from the config: a missing or renamed key would be ignored silently."""
+    import newmodel
+
+    d = config.defaults()
+    for key, default in newmodel.MODEL_DEFAULTS.items():
+        if key == "n_subjects":  # derived from the data and subject_embedding by train.py
+            continue
+        assert key in d, key
+        assert d[key] == default, key

@@ -618,3 +618,20 @@ def test_result_dir_from_other_checkpoints_needs_overwrite(corpus, two_seeds, tm
     now = {k: v for k, v in file_bytes(result_dir).items() if k.startswith("sub-")}
     assert now == per_seed_2  # seed 2 alone predicts exactly what it predicted inside the ensemble
     assert json.loads((result_dir / "score.json").read_text())["seeds"] == [2]
+
+
+def test_resume_with_another_model_setup_is_refused(corpus, tmp_path):
+    run_dir = tmp_path / "runs"
+    train.main([*data_args(corpus), *TINY, f"--run_dir={run_dir}", "--epochs=1"])
+    before = file_bytes(run_dir / "ivlaai" / "seed-1")
+    with pytest.raises(SystemExit, match=r"cannot resume.*ivlaai_width was 16, now 32"):
+        train.main([*data_args(corpus), *TINY, "--ivlaai_width=32", f"--run_dir={run_dir}", "--epochs=2",
+                    "--resume"])
+    assert file_bytes(run_dir / "ivlaai" / "seed-1") == before
+
+
+@pytest.mark.parametrize("bad", ["--epochs=0", "--patience=0", "--seeds=[1,1]"])
+def test_degenerate_training_settings_are_rejected(corpus, tmp_path, bad):
+    with pytest.raises(SystemExit, match=r"epochs|seeds"):
+        train.main([*data_args(corpus), *TINY, f"--run_dir={tmp_path / 'r'}", bad])
+    assert not (tmp_path / "r").exists()
