@@ -190,7 +190,7 @@ def write_results(out: Path, results: dict, cfg: dict, wall_s: float) -> None:
         folds = next(iter(rows.values()))["folds"]
         lines += [f"## {proto} ({', '.join(folds)})", "",
                   "| model | trial r mean ± sd over seeds | trial r seed-ensemble | 5 s window r mean ± sd | "
-                  "window r ensemble | val r | epochs | train+eval min |", "|---|---|---|---|---|---|---|---|"]
+                  "window r ensemble | val r | best epoch | train+eval min |", "|---|---|---|---|---|---|---|---|"]
         for label, row in rows.items():
             t, w = row["trial"], row["window"]
             lines.append(f"| {label} | {t['mean']:.4f} ± {t['sd']:.4f} | {t['ensemble']:.4f} | "
