@@ -1,0 +1,50 @@
+"""Training and inference throughput of each model on this machine (samples = EEG time steps).
+
+    python benchmarks/train_speed.py [--models=vlaai,ivlaai] [--batch_size=64] [--window=320] [--steps=5]
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import newmodel  # noqa: E402
+from metrics import pearson_loss  # noqa: E402
+
+
+def main() -> None:
+    args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+    models = args.get("models", "vlaai,ivlaai,linear_conv").split(",")
+    bs, win, steps = int(args.get("batch_size", 64)), int(args.get("window", 320)), int(args.get("steps", 5))
+    torch.manual_seed(0)
+    x, y = torch.randn(bs, win, 64), torch.randn(bs, win, 1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {bs} x {win} samples x 64 channels")
+    for name in models:
+        m = newmodel.build_model(name)
+        opt = torch.optim.Adam(m.parameters())
+        m.train()
+        for i in range(steps + 1):
+            if i == 1:  # the first step warms up allocators and kernels
+                t0 = time.perf_counter()
+            loss = pearson_loss(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        train = bs * win * steps / (time.perf_counter() - t0)
+        m.eval()
+        with torch.no_grad():
+            m(x)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                m(x)
+            infer = bs * win * steps / (time.perf_counter() - t0)
+        n = sum(p.numel() for p in m.parameters())
+        print(f"{name:12s} {n:>9,d} params  train {train:>9,.0f} samples/s  inference {infer:>10,.0f} samples/s")
+
+
+if __name__ == "__main__":
+    main()
