@@ -684,6 +684,14 @@ def segment_subject(segment_id: str) -> str:
     return segment_id.rsplit("_", 1)[0]
 
 
+def mean_by_subject(subjects: Iterable[str], rs: Iterable[float]) -> dict[str, float]:
+    """Mean r per subject, subjects in natural order (S2 before S10): the field's first averaging step."""
+    by_subject: dict[str, list[float]] = {}
+    for s, r in zip(subjects, rs):
+        by_subject.setdefault(s, []).append(float(r))
+    return {s: float(np.mean(by_subject[s])) for s in sorted(by_subject, key=natural_key)}
+
+
 def score(predictions, labels, seen_subjects: Iterable[str] | None = None) -> dict:
     """The official challenge scoring.
 
@@ -710,10 +718,7 @@ def score(predictions, labels, seen_subjects: Iterable[str] | None = None) -> di
         pred = np.asarray(pred, dtype=np.float64).reshape(-1)[: len(lab)]
         pred = np.pad(pred, (0, len(lab) - len(pred)))
         per_segment[key] = float(pearson(pred, lab, dim=0))
-    by_subject: dict[str, list[float]] = {}
-    for key, r in per_segment.items():
-        by_subject.setdefault(segment_subject(key), []).append(r)
-    per_subject = {s: float(np.mean(v)) for s, v in sorted(by_subject.items(), key=lambda kv: natural_key(kv[0]))}
+    per_subject = mean_by_subject(map(segment_subject, per_segment), per_segment.values())
     out = {"per_subject": per_subject, "per_segment": per_segment}
     if seen_subjects is None:
         out["total"] = float(np.mean(list(per_subject.values()))) if per_subject else 0.0

@@ -19,7 +19,6 @@ over subjects; each trial standardized per channel. Model choices use validation
 """
 from __future__ import annotations
 
-import ast
 import json
 import os
 import platform
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+import config
 import test as test_script
 import train as train_script
 from EEG_Dataset import atomic_write_bytes, atomic_write_json
@@ -61,13 +61,7 @@ def parse_args(argv) -> dict:
         if not eq:
             cfg[key] = True
             continue
-        try:
-            val = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            val = text
-            if text.startswith("[") and text.endswith("]"):
-                val = [t.strip() for t in text[1:-1].split(",") if t.strip()]
-        cfg[key] = val
+        cfg[key] = config.literal(text)
     if cfg["quick"]:
         if "seeds" not in " ".join(argv):
             cfg["seeds"] = [1, 2]

@@ -102,13 +102,14 @@ class ConfigError(ValueError):
     pass
 
 
-def _literal(text: str):
+def literal(text: str):
+    """A command-line value: a Python literal, a [bare, word] list, or else the text itself."""
     try:
         return ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # e.g. {[1]: 2} is unhashable
         pass
     if text.startswith("[") and text.endswith("]"):  # [S1,S2] or ['*_008', 9]: bare words are strings
-        return [_literal(t.strip()) for t in text[1:-1].split(",") if t.strip()]
+        return [literal(t.strip()) for t in text[1:-1].split(",") if t.strip()]
     return text  # a bare word is a string
 
 
@@ -181,7 +182,7 @@ def parse(argv=None, base: dict | None = None) -> tuple[dict, set]:
                 cfg[k] = _check(k, v, base)
                 given.add(k)
             continue
-        value = _literal(text) if eq else True
+        value = literal(text) if eq else True
         if isinstance(value, tuple):  # --seeds=1,2 reads as a tuple
             value = list(value)
         allowed = _TYPES.get(key, (type(base.get(key)),))

@@ -24,8 +24,8 @@ import torch
 
 import config as config_module
 import newmodel
-from EEG_Dataset import (DataError, atomic_write_json, load_corpus, read_challenge_labels, read_test_set, score,
-                         write_predictions, zscore)
+from EEG_Dataset import (DataError, atomic_write_json, load_corpus, mean_by_subject, read_challenge_labels,
+                         read_test_set, score, write_predictions, zscore)
 from metrics import pearson
 from train import load_checkpoint, pick_device
 
@@ -216,10 +216,7 @@ def evaluate_folder(cfg: dict, loaded, device) -> dict:
             per_seed_win.append(wpreds)
 
     def subject_means(values) -> dict:
-        by_subject: dict[str, list[float]] = {}
-        for rec, v in zip(recs, values):
-            by_subject.setdefault(rec.subject, []).append(v)
-        per_subject = {s: float(np.mean(v)) for s, v in by_subject.items()}
+        per_subject = mean_by_subject((rec.subject for rec in recs), values)
         return {"r": float(np.mean(list(per_subject.values()))), "per_subject": per_subject}
 
     def summarize(preds, wpreds) -> dict:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import config as config_module
 import newmodel
-from EEG_Dataset import DataError, WindowDataset, atomic_write_bytes, load_corpus
+from EEG_Dataset import DataError, WindowDataset, atomic_write_bytes, load_corpus, mean_by_subject
 from metrics import pearson, pearson_loss
 
 DEMO_DIR = Path("xfdata")
@@ -111,7 +111,7 @@ def corpus_from_config(cfg: dict):
 def evaluate(model, recordings, part: str, device, subject_index: dict) -> dict:
     """Pearson r of whole ``part`` of each recording: {'r': mean over subjects, 'per_subject': {...}}."""
     model.eval()
-    by_subject: dict[str, list[float]] = {}
+    subjects, rs = [], []
     for rec in recordings:
         if rec.length(part) == 0:
             continue
@@ -119,9 +119,9 @@ def evaluate(model, recordings, part: str, device, subject_index: dict) -> dict:
         x = torch.from_numpy(eeg)[None].to(device)
         subj = torch.tensor([subject_index.get(rec.subject, -1)], device=device)
         pred = model(x, subject=subj).float().cpu()
-        r = float(pearson(pred, torch.from_numpy(env)[None], dim=1).mean())
-        by_subject.setdefault(rec.subject, []).append(r)
-    per_subject = {s: float(np.mean(v)) for s, v in by_subject.items()}
+        subjects.append(rec.subject)
+        rs.append(float(pearson(pred, torch.from_numpy(env)[None], dim=1).mean()))
+    per_subject = mean_by_subject(subjects, rs)
     r = float(np.mean(list(per_subject.values()))) if per_subject else float("nan")
     return {"r": r, "per_subject": per_subject}
 
