@@ -49,6 +49,7 @@ patience = 5  # stop after this many epochs without a better validation r
 batch_size = 64  # windows per step (the VLAAI recipe uses 64)
 lr = 1e-3  # Adam learning rate
 weight_decay = 0.0  # Adam weight decay (L2)
+ema_decay = 0.0  # >0: validate, keep and test an exponential moving average of the weights (e.g. 0.999)
 grad_clip = 0.0  # clip the gradient norm to this (0: no clipping)
 num_workers = 0  # DataLoader worker processes (0: load in the training process)
 device = "auto"  # 'auto' (CUDA when present), 'cpu' or 'cuda'

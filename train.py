@@ -34,7 +34,7 @@ from metrics import pearson, pearson_loss
 
 DEMO_DIR = Path("xfdata")
 # Keys that shape the model or the data it sees: a resumed run must keep them.
-ARCH_KEYS = ("model", "n_chans", "subject_embedding", "window_s", "batch_size", "dropout", "data_dir", "subjects",
+ARCH_KEYS = ("model", "n_chans", "subject_embedding", "ema_decay", "window_s", "batch_size", "dropout", "data_dir", "subjects",
              "exclude_subjects", "val_recordings", "test_recordings", "split",
              *[k for k in newmodel.MODEL_DEFAULTS if k not in ("n_subjects",)])
 
@@ -185,6 +185,13 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
         return fit_closed_form(model, corpus, out, meta, device, subject_index)
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    # Exponential moving average of the weights: validation, best.pt and test.py use the average,
+    # which moves less from step to step than the raw weights (seed and epoch noise).
+    ema = None
+    if cfg["ema_decay"] > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
+    eval_model = ema.module if ema is not None else model
     window = int(round(cfg["window_s"] * cfg["fs"]))
     ds = WindowDataset(corpus.recordings, window, seed=seed, subject_index=subject_index)
     loader = DataLoader(ds, batch_size=cfg["batch_size"], shuffle=False, num_workers=cfg["num_workers"],
@@ -202,16 +209,22 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
         if changed:
             raise SystemExit(f"{out / 'last.pt'}: cannot resume with a different model or data setup: "
                              + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
-        model.load_state_dict(ck["model"])
+        model.load_state_dict(ck["raw_model"] if ema is not None else ck["model"])
+        if ema is not None:
+            ema.module.load_state_dict(ck["model"])
+            ema.n_averaged.copy_(ck["ema_n_averaged"])
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["torch_rng"])
         start_epoch, best_r, bad_epochs, rows = ck["epoch"], ck["best_val_r"], ck["bad_epochs"], list(ck["history"])
         print(f"[seed {seed}] resuming after epoch {start_epoch} (best val r {best_r:.4f})", flush=True)
 
     def checkpoint(epoch: int, finished=False, interrupted=False) -> dict:
-        return dict(meta, model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
+        # 'model' holds the weights that are evaluated (the average when EMA is on), so test.py
+        # needs no special case; the raw weights are kept for resuming.
+        extra = {} if ema is None else {"raw_model": model.state_dict(), "ema_n_averaged": ema.n_averaged.clone()}
+        return dict(meta, model=eval_model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
                     best_val_r=best_r, bad_epochs=bad_epochs, history=rows, torch_rng=torch.get_rng_state(),
-                    finished=finished, interrupted=interrupted)
+                    finished=finished, interrupted=interrupted, **extra)
 
     epoch = start_epoch
     try:
@@ -235,11 +248,13 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
                 if cfg["grad_clip"] > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
                 opt.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 total += float(loss.detach()) * len(eeg)
                 count += len(eeg)
                 bar.set_postfix(loss=f"{total / count:.4f}")
             train_r = -total / max(count, 1)
-            val = evaluate(model, val_recs, "val", device, subject_index)
+            val = evaluate(eval_model, val_recs, "val", device, subject_index)
             improved = val["r"] > best_r
             if improved:
                 best_r, bad_epochs = val["r"], 0

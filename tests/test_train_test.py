@@ -635,3 +635,19 @@ def test_degenerate_training_settings_are_rejected(corpus, tmp_path, bad):
     with pytest.raises(SystemExit, match=r"epochs|seeds"):
         train.main([*data_args(corpus), *TINY, f"--run_dir={tmp_path / 'r'}", bad])
     assert not (tmp_path / "r").exists()
+
+
+def test_ema_weights_are_tested_and_resume_exactly(corpus, tmp_path):
+    """With --ema_decay the checkpoint's 'model' is the weight average (what test.py loads), the
+    raw weights are kept for resuming, and an interrupted EMA run resumes bit for bit."""
+    ema = ["--ema_decay=0.9", "--seeds=[3]"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    train.main([*data_args(corpus), *TINY, *ema, f"--run_dir={full}", "--epochs=2"])
+    train.main([*data_args(corpus), *TINY, *ema, f"--run_dir={split}", "--epochs=1"])
+    train.main([*data_args(corpus), *TINY, *ema, f"--run_dir={split}", "--epochs=2", "--resume"])
+    a, b = load(full / "ivlaai" / "seed-3" / "last.pt"), load(split / "ivlaai" / "seed-3" / "last.pt")
+    assert same_tensors(a["model"], b["model"]) and same_tensors(a["raw_model"], b["raw_model"])
+    assert not same_tensors(a["model"], a["raw_model"])  # the average is not the last step's weights
+    assert int(a["ema_n_averaged"]) > 1
+    res = test_script.main(args_for_test(corpus, full, tmp_path / "pred"))
+    assert -1 <= res["ensemble"]["total"] <= 1
