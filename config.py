@@ -55,6 +55,9 @@ num_workers = 0  # DataLoader worker processes (0: load in the training process)
 device = "auto"  # 'auto' (CUDA when present), 'cpu' or 'cuda'
 deterministic = True  # use deterministic kernels, so one seed gives the same model on one machine
 threads = 0  # torch CPU threads (0: torch's default)
+amp = "none"  # mixed precision: 'none' (float32) or 'bf16' (bfloat16 autocast; fast on recent GPUs)
+compile = False  # torch.compile the model (pays a one-off compile time; worth it for long GPU runs)
+jobs = 1  # train this many seeds at once in separate processes (one per GPU when several are visible)
 
 # ---- outputs --------------------------------------------------------------------------------
 run_dir = "runs"  # checkpoints and logs go to run_dir/<model>/seed-<seed>/
@@ -91,6 +94,7 @@ _CHOICES = {
     "split": ("time", "whole"),
     "model": ("ivlaai", "vlaai", "linear", "linear_conv"),
     "device": ("auto", "cpu", "cuda"),
+    "amp": ("none", "bf16"),
 }
 
 
