@@ -1,0 +1,633 @@
+"""Training and inference throughput, FLOPs, fraction of the machine's dense rate and data-wait share.
+
+    python benchmarks/throughput.py                                  # vlaai + ivlaai, float32, current device
+    python benchmarks/throughput.py --amp=none,bf16 --json=tp.json   # also bfloat16 autocast
+    python benchmarks/throughput.py --compile                        # torch.compile (compile time shown apart)
+    python benchmarks/throughput.py --models=vlaai --profile         # + torch.profiler top ops of one step
+
+Samples are EEG time steps: one step of batch 64 x 320 samples counts 20,480 samples.
+
+For each model (``--models``, default vlaai,ivlaai; linear_conv allowed) and each ``--amp`` setting:
+
+* training samples/s: forward + Pearson loss (with the all-ones mask train.py passes) + backward +
+  Adam step, as in train.py's loop; inference samples/s: ``model.eval()`` in
+  ``torch.inference_mode``. ``--warmup`` steps are run first and not timed (with ``--compile``
+  the first of them compiles; its time is reported as compile time). Synthetic random batches.
+* FLOPs per sample counted by ``torch.utils.flop_counter.FlopCounterMode``: forward, and training
+  (forward + backward). torch 2.13's formula for ``convolution_backward`` does not divide the
+  weight gradient of a grouped convolution by its groups (a depthwise conv's weight gradient is
+  counted ``channels`` times too high), so the training count is shown both as counted and
+  corrected (the corrected formula is used for the FLOP/s figures). Cross-checks: a forward count
+  from module hooks (every Conv1d/Linear call: 2 x output elements x inputs per output) and, for
+  VLAAI, the count by hand (13.70 MFLOP per sample).
+* achieved FLOP/s as a share of the best dense rate measured in the same run: the faster of a
+  4096 x 4096 float32 matmul and a 256 -> 256 channel, kernel-8 conv1d over a batch of 64 x 327
+  samples (each timed ``--dense_repeats`` times, best taken; also in bfloat16 when bf16 is asked).
+  Elementwise work (LayerNorm, LeakyReLU, padding, masking, the loss, Adam) is not counted as FLOPs.
+* data wait: the real data path of train.py (``load_corpus`` on ``--data_dir``, ``WindowDataset`` of
+  ``--data_window_s`` windows, a DataLoader of ``--batch_size`` with ``--num_workers``, pinned memory
+  and non-blocking copies on CUDA) feeding ``--data_steps`` real training steps; the time spent in
+  ``next(iterator)`` plus the host->device copy, as a share of the whole step time.
+
+Everything needed to judge a figure is printed: command line, date, machine, CPU load by other
+processes during the run, torch version and threads. ``--json=path`` also writes the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
+
+import newmodel  # noqa: E402
+from metrics import pearson_loss  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "dtu"
+TRAINABLE = ("vlaai", "ivlaai", "linear_conv")
+
+# The issue's reference figures (measured by the issue's author on this 2-core CPU).
+REFERENCE = {
+    "tf_vlaai_train": 4000.0,     # samples/s, TensorFlow VLAAI (tf-keras 2.21), batch 64 x 320 x 64
+    "tf_vlaai_infer": 24600.0,
+    "conv1d_gflops": 258.0,       # 256->256 kernel-8 conv1d
+    "matmul_gflops": 181.0,       # 4096^2 matmul
+}
+VLAAI_HAND_MFLOP = 13.697152     # see vlaai_hand_flops()
+
+
+# ----------------------------------------------------------------------------- machine & timing
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _proc_stat_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [float(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return float("nan"), float("nan")
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = v[3] + (v[4] if len(v) > 4 else 0.0)
+    total = sum(v[:8])
+    return (total - idle) / hz, total / hz
+
+
+class LoadMeter:
+    """CPU time used by *other* processes while this one runs: machine busy time minus our own."""
+
+    def __init__(self):
+        self.t0 = time.time()
+        self.busy0, _ = _proc_stat_busy()
+        self.own0 = self._own()
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def other_cores(self) -> float:
+        """Mean number of cores kept busy by other processes since the start."""
+        busy, _ = _proc_stat_busy()
+        wall = max(time.time() - self.t0, 1e-9)
+        return max(0.0, (busy - self.busy0) - (self._own() - self.own0)) / wall
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "benchmarks"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + (" (benchmarks/ modified)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "host": platform.node(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "avx512_bf16": "avx512_bf16" in cpu_flags(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "git": git_commit(),
+        "loadavg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    return info
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device=cuda but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, amp: str):
+    """bfloat16 autocast for amp='bf16' (the loss is computed in float32, as train.py does)."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- FLOP counting
+
+
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+    """convolution_backward FLOPs with grouped convs counted right.
+
+    For a (non-transposed) convolution, the input gradient and the weight gradient each cost what
+    the forward costs: 2 x output elements x (in_channels / groups) x kernel. torch 2.13's formula
+    builds the weight-gradient count from batch/channel-swapped shapes, which loses the division
+    by ``groups``. Transposed convs are not used by these models; they keep torch's formula.
+    """
+    if transposed:
+        from torch.utils.flop_counter import conv_backward_flop
+        raw = getattr(conv_backward_flop, "__wrapped__", conv_backward_flop)
+        return raw(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                   _output_padding, groups, output_mask, out_shape)
+    fwd = conv_flop_count(x_shape, w_shape, grad_out_shape)
+    return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+CORRECTED = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+
+
+def make_batch(batch: int, window: int, n_chans: int = 64, device="cpu", seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, window, n_chans, generator=g)
+    y = torch.randn(batch, window, 1, generator=g)
+    mask = torch.ones(batch, window, 1)
+    subj = torch.zeros(batch, dtype=torch.long)
+    return [t.to(device) for t in (x, y, mask, subj)]
+
+
+def count_flops(model, x, y, mask, subj, amp: str = "none") -> dict:
+    """FLOPs of one forward, and of forward + loss + backward (as counted and corrected)."""
+    device = x.device
+    model.train()
+    with FlopCounterMode(display=False) as fc:
+        with torch.no_grad(), autocast(device, amp):
+            model(x, subject=subj)
+    fwd = fc.get_total_flops()
+    res = {}
+    for key, mapping in (("train_counted", None), ("train", CORRECTED)):
+        model.zero_grad(set_to_none=True)
+        with FlopCounterMode(display=False, custom_mapping=mapping) as fc:
+            with autocast(device, amp):
+                pred = model(x, subject=subj)
+            pearson_loss(pred.float(), y, mask).backward()
+        res[key] = fc.get_total_flops()
+    model.zero_grad(set_to_none=True)
+    return {"forward": fwd, **res}
+
+
+def hook_flops(model, x, subj) -> int:
+    """Forward FLOPs from module hooks: 2 x output elements x inputs per output, per Conv1d/Linear call."""
+    total = [0]
+
+    def hook(mod, inp, out):
+        if isinstance(mod, torch.nn.Conv1d):
+            total[0] += 2 * out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0]
+        elif isinstance(mod, torch.nn.Linear):
+            total[0] += 2 * out.numel() * mod.in_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(x, subject=subj)
+    finally:
+        for h in hs:
+            h.remove()
+    return total[0]
+
+
+def vlaai_hand_flops(n_chans=64, filters=(256, 256, 256, 128, 128), kernel=8, context=32, blocks=4) -> int:
+    """VLAAI forward FLOPs per output sample by hand: 2 x multiply-adds of every conv/dense layer.
+
+    Per block: extractor convs 64->256->256->256->128->128 (kernel 8), dense 128->64, output
+    context conv 64->64 (kernel 32); 4 blocks share nothing in FLOPs; then dense 64->1.
+    = 2 x (4 x (1,572,864 + 8,192 + 131,072) + 64) = 13,697,152.
+    """
+    chans = [n_chans, *filters]
+    per_block = sum(kernel * chans[i] * chans[i + 1] for i in range(len(filters)))
+    per_block += filters[-1] * n_chans + context * n_chans * n_chans
+    return 2 * (blocks * per_block + n_chans)
+
+
+# ----------------------------------------------------------------------------- dense rate
+
+
+def time_best(fn, repeats: int, device) -> float:
+    fn()  # warm-up
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def dense_rate(device, dtype=torch.float32, repeats: int = 3, n: int = 4096, conv_batch: int = 64,
+               conv_chans: int = 256, conv_len: int = 320, kernel: int = 8) -> dict:
+    """Best FLOP/s of a large matmul and a large 1-D convolution (each best of ``repeats``)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    t_mm = time_best(lambda: torch.mm(a, b), repeats, device)
+    del a, b
+    x = torch.randn(conv_batch, conv_chans, conv_len + kernel - 1, generator=g).to(device, dtype)
+    w = torch.randn(conv_chans, conv_chans, kernel, generator=g).to(device, dtype)
+    with torch.no_grad():
+        t_conv = time_best(lambda: F.conv1d(x, w), repeats, device)
+    mm = 2 * n**3 / t_mm
+    conv = 2 * conv_batch * conv_len * conv_chans * conv_chans * kernel / t_conv
+    return {"dtype": str(dtype).replace("torch.", ""), "matmul_flops": mm, "conv1d_flops": conv,
+            "best_flops": max(mm, conv), "best_of": "matmul" if mm >= conv else "conv1d",
+            "matmul_n": n, "conv_shape": [conv_batch, conv_chans, conv_len + kernel - 1, kernel]}
+
+
+# ----------------------------------------------------------------------------- throughput
+
+
+def train_step(model, opt, x, y, mask, subj, amp: str):
+    with autocast(x.device, amp):
+        pred = model(x, subject=subj)
+    loss = pearson_loss(pred.float(), y, mask)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def measure_model(name: str, device, *, batch: int, window: int, steps: int, warmup: int, amp: str,
+                  compile_model: bool, lr: float = 1e-3, seed: int = 0) -> dict:
+    """Training and inference samples/s of one model on synthetic batches."""
+    torch.manual_seed(seed)
+    model = newmodel.build_model(name).to(device)
+    fwd = torch.compile(model) if compile_model else model
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    x, y, mask, subj = make_batch(batch, window, device=device, seed=seed)
+    samples = batch * window
+    out = {"model": name, "amp": amp, "compile": compile_model, "params": sum(p.numel() for p in model.parameters())}
+
+    model.train()
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        train_step(fwd, opt, x, y, mask, subj, amp)
+        sync(device)
+        if i == 0:
+            out["train_first_step_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(fwd, opt, x, y, mask, subj, amp)
+    sync(device)
+    dt = time.perf_counter() - t0
+    out["train_step_s"] = dt / steps
+    out["train_samples_s"] = samples * steps / dt
+
+    model.eval()
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for i in range(warmup):
+            with autocast(device, amp):
+                fwd(x, subject=subj)
+            sync(device)
+            if i == 0:
+                out["infer_first_call_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            with autocast(device, amp):
+                fwd(x, subject=subj)
+        sync(device)
+        dt = time.perf_counter() - t0
+    out["infer_step_s"] = dt / steps
+    out["infer_samples_s"] = samples * steps / dt
+    if compile_model:  # compile time = first call minus a steady-state call
+        out["compile_train_s"] = out.get("train_first_step_s", float("nan")) - out["train_step_s"]
+        out["compile_infer_s"] = out.get("infer_first_call_s", float("nan")) - out["infer_step_s"]
+    return out
+
+
+def profile_step(name: str, device, *, batch: int, window: int, amp: str, rows: int = 15) -> str:
+    """torch.profiler table (self CPU/CUDA time) of a few training steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = newmodel.build_model(name).to(device)
+    opt = torch.optim.Adam(model.parameters())
+    x, y, mask, subj = make_batch(batch, window, device=device)
+    model.train()
+    train_step(model, opt, x, y, mask, subj, amp)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(2):
+            train_step(model, opt, x, y, mask, subj, amp)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+# ----------------------------------------------------------------------------- data wait
+
+
+def data_wait(name: str, device, *, data_dir, steps: int, warmup: int, batch: int, window_s: float,
+              num_workers: int, amp: str, compile_model: bool, lr: float = 1e-3, seed: int = 1,
+              corpus=None) -> dict:
+    """Share of training-step time spent waiting for the next batch (+ host->device copy), real data."""
+    from torch.utils.data import DataLoader
+
+    from EEG_Dataset import WindowDataset, load_corpus
+
+    t0 = time.perf_counter()
+    corpus = corpus if corpus is not None else load_corpus(data_dir)
+    t_load = time.perf_counter() - t0
+    subject_index = {s: i for i, s in enumerate(corpus.subjects)}
+    ds = WindowDataset(corpus.recordings, int(round(window_s * 64)), seed=seed, subject_index=subject_index)
+    cuda = device.type == "cuda"
+    loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=num_workers, pin_memory=cuda,
+                        persistent_workers=num_workers > 0)
+    torch.manual_seed(seed)
+    model = newmodel.build_model(name, n_chans=corpus.n_chans).to(device)
+    fwd = torch.compile(model) if compile_model else model
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    epoch, it = 0, iter(loader)
+    wait = total = 0.0
+    samples = 0
+    n_epochs_started = 1
+    for step in range(warmup + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        try:
+            b = next(it)
+        except StopIteration:  # next epoch, as train.py does (set_epoch + a new iterator)
+            epoch += 1
+            n_epochs_started += 1
+            ds.set_epoch(epoch)
+            it = iter(loader)
+            b = next(it)
+        eeg = b["eeg"].to(device, non_blocking=True)
+        env = b["envelope"].to(device, non_blocking=True)
+        mask = b["mask"].to(device, non_blocking=True)
+        subj = b["subject"].to(device, non_blocking=True)
+        t1 = time.perf_counter()
+        train_step(fwd, opt, eeg, env, mask, subj, amp)
+        sync(device)
+        t2 = time.perf_counter()
+        if step >= warmup:
+            wait += t1 - t0
+            total += t2 - t0
+            samples += int(b["mask"].sum())
+    return {"model": name, "amp": amp, "compile": compile_model, "num_workers": num_workers,
+            "data_dir": str(data_dir), "load_corpus_s": t_load, "windows_per_epoch": len(ds),
+            "steps": steps, "epochs_touched": n_epochs_started, "wait_s": wait, "step_total_s": total,
+            "wait_share": wait / total if total > 0 else float("nan"),
+            "train_samples_s": samples / total if total > 0 else float("nan")}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="vlaai,ivlaai", help="comma list of vlaai, ivlaai, linear_conv")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--window", type=int, default=320, help="samples per window in the synthetic timing")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (training and inference each)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1; compile happens here)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--amp", default="none", help="comma list of none, bf16 (bfloat16 autocast), e.g. none,bf16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--deterministic", type=int, default=1,
+                   help="1: torch.use_deterministic_algorithms like train.py's default (0: off)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--dense_repeats", type=int, default=3, help="timings of the dense reference ops (best taken)")
+    p.add_argument("--skip_dense", action="store_true")
+    p.add_argument("--data_dir", default=str(DEFAULT_DATA))
+    p.add_argument("--data_steps", type=int, default=20, help="timed real-data training steps (0: skip)")
+    p.add_argument("--data_window_s", type=float, default=5.0)
+    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of a training step")
+    p.add_argument("--json", default=None, help="also write all numbers to this file")
+    a = p.parse_args(argv)
+    a.models = [m.strip() for m in a.models.split(",") if m.strip()]
+    bad = [m for m in a.models if m not in TRAINABLE]
+    if bad:
+        p.error(f"--models: {bad} not trainable by gradient descent; choose from {TRAINABLE}")
+    a.amp = [s.strip() for s in a.amp.split(",") if s.strip()]
+    if not a.amp or any(s not in ("none", "bf16") for s in a.amp):
+        p.error("--amp: comma list of none, bf16")
+    if a.warmup < 1 or a.steps < 1:
+        p.error("--warmup and --steps must be >= 1")
+    return a
+
+
+def fmt_rate(v: float) -> str:
+    return f"{v:,.0f}" if v == v else "-"
+
+
+def fmt_pct(v) -> str:
+    return f"{v:.1f}%" if v is not None and v == v else "-"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = pick_device(args.device)
+    load = LoadMeter()
+    info = machine_info(device)
+    print("== benchmarks/throughput.py")
+    for k in ("date", "command", "git", "host", "cpu", "cpu_count", "avx512_bf16", "python", "torch", "threads",
+              "interop_threads", "device", "gpu", "loadavg_at_start"):
+        print(f"{k:>17s}: {info[k]}")
+    print(f"{'setup':>17s}: batch {args.batch_size} x {args.window} samples x 64 channels, {args.warmup} warm-up + "
+          f"{args.steps} timed steps, amp {args.amp}, compile {args.compile}, deterministic {bool(args.deterministic)}")
+    print("reference (issue 7): TensorFlow VLAAI (tf-keras 2.21) on this 2-core CPU: ~4,000 training and "
+          "~24,600 inference samples/s (batch 64 x 320 x 64); dense rates: 256->256 kernel-8 conv1d "
+          "~258 GFLOP/s, 4096^2 matmul ~181 GFLOP/s", flush=True)
+    result = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "reference": REFERENCE}
+
+    # dense reference rates
+    dense = {}
+    if not args.skip_dense:
+        for amp in ["none", *[a for a in args.amp if a != "none"]]:
+            dt = torch.bfloat16 if amp == "bf16" else torch.float32
+            d = dense_rate(device, dt, repeats=args.dense_repeats)
+            dense[amp] = d
+            print(f"\n[dense {d['dtype']}] matmul {d['matmul_n']}^2: {d['matmul_flops'] / 1e9:.1f} GFLOP/s; conv1d "
+                  f"{d['conv_shape']}: {d['conv1d_flops'] / 1e9:.1f} GFLOP/s; best {d['best_flops'] / 1e9:.1f} "
+                  f"GFLOP/s ({d['best_of']})", flush=True)
+    result["dense"] = dense
+
+    # FLOPs per sample
+    flops = {}
+    cnt_batch = min(args.batch_size, 2)
+    for name in args.models:
+        torch.manual_seed(0)
+        m = newmodel.build_model(name).to(device)
+        x, y, mask, subj = make_batch(cnt_batch, args.window, device=device)
+        c = count_flops(m, x, y, mask, subj)
+        n = cnt_batch * args.window
+        f = {k: v / n for k, v in c.items()}
+        f["forward_hooks"] = hook_flops(m, x, subj) / n
+        if name == "vlaai":
+            f["forward_hand"] = vlaai_hand_flops()
+        flops[name] = f
+        hand = (f"; by hand {f['forward_hand'] / 1e6:.3f} (counted/hand = {f['forward'] / f['forward_hand']:.4f})"
+                if "forward_hand" in f else "")
+        hooks = f"{f['forward_hooks'] / 1e6:.3f}" if f["forward_hooks"] else "n/a: no Conv1d/Linear module call"
+        print(f"\n[flops {name}] per sample: forward {f['forward'] / 1e6:.3f} MFLOP (module hooks "
+              f"{hooks}{hand}); training fwd+bwd {f['train'] / 1e6:.3f} MFLOP "
+              f"(FlopCounterMode as counted: {f['train_counted'] / 1e6:.3f})", flush=True)
+    result["flops_per_sample"] = flops
+
+    # throughput
+    runs = []
+    for amp in args.amp:
+        for name in args.models:
+            r = measure_model(name, device, batch=args.batch_size, window=args.window, steps=args.steps,
+                              warmup=args.warmup, amp=amp, compile_model=args.compile, lr=args.lr)
+            f = flops[name]
+            base = dense.get("none", {}).get("best_flops")
+            own = dense.get(amp, {}).get("best_flops")
+            r["train_flops_s"] = r["train_samples_s"] * f["train"]
+            r["infer_flops_s"] = r["infer_samples_s"] * f["forward"]
+            if base:
+                r["train_pct_dense_fp32"] = 100 * r["train_flops_s"] / base
+                r["infer_pct_dense_fp32"] = 100 * r["infer_flops_s"] / base
+            if own:
+                r["train_pct_dense_same_dtype"] = 100 * r["train_flops_s"] / own
+                r["infer_pct_dense_same_dtype"] = 100 * r["infer_flops_s"] / own
+            runs.append(r)
+            comp = (f"; compile: train {r['compile_train_s']:.1f} s, inference {r['compile_infer_s']:.1f} s"
+                    if args.compile else "")
+            print(f"\n[speed {name} amp={amp}{' compiled' if args.compile else ''}] train "
+                  f"{r['train_samples_s']:,.0f} samples/s ({r['train_step_s'] * 1e3:.0f} ms/step, "
+                  f"{r['train_flops_s'] / 1e9:.1f} GFLOP/s); inference {r['infer_samples_s']:,.0f} samples/s "
+                  f"({r['infer_step_s'] * 1e3:.0f} ms/batch, {r['infer_flops_s'] / 1e9:.1f} GFLOP/s){comp}",
+                  flush=True)
+    result["throughput"] = runs
+
+    # data wait
+    waits = []
+    if args.data_steps > 0:
+        if not Path(args.data_dir).is_dir():
+            print(f"\n[data wait] skipped: {args.data_dir} is not a folder")
+        else:
+            from EEG_Dataset import load_corpus
+            t0 = time.perf_counter()
+            corpus = load_corpus(args.data_dir)
+            t_load = time.perf_counter() - t0
+            for name in args.models:
+                w = data_wait(name, device, data_dir=args.data_dir, steps=args.data_steps, warmup=args.warmup,
+                              batch=args.batch_size, window_s=args.data_window_s, num_workers=args.num_workers,
+                              amp=args.amp[0], compile_model=args.compile, lr=args.lr, corpus=corpus)
+                w["load_corpus_s"] = t_load
+                waits.append(w)
+                print(f"\n[data wait {name} amp={w['amp']}] {args.data_dir}: {w['windows_per_epoch']} windows/epoch, "
+                      f"{w['steps']} timed steps ({w['epochs_touched']} epochs touched), num_workers "
+                      f"{w['num_workers']}: waiting {w['wait_s']:.3f} s of {w['step_total_s']:.2f} s = "
+                      f"{100 * w['wait_share']:.2f} % (target < 5 %); real-data training "
+                      f"{w['train_samples_s']:,.0f} samples/s; load_corpus {t_load:.2f} s", flush=True)
+    result["data_wait"] = waits
+
+    if args.profile:
+        for name in args.models:
+            print(f"\n[profile {name} amp={args.amp[0]}] 2 training steps, batch {args.batch_size} x {args.window}")
+            print(profile_step(name, device, batch=args.batch_size, window=args.window, amp=args.amp[0]))
+
+    other = load.other_cores()
+    info["other_processes_cores"] = other
+    info["loadavg_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    state = "IDLE" if other < 0.1 else "LOADED (figures are not clean)"
+    print("\n== summary")
+    print(f"{info['date']}  {info['command']}")
+    print(f"torch {info['torch']}, {info['threads']} threads, {info['device']} ({info['gpu'] or info['cpu']}, "
+          f"{info['cpu_count']} CPUs); other processes kept {other:.2f} cores busy on average during the run: "
+          f"machine {state}")
+    if dense:
+        d = dense["none"]
+        print(f"dense fp32: matmul {d['matmul_flops'] / 1e9:.1f}, conv1d {d['conv1d_flops'] / 1e9:.1f} GFLOP/s "
+              f"(issue: ~{REFERENCE['matmul_gflops']:.0f} and ~{REFERENCE['conv1d_gflops']:.0f})"
+              + "".join(f"; dense {v['dtype']}: matmul {v['matmul_flops'] / 1e9:.1f}, conv1d "
+                        f"{v['conv1d_flops'] / 1e9:.1f}" for k, v in dense.items() if k != "none"))
+    hdr = (f"{'model':12s} {'amp':4s} {'MFLOP/sample fwd | train':>24s} {'train samples/s':>16s} "
+           f"{'infer samples/s':>16s} {'train % dense':>13s} {'infer % dense':>13s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in runs:
+        f = flops[r["model"]]
+        print(f"{r['model']:12s} {r['amp']:4s} {f['forward'] / 1e6:11.3f} | {f['train'] / 1e6:10.3f} "
+              f"{fmt_rate(r['train_samples_s']):>16s} {fmt_rate(r['infer_samples_s']):>16s} "
+              f"{fmt_pct(r.get('train_pct_dense_fp32')):>13s} {fmt_pct(r.get('infer_pct_dense_fp32')):>13s}")
+    print(f"{'TF VLAAI ref':12s} {'':4s} {'':>24s} {fmt_rate(REFERENCE['tf_vlaai_train']):>16s} "
+          f"{fmt_rate(REFERENCE['tf_vlaai_infer']):>16s}")
+    print("(% dense: achieved FLOP/s over the best float32 dense rate measured above; training FLOPs are "
+          "forward+backward, corrected for grouped convs; LayerNorm/activations/loss/Adam are not FLOPs here)")
+    for w in waits:
+        print(f"data wait {w['model']:12s} {100 * w['wait_share']:6.2f} % of step time "
+              f"({'meets' if w['wait_share'] < 0.05 else 'MISSES'} the < 5 % target), num_workers {w['num_workers']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
