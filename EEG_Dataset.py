@@ -552,7 +552,13 @@ class WindowDataset(Dataset):
         index = np.asarray(rows, dtype=np.int64)
         if self.shuffle:
             index = index[rng.permutation(len(index))]
-        # A strided shard keeps every rank's share of edge windows similar.
+        if self.world_size > 1 and len(index) % self.world_size:
+            # Pad with fully masked windows (weight 0) so every rank gets the same number of
+            # windows, hence of steps: DDP needs every rank in every step.
+            pad = self.world_size - len(index) % self.world_size
+            index = np.concatenate([index, np.repeat(np.array([[index[0, 0], 0, 0, 0]]), pad, axis=0)])
+        # A strided shard keeps every rank's share of edge windows similar, and one step of all
+        # ranks (batch_size / world_size each) covers the same windows as one single-process step.
         self.index = index[self.rank :: self.world_size]
         self.epoch = epoch
 

@@ -3,33 +3,46 @@
     python train.py                                   # demo corpus, default model, seeds from config.py
     python train.py --data_dir=../shared/data/dtu --model=vlaai --seeds=[1,2] --epochs=20
     python train.py --resume                          # continue an interrupted run
+    python train.py --seeds=[1,2,3,4] --jobs=2        # seed sweep: 2 seeds at a time, in parallel processes
+    torchrun --nproc_per_node=2 train.py --batch_size=64   # data-parallel (DDP): 32 windows per rank
 
 For each seed: Adam on -Pearson over seeded, non-overlapping 5 s windows; validation Pearson r
 (whole validation parts, mean per subject then over subjects) after every epoch; early stopping
 with ``patience``. Outputs go to ``run_dir/<model>/seed-<seed>/``: ``best.pt``, ``last.pt``
 (model, optimizer, epoch, best validation r, resolved config) and ``log.csv``. Files are written
 atomically; an existing run is never replaced unless ``--overwrite`` is given.
+
+Speed: ``--amp=bf16`` (bfloat16 autocast), ``--compile`` (torch.compile), pinned memory with
+non-blocking copies on CUDA. Under ``torchrun`` every rank trains on a disjoint shard of each
+epoch's windows (``batch_size`` is the effective batch over all ranks), validation is split over
+ranks and reduced, and only rank 0 writes checkpoints and logs. Several seeds: ``--jobs=N`` trains
+N seeds at a time in separate processes (one per GPU when several are visible) and then scores
+their ensemble on validation data the way test.py ensembles them.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import math
 import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import config as config_module
 import newmodel
-from EEG_Dataset import DataError, WindowDataset, atomic_write_bytes, load_corpus, mean_by_subject
+from EEG_Dataset import DataError, WindowDataset, atomic_write_bytes, atomic_write_json, load_corpus, mean_by_subject
 from metrics import pearson, pearson_loss
 
 DEMO_DIR = Path("xfdata")
@@ -48,6 +61,37 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("device=cuda but torch sees no CUDA GPU (install a CUDA build of torch, see README)")
     return torch.device(name)
+
+
+def dist_setup(cfg: dict) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank). Under torchrun (WORLD_SIZE > 1) this starts the process
+    group: nccl when training on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = pick_device(cfg["device"]).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, world, local
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def autocast(device: torch.device, amp: str):
+    """bfloat16 autocast for ``amp='bf16'`` (the loss is still computed in float32)."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -108,19 +152,31 @@ def corpus_from_config(cfg: dict):
 
 
 @torch.no_grad()
-def evaluate(model, recordings, part: str, device, subject_index: dict) -> dict:
-    """Pearson r of whole ``part`` of each recording: {'r': mean over subjects, 'per_subject': {...}}."""
+def evaluate(model, recordings, part: str, device, subject_index: dict, amp: str = "none") -> dict:
+    """Pearson r of whole ``part`` of each recording: {'r': mean over subjects, 'per_subject': {...}}.
+
+    Under torchrun each rank scores every world_size-th recording and the (subject, r) pairs are
+    gathered, so every rank returns the same figure as one process would."""
     model.eval()
+    world = world_size()
+    rank = dist.get_rank() if world > 1 else 0
     subjects, rs = [], []
-    for rec in recordings:
+    for rec in list(recordings)[rank::world]:
         if rec.length(part) == 0:
             continue
         eeg, env = rec.get(part)
         x = torch.from_numpy(eeg)[None].to(device)
         subj = torch.tensor([subject_index.get(rec.subject, -1)], device=device)
-        pred = model(x, subject=subj).float().cpu()
+        with autocast(device, amp):
+            pred = model(x, subject=subj)
+        pred = pred.float().cpu()
         subjects.append(rec.subject)
         rs.append(float(pearson(pred, torch.from_numpy(env)[None], dim=1).mean()))
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (subjects, rs))
+        subjects = [s for g in gathered for s in g[0]]
+        rs = [r for g in gathered for r in g[1]]
     per_subject = mean_by_subject(subjects, rs)
     r = float(np.mean(list(per_subject.values()))) if per_subject else float("nan")
     return {"r": r, "per_subject": per_subject}
@@ -136,11 +192,12 @@ def write_log(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def prepare_run_dir(out: Path, cfg: dict) -> None:
-    """Refuse to replace an existing run unless asked to."""
+def prepare_run_dir(out: Path, cfg: dict, dry_run: bool = False) -> None:
+    """Refuse to replace an existing run unless asked to. ``dry_run``: decide, change nothing."""
     existing = out.is_dir() and any(out.iterdir())
     if not existing:
-        out.mkdir(parents=True, exist_ok=True)
+        if not dry_run:
+            out.mkdir(parents=True, exist_ok=True)
         return
     if cfg["resume"]:
         return
@@ -149,6 +206,8 @@ def prepare_run_dir(out: Path, cfg: dict) -> None:
             f"{out} already holds a run. Pass --resume to continue it, --overwrite to replace it, "
             f"or choose another --run_dir."
         )
+    if dry_run:
+        return
     print(f"--overwrite: replacing the run in {out}", flush=True)
     shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -157,19 +216,28 @@ def prepare_run_dir(out: Path, cfg: dict) -> None:
 # ----------------------------------------------------------------------------- training
 
 
-def train_seed(cfg: dict, seed: int, corpus) -> dict:
+def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, local_rank: int = 0) -> dict:
     out = Path(cfg["run_dir"]) / cfg["model"] / f"seed-{seed}"
-    prepare_run_dir(out, cfg)
+    lead = rank == 0  # only rank 0 writes files and prints
+    if world > 1:
+        # every rank makes the same decision (nothing is changed yet), then only rank 0 acts on it
+        prepare_run_dir(out, cfg, dry_run=not lead)
+        barrier()
+    else:
+        prepare_run_dir(out, cfg)
     if cfg["resume"] and (out / "last.pt").exists():
         ck = load_checkpoint(out / "last.pt")
         # A run that stopped at its epoch limit continues when --epochs is raised (closed-form fits have
         # no history and stay finished; early-stopped runs stay finished unless --patience is raised).
         more = ck.get("history") and ck["epoch"] < cfg["epochs"] and ck.get("bad_epochs", 0) < cfg["patience"]
         if ck.get("finished") and not more and ck["model_name"] == cfg["model"] and ck["seed"] == seed:
-            print(f"[seed {seed}] already finished (best val r {ck['best_val_r']:.4f}): {out}", flush=True)
+            if lead:
+                print(f"[seed {seed}] already finished (best val r {ck['best_val_r']:.4f}): {out}", flush=True)
             return {"seed": seed, "best_val_r": ck["best_val_r"], "epochs": ck["epoch"], "dir": str(out)}
     seed_everything(seed, cfg["deterministic"])
     device = pick_device(cfg["device"])
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
 
     subjects = corpus.subjects
     subject_index = {s: i for i, s in enumerate(subjects)}
@@ -178,8 +246,10 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     meta = {"seed": seed, "model_name": cfg["model"], "subjects": subjects, "n_chans": corpus.n_chans,
             "n_params": n_params, "config": cfg}
-    print(f"[seed {seed}] {cfg['model']}: {n_params:,} parameters, {len(subjects)} subjects, "
-          f"{corpus.n_samples('train') / cfg['fs'] / 60:.1f} min train, device {device}", flush=True)
+    if lead:
+        par = f", {world} ranks x {cfg['batch_size'] // world} windows" if world > 1 else ""
+        print(f"[seed {seed}] {cfg['model']}: {n_params:,} parameters, {len(subjects)} subjects, "
+              f"{corpus.n_samples('train') / cfg['fs'] / 60:.1f} min train, device {device}{par}", flush=True)
 
     if getattr(model, "closed_form", False):
         return fit_closed_form(model, corpus, out, meta, device, subject_index)
@@ -193,8 +263,10 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
     eval_model = ema.module if ema is not None else model
     window = int(round(cfg["window_s"] * cfg["fs"]))
-    ds = WindowDataset(corpus.recordings, window, seed=seed, subject_index=subject_index)
-    loader = DataLoader(ds, batch_size=cfg["batch_size"], shuffle=False, num_workers=cfg["num_workers"],
+    # Each rank takes a strided shard of the epoch's seeded window order and batch_size/world of
+    # every batch, so one step of all ranks covers the same windows as one step of one process.
+    ds = WindowDataset(corpus.recordings, window, seed=seed, subject_index=subject_index, rank=rank, world_size=world)
+    loader = DataLoader(ds, batch_size=cfg["batch_size"] // world, shuffle=False, num_workers=cfg["num_workers"],
                         pin_memory=device.type == "cuda", persistent_workers=cfg["num_workers"] > 0)
     val_recs = corpus.with_part("val")
     if not val_recs:
@@ -216,7 +288,16 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["torch_rng"])
         start_epoch, best_r, bad_epochs, rows = ck["epoch"], ck["best_val_r"], ck["bad_epochs"], list(ck["history"])
-        print(f"[seed {seed}] resuming after epoch {start_epoch} (best val r {best_r:.4f})", flush=True)
+        if lead:
+            print(f"[seed {seed}] resuming after epoch {start_epoch} (best val r {best_r:.4f})", flush=True)
+    if world > 1:
+        # same initial weights everywhere (built from one seed), but each rank its own dropout draws
+        torch.manual_seed(seed * 1_000_003 + rank * 7919 + start_epoch)
+    fwd = model
+    if world > 1:
+        fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg["compile"]:
+        fwd = torch.compile(fwd)
 
     def checkpoint(epoch: int, finished=False, interrupted=False) -> dict:
         # 'model' holds the weights that are evaluated (the average when EMA is on), so test.py
@@ -234,15 +315,31 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
             t0 = time.time()
             ds.set_epoch(epoch)
             model.train()
-            total, count = 0.0, 0
-            bar = tqdm(loader, desc=f"seed {seed} epoch {epoch + 1}/{cfg['epochs']}", leave=False,
-                       disable=not sys.stderr.isatty())
-            for batch in bar:
+            total, count, wait_s = 0.0, 0.0, 0.0
+            bar = tqdm(total=len(loader), desc=f"seed {seed} epoch {epoch + 1}/{cfg['epochs']}", leave=False,
+                       disable=not (lead and sys.stderr.isatty()))
+            batches = iter(loader)
+            while True:
+                t_wait = time.perf_counter()  # time spent waiting for data: loading + host->device copy
+                batch = next(batches, None)
+                if batch is None:
+                    break
                 eeg = batch["eeg"].to(device, non_blocking=True)
                 env = batch["envelope"].to(device, non_blocking=True)
                 mask = batch["mask"].to(device, non_blocking=True)
                 subj = batch["subject"].to(device, non_blocking=True)
-                loss = pearson_loss(model(eeg, subject=subj), env, mask)
+                wait_s += time.perf_counter() - t_wait
+                with autocast(device, cfg["amp"]):
+                    pred = fwd(eeg, subject=subj)
+                loss = local_loss = pearson_loss(pred.float(), env, mask)
+                n_local = mask.sum()
+                if world > 1:
+                    # pearson_loss weights each window by its valid samples within this rank's batch;
+                    # rescale to the weight of the whole global batch so that DDP's gradient mean
+                    # equals the gradient one process gets for the same windows.
+                    n_global = n_local.detach().clone()
+                    dist.all_reduce(n_global)
+                    loss = loss * (n_local * world / n_global.clamp_min(1))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg["grad_clip"] > 0:
@@ -250,11 +347,18 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
                 opt.step()
                 if ema is not None:
                     ema.update_parameters(model)
-                total += float(loss.detach()) * len(eeg)
-                count += len(eeg)
+                total += float(local_loss.detach()) * float(n_local)
+                count += float(n_local)
+                bar.update()
                 bar.set_postfix(loss=f"{total / count:.4f}")
+            bar.close()
+            train_s = time.time() - t0
+            if world > 1:  # mean training loss over all ranks' windows
+                stats = torch.tensor([total, count], dtype=torch.float64)
+                dist.all_reduce(stats)
+                total, count = float(stats[0]), float(stats[1])
             train_r = -total / max(count, 1)
-            val = evaluate(eval_model, val_recs, "val", device, subject_index)
+            val = evaluate(eval_model, val_recs, "val", device, subject_index, cfg["amp"])
             improved = val["r"] > best_r
             if improved:
                 best_r, bad_epochs = val["r"], 0
@@ -262,22 +366,28 @@ def train_seed(cfg: dict, seed: int, corpus) -> dict:
                 bad_epochs += 1
             secs = time.time() - t0
             rows.append({"epoch": epoch + 1, "train_r": round(train_r, 6), "val_r": round(val["r"], 6),
-                         "best_val_r": round(best_r, 6), "seconds": round(secs, 2)})
-            write_log(out / "log.csv", rows)
-            if improved:
-                save_checkpoint(out / "best.pt", checkpoint(epoch + 1))
-            save_checkpoint(out / "last.pt", checkpoint(epoch + 1))
-            print(f"[seed {seed}] epoch {epoch + 1:3d}  train r {train_r:.4f}  val r {val['r']:.4f}  "
-                  f"best {best_r:.4f}{' *' if improved else ''}  {secs:.1f}s", flush=True)
+                         "best_val_r": round(best_r, 6), "seconds": round(secs, 2),
+                         "data_wait_pct": round(100 * wait_s / max(train_s, 1e-9), 2)})
+            if lead:
+                write_log(out / "log.csv", rows)
+                if improved:
+                    save_checkpoint(out / "best.pt", checkpoint(epoch + 1))
+                save_checkpoint(out / "last.pt", checkpoint(epoch + 1))
+                print(f"[seed {seed}] epoch {epoch + 1:3d}  train r {train_r:.4f}  val r {val['r']:.4f}  "
+                      f"best {best_r:.4f}{' *' if improved else ''}  {secs:.1f}s "
+                      f"(data wait {rows[-1]['data_wait_pct']:.1f}%)", flush=True)
     except KeyboardInterrupt:
         # Keep what this epoch learned: resume restarts the interrupted epoch from these weights.
         # len(rows) = epochs completed; ``epoch`` is one behind when the signal lands after an epoch's
         # row was logged (e.g. during its checkpoint or print), which made resume log that epoch twice.
-        save_checkpoint(out / "last.pt", checkpoint(len(rows), interrupted=True))
-        print(f"\n[seed {seed}] interrupted: saved {out / 'last.pt'}; continue with --resume", flush=True)
+        if lead:
+            save_checkpoint(out / "last.pt", checkpoint(len(rows), interrupted=True))
+            print(f"\n[seed {seed}] interrupted: saved {out / 'last.pt'}; continue with --resume", flush=True)
         raise
-    save_checkpoint(out / "last.pt", checkpoint(len(rows), finished=True))
-    print(f"[seed {seed}] done: best val r {best_r:.4f} -> {out / 'best.pt'}", flush=True)
+    if lead:
+        save_checkpoint(out / "last.pt", checkpoint(len(rows), finished=True))
+        print(f"[seed {seed}] done: best val r {best_r:.4f} -> {out / 'best.pt'}", flush=True)
+    barrier()  # the other ranks wait until rank 0's files are complete
     return {"seed": seed, "best_val_r": best_r, "epochs": len(rows), "dir": str(out)}
 
 
@@ -300,23 +410,126 @@ def fit_closed_form(model, corpus, out: Path, meta: dict, device, subject_index)
     return {"seed": meta["seed"], "best_val_r": val_r, "epochs": 0, "dir": str(out)}
 
 
+@torch.no_grad()
+def seed_ensemble(cfg: dict, corpus, seeds: list[int]) -> dict:
+    """Validation r of each seed's best.pt and of their ensemble, built the way test.py builds it:
+    each seed's prediction of a whole validation part is z-scored, then the seeds are averaged."""
+    device = pick_device(cfg["device"])
+    recs = corpus.with_part("val")
+    preds, per_seed = [], {}
+    for seed in seeds:
+        ck = load_checkpoint(Path(cfg["run_dir"]) / cfg["model"] / f"seed-{seed}" / "best.pt")
+        model_cfg = dict(ck["config"], n_chans=ck["n_chans"],
+                         n_subjects=len(ck["subjects"]) if ck["config"].get("subject_embedding") else 0)
+        model = newmodel.build_model(ck["model_name"], **model_cfg)
+        model.load_state_dict(ck["model"])
+        model.to(device).eval()
+        index = {s: i for i, s in enumerate(ck["subjects"])}
+        ys = []
+        for rec in recs:
+            eeg, _ = rec.get("val")
+            y = model(torch.from_numpy(eeg)[None].to(device), subject=torch.tensor([index.get(rec.subject, -1)], device=device))
+            y = y.float().cpu()[0, :, 0].double()
+            ys.append((y - y.mean()) / (y.std() + 1e-12))
+        preds.append(ys)
+        per_seed[f"seed-{seed}"] = float(ck["best_val_r"])
+
+    def r_of(ys) -> float:
+        rs = [float(pearson(y, torch.from_numpy(rec.get("val")[1][:, 0]).double(), dim=0)) for rec, y in zip(recs, ys)]
+        return float(np.mean(list(mean_by_subject((rec.subject for rec in recs), rs).values())))
+
+    vals = list(per_seed.values())
+    return {"model": cfg["model"], "seeds": seeds, "val_r_per_seed": per_seed, "val_r_mean": float(np.mean(vals)),
+            "val_r_sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+            "val_r_ensemble": r_of([sum(ps) / len(ps) for ps in zip(*preds)])}
+
+
+def run_sweep(cfg: dict, argv: list[str]) -> None:
+    """Train ``cfg['seeds']`` as child processes of this script, ``cfg['jobs']`` at a time: one GPU
+    each when several are visible, else the CPU cores split between them. Logs: run_dir/<model>/logs/."""
+    seeds, jobs = cfg["seeds"], cfg["jobs"]
+    gpus = []
+    if pick_device(cfg["device"]).type == "cuda":
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    threads = cfg["threads"] or max(1, (os.cpu_count() or 1) // min(jobs, len(seeds)))
+    base = [a for a in argv if a.split("=", 1)[0] not in ("--seeds", "--jobs", "--threads")]
+    log_dir = Path(cfg["run_dir"]) / cfg["model"] / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(enumerate(seeds)), {}, []
+    print(f"seed sweep: {len(seeds)} seeds, {jobs} at a time, "
+          + (f"one GPU each ({','.join(gpus)})" if gpus else f"{threads} CPU threads each") + f"; logs in {log_dir}/", flush=True)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                i, seed = pending.pop(0)
+                env = dict(os.environ)
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+                cmd = [sys.executable, str(Path(__file__).resolve()), *base, f"--seeds=[{seed}]", "--jobs=1",
+                       f"--threads={threads}"]
+                log = open(log_dir / f"seed-{seed}.log", "a")  # appended: a rerun never erases an earlier log
+                running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+                print(f"  seed {seed}: started (log {log_dir / f'seed-{seed}.log'})", flush=True)
+            time.sleep(0.2)
+            for seed, (proc, log) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[seed]
+                lines = (log_dir / f"seed-{seed}.log").read_text().strip().splitlines()
+                print(f"  seed {seed}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: "
+                      f"{lines[-1] if lines else ''}", flush=True)
+                if proc.returncode != 0:
+                    failed.append(seed)
+    except KeyboardInterrupt:  # the children got the same Ctrl-C: let them save last.pt
+        for proc, _ in running.values():
+            proc.wait()
+        raise
+    if failed:
+        raise SystemExit(f"seed sweep: seeds {failed} failed; see their logs in {log_dir}/")
+
+
 def main(argv=None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
     cfg, _ = config_module.parse_or_exit(argv)
-    if cfg["epochs"] < 1 or cfg["patience"] < 1 or cfg["batch_size"] < 1 or cfg["window_s"] <= 0:
-        raise SystemExit("config error: epochs, patience and batch_size must be >= 1 and window_s > 0")
+    if cfg["epochs"] < 1 or cfg["patience"] < 1 or cfg["batch_size"] < 1 or cfg["window_s"] <= 0 or cfg["jobs"] < 1:
+        raise SystemExit("config error: epochs, patience, batch_size and jobs must be >= 1 and window_s > 0")
+    rank, world, local_rank = dist_setup(cfg)
+    lead = rank == 0
+    if world > 1 and (cfg["jobs"] > 1 or cfg["batch_size"] % world):
+        raise SystemExit(f"torchrun with {world} ranks: batch_size ({cfg['batch_size']}) must be a multiple of "
+                         f"the number of ranks, and jobs must be 1")
     if cfg["threads"] > 0:
         torch.set_num_threads(cfg["threads"])
-    ensure_data(cfg)
+    if lead:
+        ensure_data(cfg)  # rank 0 builds the demo corpus (when needed) before the others look for it
+    barrier()
+    if not lead:
+        ensure_data(cfg)
     try:
         corpus = corpus_from_config(cfg)
     except DataError as exc:
         raise SystemExit(f"data error: {exc}") from exc
-    print(f"data: {corpus.folder} ({corpus.fmt}), {len(corpus.recordings)} recordings, "
-          f"{len(corpus.subjects)} subjects, {corpus.n_chans} channels", flush=True)
-    results = [train_seed(cfg, seed, corpus) for seed in cfg["seeds"]]
-    if len(results) > 1:
-        rs = [r["best_val_r"] for r in results]
-        print(f"{cfg['model']}: best val r over {len(rs)} seeds: mean {np.mean(rs):.4f} sd {np.std(rs, ddof=1):.4f}")
+    if lead:
+        print(f"data: {corpus.folder} ({corpus.fmt}), {len(corpus.recordings)} recordings, "
+              f"{len(corpus.subjects)} subjects, {corpus.n_chans} channels", flush=True)
+    if world > 1 and cfg["model"] == "linear":
+        raise SystemExit(f"{cfg['model']} is fitted in closed form: run it without torchrun")
+    if cfg["jobs"] > 1 and len(cfg["seeds"]) > 1:
+        run_sweep(cfg, argv)
+        results = [{"seed": s, "best_val_r": load_checkpoint(Path(cfg["run_dir"]) / cfg["model"] / f"seed-{s}" / "best.pt")["best_val_r"]}
+                   for s in cfg["seeds"]]
+    else:
+        results = [train_seed(cfg, seed, corpus, rank, world, local_rank) for seed in cfg["seeds"]]
+    if len(results) > 1 and lead:
+        summary = seed_ensemble(cfg, corpus, cfg["seeds"])
+        path = Path(cfg["run_dir"]) / cfg["model"] / f"seeds-{'-'.join(map(str, cfg['seeds']))}.json"
+        atomic_write_json(path, summary)
+        print(f"{cfg['model']}: best val r over {len(results)} seeds: mean {summary['val_r_mean']:.4f} "
+              f"sd {summary['val_r_sd']:.4f}; ensemble of the seeds {summary['val_r_ensemble']:.4f} -> {path}", flush=True)
+    if world > 1:
+        dist.destroy_process_group()
     return results
 
 

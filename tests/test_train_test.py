@@ -240,7 +240,11 @@ def test_project_scorer_follows_the_rules_for_missing_short_and_long_predictions
 
 # ----------------------------------------------------------------------------------- 2. two seeds
 def test_two_seeds_run_dirs_ensemble_and_per_seed_scores(corpus, two_seeds, tmp_path, capsys):
-    assert sorted(p.name for p in (two_seeds / "ivlaai").iterdir()) == ["seed-1", "seed-2"]
+    assert sorted(p.name for p in (two_seeds / "ivlaai").iterdir()) == ["seed-1", "seed-2", "seeds-1-2.json"]
+    summary = json.loads((two_seeds / "ivlaai" / "seeds-1-2.json").read_text())
+    vals = [summary["val_r_per_seed"][f"seed-{s}"] for s in (1, 2)]
+    assert summary["val_r_mean"] == pytest.approx(np.mean(vals))
+    assert np.isfinite(summary["val_r_ensemble"]) and -1 <= summary["val_r_ensemble"] <= 1
     for s in (1, 2):
         assert (two_seeds / "ivlaai" / f"seed-{s}" / "best.pt").is_file()
     result_dir = tmp_path / "pred"
@@ -369,7 +373,7 @@ def test_resume_after_epoch_1_of_3_equals_an_uninterrupted_run(corpus, tmp_path,
         assert same_optimizer(full["optimizer"], cut["optimizer"]), f"{run} {name}: optimizer state differs"
         assert full["best_val_r"] == cut["best_val_r"]
         assert torch.equal(full["torch_rng"], cut["torch_rng"])
-        strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+        strip = lambda h: [{k: v for k, v in row.items() if k not in ("seconds", "data_wait_pct")} for row in h]  # noqa: E731
         assert strip(full["history"]) == strip(cut["history"])
     for run in ("cut", "int"):
         assert load(tmp_path / run / "ivlaai" / "seed-3" / "last.pt")["epoch"] == 3
