@@ -13,7 +13,8 @@ For each model (``--models``, default vlaai,ivlaai; linear_conv allowed) and eac
   Adam step, as in train.py's loop; inference samples/s: ``model.eval()`` in
   ``torch.inference_mode``. ``--warmup`` steps are run first and not timed (with ``--compile``
   the first of them compiles; its time is reported as compile time). Synthetic random batches.
-* FLOPs per sample counted by ``torch.utils.flop_counter.FlopCounterMode``: forward, and training
+* FLOPs per sample counted by ``torch.utils.flop_counter.FlopCounterMode`` (on the meta device,
+  i.e. from shapes, batch 2 x ``--window``): forward, and training
   (forward + backward). torch 2.13's formula for ``convolution_backward`` does not divide the
   weight gradient of a grouped convolution by its groups (a depthwise conv's weight gradient is
   counted ``channels`` times too high), so the training count is shown both as counted and
@@ -229,6 +230,16 @@ def count_flops(model, x, y, mask, subj, amp: str = "none") -> dict:
         res[key] = fc.get_total_flops()
     model.zero_grad(set_to_none=True)
     return {"forward": fwd, **res}
+
+
+def flops_per_sample(model, window: int, batch: int = 2, amp: str = "none") -> dict:
+    """count_flops of a copy of ``model`` on the meta device (shapes only: fast, same count), per sample."""
+    import copy
+
+    m = copy.deepcopy(model).to("meta")
+    x, y, mask, subj = (t.to("meta") for t in make_batch(batch, window))
+    c = count_flops(m, x, y, mask, subj, amp)
+    return {k: v / (batch * window) for k, v in c.items()}
 
 
 def hook_flops(model, x, subj) -> int:
@@ -520,12 +531,10 @@ def main(argv=None) -> dict:
     cnt_batch = min(args.batch_size, 2)
     for name in args.models:
         torch.manual_seed(0)
-        m = newmodel.build_model(name).to(device)
-        x, y, mask, subj = make_batch(cnt_batch, args.window, device=device)
-        c = count_flops(m, x, y, mask, subj)
-        n = cnt_batch * args.window
-        f = {k: v / n for k, v in c.items()}
-        f["forward_hooks"] = hook_flops(m, x, subj) / n
+        m = newmodel.build_model(name)
+        f = flops_per_sample(m, args.window, cnt_batch)
+        x, _, _, subj = (t.to("meta") for t in make_batch(cnt_batch, args.window))
+        f["forward_hooks"] = hook_flops(m.to("meta"), x, subj) / (cnt_batch * args.window)
         if name == "vlaai":
             f["forward_hand"] = vlaai_hand_flops()
         flops[name] = f

@@ -1,0 +1,107 @@
+"""Smoke tests for benchmarks/throughput.py and benchmarks/train_memory.py (tiny sizes, a few seconds)."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import newmodel  # noqa: E402
+import throughput as tp  # noqa: E402
+import train_memory as tm  # noqa: E402
+
+
+@pytest.fixture
+def npz_folder(tmp_path):
+    """Two subjects x two trials of 20 s random 64-channel EEG, DTU-style names."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "npz"
+    d.mkdir()
+    for s in (1, 2):
+        for t in (0, 1):
+            np.savez(d / f"DTU_S{s}_{t:03d}.npz", eeg=rng.standard_normal((1280, 64)).astype(np.float32),
+                     envelope=rng.standard_normal((1280, 1)).astype(np.float32))
+    return d
+
+
+def test_linear_and_conv_flops_are_exact():
+    lin = torch.nn.Linear(16, 8)
+    x = torch.randn(3, 5, 16)
+    with FlopCounterMode(display=False) as fc:
+        lin(x)
+    assert fc.get_total_flops() == 2 * 3 * 5 * 16 * 8
+
+    conv = torch.nn.Conv1d(6, 4, 3)
+    x = torch.randn(2, 6, 12, requires_grad=True)
+    fwd = 2 * 2 * 10 * 4 * 6 * 3
+    with FlopCounterMode(display=False, custom_mapping=tp.CORRECTED) as fc:
+        conv(x).sum().backward()
+    assert fc.get_total_flops() == 3 * fwd  # forward + input gradient + weight gradient
+
+
+def test_grouped_conv_backward_is_corrected():
+    conv = torch.nn.Conv1d(8, 8, 4, groups=8, bias=False)
+    x = torch.randn(2, 8, 20, requires_grad=True)
+    fwd = 2 * 2 * 17 * 8 * 1 * 4
+    with FlopCounterMode(display=False, custom_mapping=tp.CORRECTED) as fc:
+        conv(x).sum().backward()
+    assert fc.get_total_flops() == 3 * fwd
+    with FlopCounterMode(display=False) as fc:  # torch's own formula counts the weight gradient 8x
+        conv(x).sum().backward()
+    assert fc.get_total_flops() >= 3 * fwd
+
+
+def test_vlaai_forward_flops_match_hand_count():
+    assert tp.vlaai_hand_flops() == 13_697_152
+    torch.manual_seed(0)
+    m = newmodel.build_model("vlaai").to("meta")  # shapes only: the same count, without the arithmetic
+    x, y, mask, subj = (t.to("meta") for t in tp.make_batch(1, 64))
+    c = tp.count_flops(m, x, y, mask, subj)
+    assert abs(c["forward"] / 64 / tp.vlaai_hand_flops() - 1) < 0.02
+    assert tp.hook_flops(m, x, subj) == c["forward"]
+    assert 2.5 * c["forward"] < c["train"] <= 3 * c["forward"]  # backward ~2x forward (no input grad on layer 1)
+
+
+def test_ivlaai_training_flops_about_three_forwards():
+    torch.manual_seed(0)
+    c = tp.flops_per_sample(newmodel.build_model("ivlaai"), 64, batch=1)
+    assert 2.5 * c["forward"] < c["train"] <= 3 * c["forward"] < c["train_counted"]
+
+
+def test_measure_and_dense_rate_tiny():
+    dev = torch.device("cpu")
+    r = tp.measure_model("linear_conv", dev, batch=2, window=64, steps=1, warmup=1, amp="none", compile_model=False)
+    assert r["train_samples_s"] > 0 and r["infer_samples_s"] > 0
+    r = tp.measure_model("linear_conv", dev, batch=2, window=64, steps=1, warmup=1, amp="bf16", compile_model=False)
+    assert r["train_samples_s"] > 0
+    d = tp.dense_rate(dev, repeats=1, n=64, conv_batch=2, conv_chans=8, conv_len=16)
+    assert d["best_flops"] == max(d["matmul_flops"], d["conv1d_flops"]) > 0
+
+
+def test_data_wait_and_main_tiny(npz_folder, tmp_path):
+    w = tp.data_wait("linear_conv", torch.device("cpu"), data_dir=npz_folder, steps=3, warmup=1, batch=4,
+                     window_s=1.0, num_workers=0, amp="none", compile_model=False)
+    assert 0 <= w["wait_share"] <= 1 and w["windows_per_epoch"] > 0
+    out = tp.main(["--models=linear_conv", "--batch_size=2", "--window=64", "--steps=1", "--warmup=1",
+                   "--skip_dense", "--data_steps=1", f"--data_dir={npz_folder}", "--data_window_s=1",
+                   f"--json={tmp_path / 'tp.json'}"])
+    assert out["throughput"][0]["train_samples_s"] > 0
+    assert (tmp_path / "tp.json").is_file()
+
+
+def test_repeated_folder_renames_subjects(npz_folder, tmp_path):
+    from EEG_Dataset import load_corpus
+
+    d = tm.repeated_folder(npz_folder, 3, tmp_path / "rep")
+    names = sorted(p.name for p in d.iterdir())
+    assert len(names) == 12 and "DTU_S1001_000.npz" in names and "DTU_S2002_001.npz" in names
+    assert all(os.path.islink(d / n) for n in names)
+    c = load_corpus(d)
+    assert len(c.subjects) == 6
+    assert tm.disk_mib(d) == pytest.approx(3 * tm.disk_mib(npz_folder))
