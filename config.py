@@ -78,6 +78,26 @@ demo_subjects = 8  # subjects in the built-in demo corpus
 demo_minutes = 4.0  # minutes of EEG per demo subject
 demo_seed = 0  # seed of the demo corpus generator
 
+# ---- preprocess -----------------------------------------------------------------------------
+# preprocess.py: raw recordings (wav/npz audio + BDF/EDF/FIF/BrainVision EEG) -> a split_data folder
+# that train.py reads. Output rate: fs; see docs/preprocess.md.
+pairs = None  # CSV of 'subject,eeg_file,audio_file[,onset_s]' rows; paths relative to the CSV's folder
+out_dir = None  # output split_data folder; built in a temp folder beside it, then renamed (see overwrite)
+pre_channels = 64  # EEG channels to keep: a count (the first N channels of type EEG, in file order) or a list of names
+pre_highpass_hz = 0.5  # EEG high-pass cut-off: 1st-order Butterworth, run forward and backward (zero-phase); 0: off
+pre_artifact_k = 0.0  # >0: interpolate EEG samples more than k robust SDs (1.4826 * MAD) from the channel median; 0: off
+pre_artifact_uv = 0.0  # >0: interpolate EEG samples whose |value| exceeds this many microvolts (reference recipe: 500); 0: off
+pre_artifact_pad_s = 0.05  # widen each artifact by this many seconds on both sides before interpolating
+pre_align = "auto"  # stimulus onset: 'auto' (a row's onset_s column if given, else triggers), 'trigger' or 'onset'
+pre_trigger_source = "auto"  # triggers from: 'auto' (stim channel if the file has one, else annotations), 'stim', 'annotations'
+pre_trigger_code = None  # the trigger marking stimulus onset: an int code, an annotation text, or None (any trigger)
+pre_stim_channel = None  # stim channel name for stim triggers (None: MNE's choice, e.g. 'STI 014' or BioSemi 'Status')
+pre_env_bands = 28  # envelope: gammatone bands, centres ERB-spaced from pre_env_fmin_hz to pre_env_fmax_hz
+pre_env_fmin_hz = 50.0  # envelope: lowest band centre in Hz
+pre_env_fmax_hz = 5000.0  # envelope: highest band centre in Hz
+pre_env_power = 0.6  # envelope: sum over bands of |band output| ** pre_env_power
+pre_tolerance_s = 0.0625  # EEG may end up to this long before the stimulus does (both are cut); longer is an error
+
 # Keys whose default is None (or whose type may vary) accept these types.
 _TYPES = {
     "subjects": (list, str, type(None)),
@@ -89,12 +109,19 @@ _TYPES = {
     "test_dir": (str, type(None)),
     "label_dir": (str, type(None)),
     "seeds": (list, int),
+    "pairs": (str, type(None)),
+    "out_dir": (str, type(None)),
+    "pre_channels": (int, list),
+    "pre_trigger_code": (int, str, type(None)),
+    "pre_stim_channel": (str, type(None)),
 }
 _CHOICES = {
     "split": ("time", "whole"),
     "model": ("ivlaai", "vlaai", "linear", "linear_conv"),
     "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16"),
+    "pre_align": ("auto", "trigger", "onset"),
+    "pre_trigger_source": ("auto", "stim", "annotations"),
 }
 
 

@@ -1,0 +1,661 @@
+"""From raw recordings (speech audio + EEG files) to the split_data folder that train.py reads.
+
+    python preprocess.py --pairs=pairs.csv --out_dir=data/split_data
+    python train.py --data_dir=data/split_data
+
+``pairs.csv`` has one row per recording: ``subject,eeg_file,audio_file[,onset_s]`` (paths relative
+to the CSV's folder; an optional header row starting with ``subject``). Every other setting is a
+``pre_*`` key in config.py (see docs/preprocess.md for the pipeline and each key).
+
+Envelope (per audio file): gammatone filterbank (28 bands, centres ERB-spaced 50-5000 Hz, designed
+by ``scipy.signal.gammatone``), ``|band| ** 0.6`` summed over bands, polyphase resampling to ``fs``.
+EEG (per EEG file, via MNE): channel selection, 0.5 Hz high-pass (1st-order Butterworth, zero-phase),
+optional artifact interpolation, alignment to the stimulus onset (trigger or ``onset_s``), polyphase
+resampling to ``fs``, common average reference, cut to the envelope's duration.
+Output: ``{split}_-_{subject}_-_{stimulus}_-_{eeg|envelope}.npy`` cut 80/10/10 in time, plus
+``manifest.json`` (inputs with sizes and hashes, every parameter, library versions). The folder is
+built beside ``out_dir`` under a temp name and renamed into place only when everything succeeded.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy
+import scipy.signal
+from scipy.io import wavfile
+
+import config as config_module
+from EEG_Dataset import SEP, SPLIT_FRACTIONS, SPLITS, DataError
+
+MANIFEST = "manifest.json"
+MARGIN_OUT = 64  # output samples of EEG kept on each side of a cut while resampling, so the
+#                  resampling filter's edge transient falls outside the kept part
+BLOCK_SAMPLES = 1 << 25  # EEG values (samples x channels) filtered at once: bounds memory for long recordings
+EXCLUDED_ANNOTATIONS = ("bad", "edge", "new segment")  # annotation prefixes that never mark a stimulus
+
+
+@dataclass
+class Pair:
+    """One row of pairs.csv: a subject's EEG recording and the audio they heard in it."""
+
+    subject: str
+    eeg_path: Path
+    audio_path: Path
+    onset_s: float | None  # stimulus onset in seconds from the EEG file's first sample; None: use triggers
+    where: str  # 'pairs.csv:LINE', for messages
+
+    @property
+    def stimulus(self) -> str:
+        return self.audio_path.stem
+
+
+@dataclass(eq=False)  # compared by identity: it holds arrays
+class Result:
+    """What preprocessing one pair produced; ``info`` goes to the manifest."""
+
+    pair: Pair
+    eeg: np.ndarray = None  # (T, C) float32, microvolts, common average reference
+    envelope: np.ndarray = None  # (T,) float32
+    info: dict = field(default_factory=dict)
+
+
+# ============================================================================= pairs.csv
+
+
+def read_pairs(csv_path) -> list[Pair]:
+    """Parse pairs.csv. Every problem is a DataError naming the file and line."""
+    csv_path = Path(csv_path)
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet programs prepend a BOM
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: cannot read the pairs file ({exc})") from exc
+    pairs, seen = [], {}
+    for line_no, row in enumerate(csv.reader(text.splitlines()), start=1):
+        row = [c.strip() for c in row]
+        if not any(row) or row[0].startswith("#"):
+            continue
+        where = f"{csv_path}:{line_no}"
+        if not pairs and row[0].lower() == "subject":
+            continue  # header row
+        if len(row) not in (3, 4):
+            raise DataError(f"{where}: expected 3 or 4 columns 'subject,eeg_file,audio_file[,onset_s]', "
+                            f"got {len(row)}: {row}")
+        subject, eeg_file, audio_file = row[:3]
+        onset_s = None
+        if len(row) == 4 and row[3]:
+            try:
+                onset_s = float(row[3])
+            except ValueError:
+                raise DataError(f"{where}: onset_s must be a number of seconds, got {row[3]!r}") from None
+            if not math.isfinite(onset_s) or onset_s < 0:
+                raise DataError(f"{where}: onset_s must be a finite number >= 0, got {row[3]!r}")
+        if not subject or SEP in subject or "/" in subject or "\\" in subject:
+            raise DataError(f"{where}: subject {subject!r} must be non-empty, without '/', '\\' or {SEP!r} "
+                            "(it becomes part of the output file names)")
+        paths = []
+        for what, name in (("eeg_file", eeg_file), ("audio_file", audio_file)):
+            if not name:
+                raise DataError(f"{where}: {what} is empty")
+            p = Path(name).expanduser()
+            p = p if p.is_absolute() else csv_path.parent / p
+            if not p.is_file():
+                raise DataError(f"{where}: {what} {p} does not exist")
+            paths.append(p)
+        pair = Pair(subject, paths[0], paths[1], onset_s, where)
+        if SEP in pair.stimulus:
+            raise DataError(f"{where}: audio file name {paths[1].name!r} contains {SEP!r}, the split_data separator")
+        key = (pair.subject, pair.stimulus)
+        if key in seen:
+            raise DataError(f"{where}: subject {subject!r} with stimulus {pair.stimulus!r} already appears at "
+                            f"{seen[key]}; each (subject, audio file name) pair must be unique")
+        seen[key] = where
+        pairs.append(pair)
+    if not pairs:
+        raise DataError(f"{csv_path}: no rows; expected 'subject,eeg_file,audio_file[,onset_s]' lines")
+    return pairs
+
+
+# ============================================================================= envelope
+
+
+def erb_hz(f_hz):
+    """Equivalent rectangular bandwidth (Hz) of the auditory filter at ``f_hz`` (Glasberg & Moore 1990)."""
+    return 24.7 * (4.37 * np.asarray(f_hz, dtype=np.float64) / 1000 + 1)
+
+
+def erb_number(f_hz):
+    """ERB-rate scale (number of ERBs below ``f_hz``); equal steps on it are 'ERB-spaced'."""
+    return 21.4 * np.log10(4.37 * np.asarray(f_hz, dtype=np.float64) / 1000 + 1)
+
+
+def erb_number_to_hz(e):
+    return (10 ** (np.asarray(e, dtype=np.float64) / 21.4) - 1) * 1000 / 4.37
+
+
+def erb_space(fmin_hz: float, fmax_hz: float, n: int) -> np.ndarray:
+    """(n,) centre frequencies in Hz, equally spaced on the ERB-rate scale from fmin_hz to fmax_hz."""
+    return erb_number_to_hz(np.linspace(erb_number(fmin_hz), erb_number(fmax_hz), n))
+
+
+@dataclass
+class GammatoneBand:
+    """One 4th-order gammatone filter: a 4-tap FIR numerator, then four copies of one pole pair."""
+
+    centre_hz: float
+    b: np.ndarray  # (5,) numerator, as scipy.signal.gammatone designs it
+    sos: np.ndarray  # (4, 6) second-order sections holding the denominator only
+
+
+def gammatone_band(centre_hz: float, fs: float) -> GammatoneBand:
+    """scipy.signal.gammatone's IIR design (Slaney 1993; bandwidth 1.019 ERB; unit gain at the centre),
+    rearranged for stable filtering.
+
+    scipy returns the 8th-order denominator multiplied out. For low centres at audio rates (50 Hz at
+    48 kHz) its four coincident pole pairs lie so close to z = 1 that float rounding of the expanded
+    polynomial puts poles outside the unit circle: filtering with it directly blows up. The
+    denominator is exactly (1 - 2 r cos(w) z^-1 + r^2 z^-2)^4, so r and cos(w) are read off its last
+    and second coefficients and the filter runs as four copies of that section.
+    """
+    b, a = scipy.signal.gammatone(centre_hz, "iir", fs=fs)
+    r = a[8] ** (1 / 8)
+    cos_w = -a[1] / (8 * r)
+    section = np.array([1.0, -2 * r * cos_w, r * r])
+    rebuilt = np.convolve(np.convolve(section, section), np.convolve(section, section))
+    if not np.allclose(rebuilt, a, rtol=0, atol=1e-9 * np.abs(a).max()):
+        raise RuntimeError(f"scipy.signal.gammatone's denominator at {centre_hz} Hz is not a 4th power of one "
+                           "pole pair any more (scipy changed its design?); cannot rearrange it")
+    sos = np.tile(np.concatenate([[1.0, 0.0, 0.0], section]), (4, 1))
+    return GammatoneBand(float(centre_hz), np.asarray(b, dtype=np.float64), sos)
+
+
+def gammatone_bank(fs: float, fmin_hz: float = 50.0, fmax_hz: float = 5000.0, n_bands: int = 28) -> list[GammatoneBand]:
+    return [gammatone_band(f, fs) for f in erb_space(fmin_hz, fmax_hz, n_bands)]
+
+
+def gammatone_filter(band: GammatoneBand, x: np.ndarray) -> np.ndarray:
+    """Filter (T,) -> (T,)."""
+    return scipy.signal.sosfilt(band.sos, scipy.signal.lfilter(band.b, [1.0], x))
+
+
+def band_response(band: GammatoneBand, f_hz, fs: float) -> np.ndarray:
+    """Complex frequency response of one band at the frequencies ``f_hz`` (any shape)."""
+    f_hz = np.asarray(f_hz, dtype=np.float64)
+    _, h_num = scipy.signal.freqz(band.b, [1.0], worN=f_hz.ravel(), fs=fs)
+    _, h_den = scipy.signal.sosfreqz(band.sos, worN=f_hz.ravel(), fs=fs)
+    return (h_num * h_den).reshape(f_hz.shape)
+
+
+def min_audio_fs(fmax_hz: float) -> float:
+    """Lowest audio rate that holds the top band: its centre plus one ERB must lie below Nyquist."""
+    return 2 * float(fmax_hz + erb_hz(fmax_hz))
+
+
+def rational(fs_out: int, fs_in: int) -> tuple[int, int]:
+    """(up, down) for scipy.signal.resample_poly from fs_in to fs_out, both integers in Hz."""
+    g = math.gcd(int(fs_out), int(fs_in))
+    return int(fs_out) // g, int(fs_in) // g
+
+
+def speech_envelope(audio: np.ndarray, fs_audio: int, fs_out: int = 64, n_bands: int = 28,
+                    fmin_hz: float = 50.0, fmax_hz: float = 5000.0, power: float = 0.6) -> np.ndarray:
+    """The reference pipeline's envelope: (T_audio,) mono audio at fs_audio -> (T_out,) at fs_out.
+
+    sum over gammatone bands of |band(t)| ** power, then polyphase resampling (scipy.signal.resample_poly,
+    its default Kaiser-window anti-aliasing filter). T_out = floor(T_audio * fs_out / fs_audio):
+    output sample k is audio time k / fs_out, and only samples inside the audio are kept.
+    """
+    audio = np.asarray(audio, dtype=np.float64)
+    total = np.zeros(len(audio))
+    for band in gammatone_bank(fs_audio, fmin_hz, fmax_hz, n_bands):
+        total += np.abs(gammatone_filter(band, audio)) ** power  # one band at a time: memory of 2 signals
+    up, down = rational(fs_out, fs_audio)
+    env = scipy.signal.resample_poly(total, up, down)
+    return env[: len(audio) * int(fs_out) // int(fs_audio)]
+
+
+def read_audio(path) -> tuple[np.ndarray, int, int]:
+    """A wav file, or an npz with keys 'audio' ((T,) or (T, channels)) and 'fs' -> (mono (T,) float64,
+    fs in Hz, number of channels averaged into it)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                missing = {"audio", "fs"} - set(z.files)
+                if missing:
+                    raise DataError(f"{path}: audio npz lacks key(s) {sorted(missing)}; found {z.files}")
+                audio, fs = np.asarray(z["audio"]), float(np.asarray(z["fs"]).reshape(-1)[0])
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", wavfile.WavFileWarning)  # e.g. unknown chunks: harmless
+                fs, audio = wavfile.read(path)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        raise DataError(f"{path}: cannot read the audio as wav (or npz with 'audio' and 'fs'): {exc}") from exc
+    if audio.dtype == np.uint8:  # 8-bit wav is unsigned, centred on 128
+        audio = (audio.astype(np.float64) - 128) / 128
+    elif audio.dtype.kind == "i":  # integer PCM -> [-1, 1) (the scale does not matter after standardizing)
+        audio = audio.astype(np.float64) / (np.iinfo(audio.dtype).max + 1)
+    audio = np.asarray(audio, dtype=np.float64)
+    if audio.ndim == 1:
+        audio = audio[:, None]
+    if audio.ndim != 2 or audio.shape[0] < audio.shape[1]:
+        raise DataError(f"{path}: audio must be (time,) or (time, channels), got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise DataError(f"{path}: audio holds NaN or Inf values")
+    if not (fs > 0 and float(fs).is_integer()):
+        raise DataError(f"{path}: audio sampling rate must be a whole number of Hz, got {fs}")
+    return audio.mean(axis=1), int(fs), audio.shape[1]
+
+
+# ============================================================================= EEG
+
+
+def open_eeg(path):
+    """An MNE Raw (not loaded into memory) for BDF, EDF, FIF, BrainVision (.vhdr) or any format MNE reads."""
+    import mne  # here, so that the envelope part and the rest of the repository work without MNE
+
+    path = Path(path)
+    try:
+        return mne.io.read_raw(path, preload=False, verbose="error")
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read as EEG with MNE ({type(exc).__name__}: {exc})") from exc
+
+
+def select_channels(raw, spec, path) -> list[str]:
+    """Names of the EEG channels to keep. spec: a count N (the first N channels of type EEG, in file
+    order) or a list of channel names (kept in that order)."""
+    import mne
+
+    if isinstance(spec, list):
+        missing = [c for c in spec if c not in raw.ch_names]
+        if missing:
+            raise DataError(f"{path}: channel(s) {missing[:8]}{' ...' if len(missing) > 8 else ''} not in the file; "
+                            f"it has {raw.ch_names[:8]}{' ...' if len(raw.ch_names) > 8 else ''}")
+        return list(spec)
+    eeg = [raw.ch_names[i] for i in mne.pick_types(raw.info, eeg=True, exclude=[])]
+    if len(eeg) < spec:
+        raise DataError(f"{path}: has {len(eeg)} EEG channels, but pre_channels asks for {spec}; "
+                        "set --pre_channels to a smaller count or a list of names")
+    return eeg[:spec]
+
+
+def find_triggers(raw, path, source: str, code, stim_channel) -> tuple[list[int], str]:
+    """Stimulus-onset triggers: (sample indices counted from the file's first sample, where they came
+    from). source 'stim': a stim channel's onsets (mne.find_events); 'annotations': annotation onsets;
+    'auto': the stim channel if the file has one and it holds events, else annotations.
+    code: int (stim value, or the number an annotation ends with, e.g. BrainVision 'Stimulus/S  1'),
+    str (annotation text), or None: any (annotations starting BAD, EDGE or New Segment never count).
+    """
+    import mne
+
+    has_stim = stim_channel is not None or len(mne.pick_types(raw.info, stim=True, eeg=False, exclude=[])) > 0
+    if source == "stim" or (source == "auto" and has_stim):
+        try:
+            events = mne.find_events(raw, stim_channel=stim_channel, shortest_event=1, initial_event=True,
+                                     consecutive=True, verbose="error")
+        except Exception as exc:  # noqa: BLE001 - e.g. no stim channel
+            if source == "stim":
+                raise DataError(f"{path}: cannot read triggers from a stim channel ({exc})") from exc
+            events = np.zeros((0, 3), int)
+        if source == "stim" or len(events):
+            if isinstance(code, str):
+                raise DataError(f"{path}: pre_trigger_code {code!r} is a text, but the triggers come from a stim "
+                                "channel (integer codes); give an int or --pre_trigger_source=annotations")
+            if code is not None:
+                events = events[events[:, 2] == code]
+            return sorted(int(s) - raw.first_samp for s in events[:, 0]), "stim channel"
+    events, event_id = mne.events_from_annotations(raw, event_id=None, verbose="error")
+    desc = {v: k for k, v in event_id.items()}
+    samples = []
+    for sample, _, eid in events:
+        text = desc[eid]
+        if text.lower().startswith(EXCLUDED_ANNOTATIONS):
+            continue
+        if code is None or text == str(code) or (isinstance(code, int) and re.search(rf"(?<!\d){code}\s*$", text)):
+            samples.append(int(sample) - raw.first_samp)
+    return sorted(samples), "annotations"
+
+
+def highpass(x: np.ndarray, fs: float, cutoff_hz: float) -> np.ndarray:
+    """(T, C) -> (T, C): 1st-order Butterworth high-pass run forward and backward (zero-phase; so the
+    magnitude is squared: -6 dB at cutoff_hz). Initial conditions are the steady state of the edge
+    samples, so a DC offset leaves no transient at the start."""
+    if cutoff_hz <= 0:
+        return x
+    sos = scipy.signal.butter(1, cutoff_hz, "highpass", fs=fs, output="sos")
+    return scipy.signal.sosfiltfilt(sos, x, axis=0)
+
+
+def interpolate_artifacts(x: np.ndarray, fs: float, k: float, uv: float, pad_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Replace artifact samples by linear interpolation, per channel. x: (T, C) in microvolts.
+
+    A sample is an artifact when |x - median| > k * 1.4826 * MAD (k > 0; MAD = median |x - median|
+    of that channel, so 1.4826 * MAD is its SD were it Gaussian) or |x| > uv (uv > 0). Each artifact
+    is widened by pad_s on both sides; the marked samples are replaced by a straight line between the
+    nearest unmarked samples before and after (held flat at the recording's edges). A channel with
+    no unmarked sample is set to 0. Returns (x, fraction of samples replaced per channel (C,)).
+    """
+    x = np.array(x, dtype=np.float64, copy=True)
+    if k <= 0 and uv <= 0:
+        return x, np.zeros(x.shape[1])
+    pad = int(round(pad_s * fs))
+    idx = np.arange(len(x))
+    fractions = np.zeros(x.shape[1])
+    for c in range(x.shape[1]):
+        v = x[:, c]
+        bad = np.zeros(len(v), bool)
+        if k > 0:
+            med = np.median(v)
+            scale = 1.4826 * np.median(np.abs(v - med))
+            bad |= np.abs(v - med) > k * scale
+        if uv > 0:
+            bad |= np.abs(v) > uv
+        if pad > 0 and bad.any():
+            bad = np.convolve(bad, np.ones(2 * pad + 1), mode="same") > 0
+        fractions[c] = bad.mean()
+        if bad.all():
+            v[:] = 0.0
+        elif bad.any():
+            v[bad] = np.interp(idx[bad], idx[~bad], v[~bad])
+    return x, fractions
+
+
+def common_average(x: np.ndarray) -> np.ndarray:
+    """(T, C) -> (T, C) minus the mean over channels at every sample."""
+    return x - x.mean(axis=1, keepdims=True)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_record(path: Path) -> dict:
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
+def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
+    """Preprocess one EEG file for all the pairs recorded in it (``results``, whose ``envelope`` is
+    set). Fills each result's ``eeg`` (T, C) float32 and trims its envelope to a common length.
+
+    Order: pick channels -> high-pass -> artifacts -> [cut at onset, resample] -> common average.
+    Resampling and the common average are both linear per channel, so they commute: averaging at
+    the output rate gives what averaging first would, and lets channels be read in blocks.
+    Returns the file-level facts for the manifest.
+    """
+    raw = open_eeg(eeg_path)
+    fs_eeg = float(raw.info["sfreq"])
+    fs_out = int(cfg["fs"])
+    if not float(fs_eeg).is_integer():
+        raise DataError(f"{eeg_path}: EEG sampling rate {fs_eeg} Hz is not a whole number; polyphase "
+                        "resampling needs one (resample the file in MNE first)")
+    fs_eeg = int(fs_eeg)
+    if fs_eeg < fs_out:
+        raise DataError(f"{eeg_path}: EEG sampled at {fs_eeg} Hz, below the output rate {fs_out} Hz")
+    names = select_channels(raw, cfg["pre_channels"], eeg_path)
+    n_total = raw.n_times
+
+    # --- stimulus onsets, in EEG samples from the file's first sample
+    by_trigger = [r for r in results if cfg["pre_align"] == "trigger" or
+                  (cfg["pre_align"] == "auto" and r.pair.onset_s is None)]
+    triggers, trigger_source = [], None
+    if by_trigger:
+        triggers, trigger_source = find_triggers(raw, eeg_path, cfg["pre_trigger_source"], cfg["pre_trigger_code"],
+                                                 cfg["pre_stim_channel"])
+        if len(triggers) < len(by_trigger):
+            code = "any code" if cfg["pre_trigger_code"] is None else f"code {cfg['pre_trigger_code']!r}"
+            rows = ", ".join(r.pair.where for r in by_trigger)
+            raise DataError(f"{eeg_path}: {len(by_trigger)} pair(s) ({rows}) are aligned by triggers, but the file "
+                            f"holds {len(triggers)} matching trigger(s) ({code}, source "
+                            f"{cfg['pre_trigger_source']!r}). Give onset_s in pairs.csv or set "
+                            "--pre_trigger_code / --pre_trigger_source")
+    up, down = rational(fs_out, fs_eeg)
+    step_out = fs_out // math.gcd(fs_eeg, fs_out)  # output samples that span a whole number of EEG samples
+    plans = []
+    for r in results:
+        p = r.pair
+        if r in by_trigger:
+            k = by_trigger.index(r)  # the k-th pair of this file aligned by triggers takes the k-th trigger
+            onset, how = triggers[k], f"trigger {k + 1} of {len(triggers)} ({trigger_source})"
+        else:
+            if p.onset_s is None:
+                raise DataError(f"{p.where}: pre_align='onset' but this row has no onset_s column")
+            onset, how = int(round(p.onset_s * fs_eeg)), "onset_s column"
+        n_env = len(r.envelope)
+        n_avail = (n_total - onset) * fs_out // fs_eeg if onset < n_total else 0
+        if n_avail < n_env:
+            short_s = (n_env - n_avail) / fs_out
+            if short_s > cfg["pre_tolerance_s"]:
+                raise DataError(
+                    f"{eeg_path}: only {max(n_total - onset, 0) / fs_eeg:.3f} s of EEG after the stimulus onset at "
+                    f"{onset / fs_eeg:.3f} s ({how}), but {p.audio_path} lasts {n_env / fs_out:.3f} s "
+                    f"({short_s:.3f} s short; tolerance pre_tolerance_s={cfg['pre_tolerance_s']} s) [{p.where}]")
+        n = min(n_env, n_avail)
+        if n * SPLIT_FRACTIONS[2] < len(names) or n * SPLIT_FRACTIONS[1] < len(names):
+            raise DataError(f"{p.where}: {p.audio_path} gives {n / fs_out:.2f} s, too short: each 10 % part must hold "
+                            f"at least as many samples as channels ({len(names)}), i.e. >= "
+                            f"{len(names) / min(SPLIT_FRACTIONS) / fs_out:.1f} s")
+        # Resample from a point before the onset that lies on the output grid, so that an output
+        # sample falls exactly on the onset; keep up to MARGIN_OUT output samples of lead-in.
+        lead = min(MARGIN_OUT, onset * fs_out // fs_eeg) // step_out * step_out
+        start = onset - lead * fs_eeg // fs_out
+        stop = min(n_total, onset + -(-(n + MARGIN_OUT) * fs_eeg // fs_out))
+        plans.append((r, start, stop, lead, n))
+        r.eeg = np.zeros((n, len(names)), np.float32)
+        r.envelope = r.envelope[:n]
+        r.info.update(onset_s=onset / fs_eeg, onset_sample=int(onset), onset_from=how, n_samples=int(n),
+                      duration_s=n / fs_out)
+
+    # --- filter channel blocks over the whole recording (the high-pass needs the context)
+    per_block = max(1, BLOCK_SAMPLES // max(n_total, 1))
+    artifact_fraction = np.zeros(len(names))
+    for b0 in range(0, len(names), per_block):
+        block = names[b0: b0 + per_block]
+        try:
+            x = raw.get_data(picks=block, units="uV").T  # (T, c), volts -> microvolts
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"{eeg_path}: cannot read channels {block[:4]}... ({type(exc).__name__}: {exc})") from exc
+        if not np.isfinite(x).all():
+            raise DataError(f"{eeg_path}: EEG holds NaN or Inf values in channels {block}")
+        x = highpass(x, fs_eeg, cfg["pre_highpass_hz"])
+        x, frac = interpolate_artifacts(x, fs_eeg, cfg["pre_artifact_k"], cfg["pre_artifact_uv"], cfg["pre_artifact_pad_s"])
+        artifact_fraction[b0: b0 + len(block)] = frac
+        for r, start, stop, lead, n in plans:
+            y = scipy.signal.resample_poly(x[start:stop], up, down, axis=0)
+            r.eeg[:, b0: b0 + len(block)] = y[lead: lead + n]
+    for r in results:
+        r.eeg = common_average(r.eeg).astype(np.float32)
+    return {"eeg_fs_hz": fs_eeg, "eeg_channels_in_file": len(raw.ch_names), "channels": names,
+            "artifact_fraction_per_channel": [round(float(f), 6) for f in artifact_fraction]
+            if cfg["pre_artifact_k"] > 0 or cfg["pre_artifact_uv"] > 0 else None}
+
+
+# ============================================================================= output
+
+
+def write_recording(folder: Path, subject: str, stimulus: str, eeg: np.ndarray, envelope: np.ndarray) -> dict:
+    """Save one recording as split_data files cut 80/10/10 in time (as EEG_Dataset.load_corpus cuts).
+    eeg (T, C), envelope (T,). Returns {split: [start, stop)}."""
+    n = len(envelope)
+    a, b = int(round(n * SPLIT_FRACTIONS[0])), int(round(n * sum(SPLIT_FRACTIONS[:2])))
+    bounds = {}
+    for split, lo, hi in zip(SPLITS, (0, a, b), (a, b, n)):
+        stem = f"{split}{SEP}{subject}{SEP}{stimulus}{SEP}"
+        np.save(folder / f"{stem}eeg.npy", np.ascontiguousarray(eeg[lo:hi], dtype=np.float32))
+        np.save(folder / f"{stem}envelope.npy", np.ascontiguousarray(envelope[lo:hi, None], dtype=np.float32))
+        bounds[split] = [lo, hi]
+    return bounds
+
+
+def check_config(cfg: dict) -> None:
+    bad = []
+    if not cfg["pairs"]:
+        bad.append("--pairs=FILE.csv is required")
+    if not cfg["out_dir"]:
+        bad.append("--out_dir=FOLDER is required")
+    ch = cfg["pre_channels"]
+    if isinstance(ch, int) and ch < 1 or isinstance(ch, list) and (not ch or not all(isinstance(c, str) for c in ch)):
+        bad.append(f"--pre_channels must be a count >= 1 or a non-empty list of channel names, got {ch!r}")
+    if isinstance(ch, list) and len(set(ch)) != len(ch):
+        bad.append(f"--pre_channels lists a channel twice: {ch!r}")
+    if cfg["pre_env_bands"] < 1 or not 0 < cfg["pre_env_fmin_hz"] <= cfg["pre_env_fmax_hz"]:
+        bad.append("need pre_env_bands >= 1 and 0 < pre_env_fmin_hz <= pre_env_fmax_hz")
+    for key in ("pre_env_power",):
+        if cfg[key] <= 0:
+            bad.append(f"--{key} must be > 0")
+    for key in ("pre_highpass_hz", "pre_artifact_k", "pre_artifact_uv", "pre_artifact_pad_s", "pre_tolerance_s"):
+        if cfg[key] < 0:
+            bad.append(f"--{key} must be >= 0")
+    if cfg["fs"] < 1:
+        bad.append("--fs must be >= 1")
+    if bad:
+        raise config_module.ConfigError("; ".join(bad))
+
+
+def versions() -> dict:
+    import mne
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "mne": mne.__version__}
+
+
+def preprocess(cfg: dict) -> dict:
+    """Run the whole pipeline for a parsed config; returns the manifest. Raises DataError (naming the
+    file) on bad input, leaving nothing behind: the output is built in a temp folder beside out_dir."""
+    check_config(cfg)
+    t0 = time.time()
+    out = Path(cfg["out_dir"])
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: out_dir exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not cfg["overwrite"]:
+        raise DataError(f"{out}: out_dir already exists and is not empty; pass --overwrite to replace it "
+                        "or choose another --out_dir")
+    pairs = read_pairs(cfg["pairs"])
+    fs_out = int(cfg["fs"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        envelopes, hashes = {}, {}
+        records = {}
+        results = {id(p): Result(p) for p in pairs}
+        by_eeg: dict[Path, list[Pair]] = {}
+        for p in pairs:
+            by_eeg.setdefault(p.eeg_path.resolve(), []).append(p)
+        done = 0
+        for eeg_path, group in by_eeg.items():
+            group_results = [results[id(p)] for p in group]
+            for r in group_results:
+                a = r.pair.audio_path.resolve()
+                if a not in envelopes:
+                    audio, fs_audio, n_ch = read_audio(a)
+                    need = min_audio_fs(cfg["pre_env_fmax_hz"])
+                    if fs_audio < need:
+                        raise DataError(f"{a}: audio sampled at {fs_audio} Hz cannot hold the top gammatone band "
+                                        f"({cfg['pre_env_fmax_hz']} Hz + 1 ERB); need >= {need:.0f} Hz "
+                                        "(or a lower --pre_env_fmax_hz)")
+                    if len(audio) * fs_out // fs_audio < 1:
+                        raise DataError(f"{a}: audio is shorter than one output sample")
+                    env = speech_envelope(audio, fs_audio, fs_out, cfg["pre_env_bands"], cfg["pre_env_fmin_hz"],
+                                          cfg["pre_env_fmax_hz"], cfg["pre_env_power"])
+                    envelopes[a] = (env, {"audio_fs_hz": fs_audio, "audio_channels": n_ch,
+                                          "audio_duration_s": len(audio) / fs_audio,
+                                          "mono": "as recorded" if n_ch == 1 else f"average of {n_ch} channels"})
+                r.envelope = envelopes[a][0].copy()
+                r.info.update(envelopes[a][1])
+            file_info = process_eeg_file(Path(group[0].eeg_path), group_results, cfg)
+            for r in group_results:
+                p = r.pair
+                bounds = write_recording(tmp, p.subject, p.stimulus, r.eeg, r.envelope.astype(np.float32))
+                for path in (p.eeg_path, p.audio_path):
+                    if path.resolve() not in hashes:
+                        hashes[path.resolve()] = file_record(path)
+                records[id(p)] = {"subject": p.subject, "stimulus": p.stimulus, "row": p.where,
+                                  "eeg_file": hashes[p.eeg_path.resolve()], "audio_file": hashes[p.audio_path.resolve()],
+                                  **r.info, **file_info, "splits": bounds}
+                done += 1
+                print(f"[{done}/{len(pairs)}] {p.subject} / {p.stimulus}: {r.info['duration_s']:.1f} s, "
+                      f"{len(file_info['channels'])} ch from {file_info['eeg_fs_hz']} Hz, onset "
+                      f"{r.info['onset_s']:.3f} s ({r.info['onset_from']})", flush=True)
+                r.eeg = None  # written; free it
+        manifest = {
+            "created_by": "preprocess.py",
+            "created_unix_s": round(time.time(), 3),
+            "pairs_csv": file_record(Path(cfg["pairs"])),
+            "parameters": {k: v for k, v in cfg.items() if k.startswith("pre_") or k in ("fs", "pairs", "out_dir")},
+            "envelope": {
+                "filterbank": "scipy.signal.gammatone(ftype='iir'): 4th-order gammatone (Slaney 1993), bandwidth "
+                              "1.019 ERB, unit gain at the centre; run as an FIR numerator + 4 pole-pair sections",
+                "centre_hz": [round(float(f), 4) for f in erb_space(cfg["pre_env_fmin_hz"], cfg["pre_env_fmax_hz"],
+                                                                    cfg["pre_env_bands"])],
+                "erb": "Glasberg & Moore 1990: ERB(f) = 24.7 (4.37 f/1000 + 1); centres equally spaced in ERB number",
+                "formula": f"sum over bands of |band| ** {cfg['pre_env_power']}, then "
+                           f"scipy.signal.resample_poly to {fs_out} Hz; multi-channel audio averaged to mono first",
+            },
+            "eeg": {
+                "steps": ["channel selection", f"high-pass {cfg['pre_highpass_hz']} Hz 1st-order Butterworth, "
+                          "zero-phase (sosfiltfilt)", "artifact interpolation" + (
+                              "" if cfg["pre_artifact_k"] > 0 or cfg["pre_artifact_uv"] > 0 else " (off)"),
+                          "cut at the stimulus onset", f"scipy.signal.resample_poly to {fs_out} Hz",
+                          "common average reference", "cut to the envelope's duration"],
+                "units": "microvolts",
+                "standardized": False,
+            },
+            "split": {"fractions": list(SPLIT_FRACTIONS), "order": list(SPLITS)},
+            "versions": versions(),
+            "recordings": [records[id(p)] for p in pairs],
+            "seconds": round(time.time() - t0, 2),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the output should be as readable as any folder
+        if out.is_dir():  # --overwrite (or an empty folder): swap, so a failure never leaves neither
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"wrote {len(pairs)} recording(s) to {out}/ ({manifest['seconds']:.1f} s); "
+          f"train with: python train.py --data_dir={out}", flush=True)
+    return manifest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def main(argv=None) -> dict:
+    cfg, _ = config_module.parse_or_exit(argv)
+    try:
+        return preprocess(cfg)
+    except config_module.ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from exc
+    except DataError as exc:
+        raise SystemExit(f"preprocess error: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
