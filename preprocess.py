@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy
+import scipy.ndimage
 import scipy.signal
 from scipy.io import wavfile
 
@@ -350,9 +351,9 @@ def interpolate_artifacts(x: np.ndarray, fs: float, k: float, uv: float, pad_s: 
     nearest unmarked samples before and after (held flat at the recording's edges). A channel with
     no unmarked sample is set to 0. Returns (x, fraction of samples replaced per channel (C,)).
     """
-    x = np.array(x, dtype=np.float64, copy=True)
     if k <= 0 and uv <= 0:
         return x, np.zeros(x.shape[1])
+    x = np.array(x, dtype=np.float64, copy=True)
     pad = int(round(pad_s * fs))
     idx = np.arange(len(x))
     fractions = np.zeros(x.shape[1])
@@ -366,7 +367,7 @@ def interpolate_artifacts(x: np.ndarray, fs: float, k: float, uv: float, pad_s: 
         if uv > 0:
             bad |= np.abs(v) > uv
         if pad > 0 and bad.any():
-            bad = np.convolve(bad, np.ones(2 * pad + 1), mode="same") > 0
+            bad = scipy.ndimage.maximum_filter1d(bad.view(np.uint8), size=2 * pad + 1) > 0  # O(T) for any pad
         fractions[c] = bad.mean()
         if bad.all():
             v[:] = 0.0
@@ -449,10 +450,11 @@ def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
                     f"{onset / fs_eeg:.3f} s ({how}), but {p.audio_path} lasts {n_env / fs_out:.3f} s "
                     f"({short_s:.3f} s short; tolerance pre_tolerance_s={cfg['pre_tolerance_s']} s) [{p.where}]")
         n = min(n_env, n_avail)
-        if n * SPLIT_FRACTIONS[2] < len(names) or n * SPLIT_FRACTIONS[1] < len(names):
-            raise DataError(f"{p.where}: {p.audio_path} gives {n / fs_out:.2f} s, too short: each 10 % part must hold "
-                            f"at least as many samples as channels ({len(names)}), i.e. >= "
-                            f"{len(names) / min(SPLIT_FRACTIONS) / fs_out:.1f} s")
+        if min(hi - lo for lo, hi in split_bounds(n).values()) < len(names):
+            # EEG_Dataset reads a part with fewer samples than channels as channels-first and refuses it
+            raise DataError(f"{p.where}: {p.audio_path} gives {n / fs_out:.2f} s, too short: each part of the "
+                            f"80/10/10 split must hold at least as many samples as channels ({len(names)}), i.e. "
+                            f">= {len(names) / min(SPLIT_FRACTIONS) / fs_out:.1f} s")
         # Resample from a point before the onset that lies on the output grid, so that an output
         # sample falls exactly on the onset; keep up to MARGIN_OUT output samples of lead-in.
         lead = min(MARGIN_OUT, onset * fs_out // fs_eeg) // step_out * step_out
@@ -491,18 +493,21 @@ def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
 # ============================================================================= output
 
 
-def write_recording(folder: Path, subject: str, stimulus: str, eeg: np.ndarray, envelope: np.ndarray) -> dict:
-    """Save one recording as split_data files cut 80/10/10 in time (as EEG_Dataset.load_corpus cuts).
-    eeg (T, C), envelope (T,). Returns {split: [start, stop)}."""
-    n = len(envelope)
+def split_bounds(n: int) -> dict[str, tuple[int, int]]:
+    """{split: (start, stop)} of an n-sample recording cut 80/10/10 in time, rounded as
+    EEG_Dataset.load_corpus cuts recordings that come unsplit."""
     a, b = int(round(n * SPLIT_FRACTIONS[0])), int(round(n * sum(SPLIT_FRACTIONS[:2])))
-    bounds = {}
-    for split, lo, hi in zip(SPLITS, (0, a, b), (a, b, n)):
+    return dict(zip(SPLITS, ((0, a), (a, b), (b, n))))
+
+
+def write_recording(folder: Path, subject: str, stimulus: str, eeg: np.ndarray, envelope: np.ndarray) -> dict:
+    """Save one recording as split_data files. eeg (T, C), envelope (T,). Returns {split: [start, stop)}."""
+    bounds = split_bounds(len(envelope))
+    for split, (lo, hi) in bounds.items():
         stem = f"{split}{SEP}{subject}{SEP}{stimulus}{SEP}"
         np.save(folder / f"{stem}eeg.npy", np.ascontiguousarray(eeg[lo:hi], dtype=np.float32))
         np.save(folder / f"{stem}envelope.npy", np.ascontiguousarray(envelope[lo:hi, None], dtype=np.float32))
-        bounds[split] = [lo, hi]
-    return bounds
+    return {split: list(b) for split, b in bounds.items()}
 
 
 def check_config(cfg: dict) -> None:
@@ -530,6 +535,14 @@ def check_config(cfg: dict) -> None:
         raise config_module.ConfigError("; ".join(bad))
 
 
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: out_dir exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(f"{out}: out_dir already exists and is not empty; pass --overwrite to replace it "
+                        "or choose another --out_dir")
+
+
 def versions() -> dict:
     import mne
 
@@ -543,11 +556,7 @@ def preprocess(cfg: dict) -> dict:
     check_config(cfg)
     t0 = time.time()
     out = Path(cfg["out_dir"])
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: out_dir exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not cfg["overwrite"]:
-        raise DataError(f"{out}: out_dir already exists and is not empty; pass --overwrite to replace it "
-                        "or choose another --out_dir")
+    check_out_dir(out, cfg["overwrite"])  # before the work, and again before the rename
     pairs = read_pairs(cfg["pairs"])
     fs_out = int(cfg["fs"])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -624,6 +633,7 @@ def preprocess(cfg: dict) -> dict:
             "seconds": round(time.time() - t0, 2),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        check_out_dir(out, cfg["overwrite"])
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the output should be as readable as any folder
         if out.is_dir():  # --overwrite (or an empty folder): swap, so a failure never leaves neither
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
