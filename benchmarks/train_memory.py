@@ -11,16 +11,22 @@ Every measurement runs in a fresh Python process, so peaks do not mix:
   so load_corpus reads R times the data and sees R times the subjects; nothing is copied. The
   child then runs ``train.main(['--data_dir=<that folder>', '--model=...', '--epochs=1',
   '--run_dir=<temp>', ...])``: one full epoch of real training plus validation and checkpoints,
-  exactly train.py's code path. It reports the peak RSS (ru_maxrss = VmHWM), the RSS after the
-  imports, and the RSS right after the corpus was loaded.
-* baseline runs (``--repeat=0``): the same imports, the same model and Adam optimizer, and
-  ``--baseline_steps`` training steps on synthetic batches of the same shape (batch x window x
-  channels), i.e. Python + torch + model + optimizer state + one step's activations, without data.
+  exactly train.py's code path. It reports the peak RSS (ru_maxrss = VmHWM), the peak of RssAnon
+  (sampled), the RSS after the imports and the RSS right after the corpus was loaded.
+* baseline runs (``--repeat=0``): the same train.main call on ``--baseline_copies`` links to a
+  single trial (8 x 0.8 MiB: about one batch of windows per epoch), ``--baseline_epochs`` epochs:
+  Python + torch + model + Adam state + the activations of a training step, with almost no data.
 
-"Above baseline" = data peak - baseline peak of the same model and window length: what the data
+"Above baseline" = data peak - baseline peak (+ the baseline's own small data): what the data
 costs. The issue's target: at most 1.5 x the on-disk data size (on top of model and optimizer).
 A run with 2.5 s windows at 1x data (2x the windows, ``--extra_windows``) shows that memory follows
 the data, not the number of windows (windows are sliced on access, never materialised).
+
+Each setting runs twice (``--mmap_threshold=0,1048576``): with glibc's default malloc, whose
+dynamic mmap threshold keeps freed activation blocks of a training step in the heap (peak RSS is
+then hundreds of MiB above what is live, and varies from run to run), and with
+``MALLOC_MMAP_THRESHOLD_=1048576`` in the child's environment, where blocks of 1 MiB or more are
+mapped and unmapped, so RSS follows the live tensors.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -116,6 +123,41 @@ def repeated_folder(data_dir: Path, repeat: int, out: Path) -> Path:
     return out
 
 
+def baseline_folder(data_dir: Path, copies: int, out: Path) -> Path:
+    """``copies`` symlinks to the first npz trial of ``data_dir``, as subjects S1, S1001, S2001, ..."""
+    files = sorted(Path(data_dir).glob("*.npz"))
+    if not files:
+        raise SystemExit(f"{data_dir}: no .npz trials")
+    out.mkdir(parents=True, exist_ok=True)
+    for r in range(copies):
+        (out / f"BASE_S{1 + 1000 * r}_000.npz").symlink_to(files[0].resolve())
+    return out
+
+
+def saved_tensors_mib(model_name: str, batch: int, window: int) -> float:
+    """MiB of tensors autograd keeps for backward in one training forward (+ loss), from shapes (meta device)."""
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    import newmodel
+    from metrics import pearson_loss
+
+    m = newmodel.build_model(model_name).to("meta")
+    x = torch.zeros(batch, window, 64, device="meta")
+    y = torch.zeros(batch, window, 1, device="meta")
+    storages = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st._cdata] = st.nbytes()  # views of one storage count once
+        return t
+
+    m.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        pearson_loss(m(x, subject=torch.zeros(batch, dtype=torch.long, device="meta")), y, torch.ones_like(y))
+    return sum(storages.values()) / MIB
+
+
 # ----------------------------------------------------------------------------- one measurement (child)
 
 
@@ -127,7 +169,6 @@ def child(args) -> dict:
     import newmodel
     import train
     from EEG_Dataset import WindowDataset
-    from metrics import pearson_loss
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -138,64 +179,50 @@ def child(args) -> dict:
     anon = AnonPeak()
     window = int(round(args.window_s * 64))
 
-    if args.repeat == 0:  # baseline: model + optimizer + activations of synthetic steps, no data
-        torch.manual_seed(1)
-        model = newmodel.build_model(args.model)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        x = torch.randn(args.batch_size, window, 64)
-        y = torch.randn(args.batch_size, window, 1)
-        mask = torch.ones(args.batch_size, window, 1)
-        subj = torch.zeros(args.batch_size, dtype=torch.long)
-        model.train()
-        for _ in range(args.baseline_steps):
-            loss = pearson_loss(model(x, subject=subj), y, mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():  # validation-like pass: whole 5 s parts, one at a time
-            for _ in range(5):
-                model(torch.randn(1, 320, 64))
-        res["params"] = sum(p.numel() for p in model.parameters())
-        res["disk_mib"] = 0.0
-        res["steps"] = args.baseline_steps
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix="train_memory_"))
-        try:
+    tmp = Path(tempfile.mkdtemp(prefix="train_memory_"))
+    try:
+        if args.repeat == 0:  # baseline: train.py's code path on one trial (a few windows' worth), no real data
+            data = baseline_folder(Path(args.data_dir), args.baseline_copies, tmp / "data")
+            epochs = args.baseline_epochs
+        else:
             data = Path(args.data_dir) if args.repeat == 1 else repeated_folder(Path(args.data_dir), args.repeat, tmp / "data")
-            res["disk_mib"] = disk_mib(data)
-            marks = {}
-            orig = getattr(train, "corpus_from_config", None)
-            if orig is not None:  # note the RSS right after the corpus is loaded (train.py itself is not changed)
-                def corpus_from_config(cfg):
-                    c = orig(cfg)
-                    marks["rss_after_load_mib"] = rss_mib()
-                    marks["corpus"] = c
-                    return c
-                train.corpus_from_config = corpus_from_config
-            argv = [f"--data_dir={data}", f"--model={args.model}", "--epochs=1", "--seeds=[1]",
-                    f"--run_dir={tmp / 'runs'}", f"--window_s={args.window_s}", f"--batch_size={args.batch_size}",
-                    f"--num_workers={args.num_workers}", f"--device={args.device}"]
-            if args.threads > 0:
-                argv.append(f"--threads={args.threads}")
-            res["train_argv"] = argv
-            log = io.StringIO()
-            t0 = time.time()
-            with redirect_stdout(log):
-                train.main(argv)
-            res["train_s"] = time.time() - t0
-            res["peak_rss_mib"] = peak_mib()  # before anything else is allocated
-            res["train_log_tail"] = log.getvalue().strip().splitlines()[-2:]
-            if "rss_after_load_mib" in marks:
-                res["rss_after_load_mib"] = marks["rss_after_load_mib"]
-                corpus = marks.pop("corpus")
-                res["recordings"] = len(corpus.recordings)
-                res["subjects"] = len(corpus.subjects)
-                res["train_samples"] = corpus.n_samples("train")
-                res["windows_per_epoch"] = len(WindowDataset(corpus.recordings, window, seed=1))
-                res["steps"] = -(-res["windows_per_epoch"] // args.batch_size)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            epochs = 1
+        res["disk_mib"] = disk_mib(data)
+        res["epochs"] = epochs
+        marks = {}
+        orig = getattr(train, "corpus_from_config", None)
+        if orig is not None:  # note the RSS right after the corpus is loaded (train.py itself is not changed)
+            def corpus_from_config(cfg):
+                c = orig(cfg)
+                marks["rss_after_load_mib"] = rss_mib()
+                marks["corpus"] = c
+                return c
+            train.corpus_from_config = corpus_from_config
+        argv = [f"--data_dir={data}", f"--model={args.model}", f"--epochs={epochs}", f"--patience={epochs}",
+                "--seeds=[1]", f"--run_dir={tmp / 'runs'}", f"--window_s={args.window_s}",
+                f"--batch_size={args.batch_size}", f"--num_workers={args.num_workers}", f"--device={args.device}",
+                *args.train_args.split()]
+        if args.threads > 0:
+            argv.append(f"--threads={args.threads}")
+        res["train_argv"] = argv
+        log = io.StringIO()
+        t0 = time.time()
+        with redirect_stdout(log):
+            train.main(argv)
+        res["train_s"] = time.time() - t0
+        res["peak_rss_mib"] = peak_mib()  # before anything else is allocated
+        res["train_log_tail"] = log.getvalue().strip().splitlines()[-2:]
+        if "rss_after_load_mib" in marks:
+            res["rss_after_load_mib"] = marks["rss_after_load_mib"]
+            corpus = marks.pop("corpus")
+            res["recordings"] = len(corpus.recordings)
+            res["subjects"] = len(corpus.subjects)
+            res["train_samples"] = corpus.n_samples("train")
+            res["windows_per_epoch"] = len(WindowDataset(corpus.recordings, window, seed=1))
+            res["steps"] = epochs * -(-res["windows_per_epoch"] // args.batch_size)
+        res["params"] = sum(p.numel() for p in newmodel.build_model(args.model).parameters())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     res.setdefault("peak_rss_mib", peak_mib())
     res["peak_anon_mib"] = anon.stop()
     res.update({f"end_{k}_mib": v for k, v in status_mib("RssAnon", "RssFile").items()})
@@ -210,16 +237,24 @@ def child(args) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
-def run_child(args, model: str, repeat: int, window_s: float) -> dict:
+def run_child(args, model: str, repeat: int, window_s: float, mmap_threshold: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", f"--model={model}", f"--repeat={repeat}",
            f"--window_s={window_s}", f"--batch_size={args.batch_size}", f"--threads={args.threads}",
-           f"--data_dir={args.data_dir}", f"--baseline_steps={args.baseline_steps}",
-           f"--num_workers={args.num_workers}", f"--device={args.device}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
+           f"--data_dir={args.data_dir}", f"--baseline_copies={args.baseline_copies}",
+           f"--baseline_epochs={args.baseline_epochs}", f"--num_workers={args.num_workers}", f"--device={args.device}"]
+    if args.train_args:
+        cmd.append(f"--train_args={args.train_args}")
+    env = dict(os.environ)
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if mmap_threshold > 0:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), env=env)
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             r = json.loads(line[len("RESULT "):])
-            r["cmd"] = " ".join(["python", "benchmarks/train_memory.py", *cmd[2:]])
+            pre = f"MALLOC_MMAP_THRESHOLD_={mmap_threshold} " if mmap_threshold > 0 else ""
+            r["cmd"] = pre + shlex.join(["python", "benchmarks/train_memory.py", *cmd[2:]])
+            r["mmap_threshold"] = mmap_threshold
             return r
     raise SystemExit(f"child failed (rc {p.returncode}): {' '.join(cmd)}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
 
@@ -231,16 +266,21 @@ def parse_args(argv=None):
     p.add_argument("--models", default="ivlaai", help="comma list (driver)")
     p.add_argument("--sizes", default="1,2,4", help="data multiples (driver)")
     p.add_argument("--extra_windows", default="2.5", help="also these window lengths (s) at 1x data ('' none)")
+    p.add_argument("--mmap_threshold", default="0,1048576",
+                   help="comma list; 0: glibc's default malloc; N > 0: run the children with "
+                        "MALLOC_MMAP_THRESHOLD_=N (blocks >= N bytes are mmapped and returned on free)")
     p.add_argument("--window_s", type=float, default=5.0)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (0: RSS of one process)")
     p.add_argument("--device", default="cpu", help="train.py device (RSS is host memory)")
-    p.add_argument("--baseline_steps", type=int, default=5)
+    p.add_argument("--baseline_copies", type=int, default=8, help="baseline: links to one trial (8 x 0.8 MiB)")
+    p.add_argument("--baseline_epochs", type=int, default=3)
+    p.add_argument("--train_args", default="", help="extra train.py arguments, space-separated (e.g. --amp=bf16)")
     p.add_argument("--json", default=None)
     p.add_argument("--child", action="store_true", help="one measurement in this process (internal)")
     p.add_argument("--model", default="ivlaai", help="child: the model")
-    p.add_argument("--repeat", type=int, default=1, help="child: data multiple (0: baseline without data)")
+    p.add_argument("--repeat", type=int, default=1, help="child: data multiple (0: baseline without real data)")
     return p.parse_args(argv)
 
 
@@ -266,63 +306,86 @@ def main(argv=None) -> dict:
     models = [m for m in args.models.split(",") if m]
     sizes = [int(s) for s in args.sizes.split(",") if s]
     extra = [float(s) for s in args.extra_windows.split(",") if s]
+    thresholds = [int(s) for s in args.mmap_threshold.split(",") if s]
     print(f"{'setup':>17s}: data {args.data_dir}, sizes {sizes} x, windows {args.window_s} s (+ {extra} s at 1x), "
-          f"batch {args.batch_size}, one epoch of train.main per size, num_workers {args.num_workers}", flush=True)
-    rows = []
+          f"batch {args.batch_size}, one epoch of train.main per size, num_workers {args.num_workers}, "
+          f"malloc mmap thresholds {thresholds} (0 = glibc default), train args {args.train_args!r}", flush=True)
+    rows, bases = [], []
     for model in models:
         for w in [args.window_s, *extra]:
-            base = run_child(args, model, 0, w)
-            state = base["params"] * 4 * 4 / MIB  # weights, gradients, Adam's two moments (float32)
-            print(f"\n[{model} baseline, {w} s windows] imports {base['rss_after_imports_mib']:.1f} MiB, peak with "
-                  f"model + Adam + {base['steps']} synthetic steps {base['peak_rss_mib']:.1f} MiB "
-                  f"(model + optimizer state {state:.1f} MiB)\n  {base['cmd']}", flush=True)
-            for rep in (sizes if w == args.window_s else [1]):
-                r = run_child(args, model, rep, w)
-                r["baseline_peak_mib"] = base["peak_rss_mib"]
-                r["baseline_imports_mib"] = base["rss_after_imports_mib"]
-                r["state_mib"] = state
-                r["above_baseline_mib"] = r["peak_rss_mib"] - base["peak_rss_mib"]
-                r["ratio_to_disk"] = r["above_baseline_mib"] / r["disk_mib"]
-                r["anon_above_baseline_mib"] = r["peak_anon_mib"] - base["peak_anon_mib"]
-                r["load_above_imports_mib"] = r.get("rss_after_load_mib", float("nan")) - r["rss_after_imports_mib"]
-                rows.append(r)
-                print(f"[{model} {rep}x data, {w} s windows] {r['disk_mib']:.1f} MiB on disk, "
-                      f"{r.get('subjects', '?')} subjects, {r.get('windows_per_epoch', '?')} windows/epoch "
-                      f"({r.get('steps', '?')} steps); RSS after load {r.get('rss_after_load_mib', float('nan')):.1f} "
-                      f"MiB; peak {r['peak_rss_mib']:.1f} MiB = baseline + {r['above_baseline_mib']:.1f} MiB "
-                      f"({r['ratio_to_disk']:.2f} x data); epoch {r['train_s']:.1f} s\n  {r['cmd']}", flush=True)
+            saved = saved_tensors_mib(model, args.batch_size, int(round(w * 64)))
+            for thr in thresholds:
+                base = run_child(args, model, 0, w, thr)
+                base["saved_for_backward_mib"] = saved
+                base["state_mib"] = base["params"] * 4 * 4 / MIB  # weights, gradients, Adam's 2 moments
+                bases.append(base)
+                print(f"\n[{model} baseline, {w} s windows, mmap threshold {thr or 'default'}] imports "
+                      f"{base['rss_after_imports_mib']:.1f} MiB; train.main on {args.baseline_copies} links to one "
+                      f"trial ({base['disk_mib']:.1f} MiB, {base['steps']} steps): peak {base['peak_rss_mib']:.1f} MiB "
+                      f"(peak RssAnon {base['peak_anon_mib']:.1f}); model + Adam state {base['state_mib']:.1f} MiB; "
+                      f"autograd keeps {saved:.0f} MiB per batch of {args.batch_size} x {int(round(w * 64))}\n"
+                      f"  {base['cmd']}", flush=True)
+                for rep in (sizes if w == args.window_s else [1]):
+                    r = run_child(args, model, rep, w, thr)
+                    r["baseline_peak_mib"] = base["peak_rss_mib"]
+                    r["baseline_disk_mib"] = base["disk_mib"]
+                    r["state_mib"] = base["state_mib"]
+                    r["saved_for_backward_mib"] = saved
+                    # the baseline holds a little data itself: count it back in
+                    r["above_baseline_mib"] = r["peak_rss_mib"] - base["peak_rss_mib"] + base["disk_mib"]
+                    r["ratio_to_disk"] = r["above_baseline_mib"] / r["disk_mib"]
+                    r["anon_above_baseline_mib"] = r["peak_anon_mib"] - base["peak_anon_mib"] + base["disk_mib"]
+                    r["load_above_imports_mib"] = r.get("rss_after_load_mib", float("nan")) - r["rss_after_imports_mib"]
+                    rows.append(r)
+                    print(f"[{model} {rep}x data, {w} s windows, mmap threshold {thr or 'default'}] {r['disk_mib']:.1f} "
+                          f"MiB on disk, {r.get('subjects', '?')} subjects, {r.get('windows_per_epoch', '?')} "
+                          f"windows/epoch ({r.get('steps', '?')} steps); RSS after load "
+                          f"{r.get('rss_after_load_mib', float('nan')):.1f} MiB (+{r['load_above_imports_mib']:.1f}); "
+                          f"peak {r['peak_rss_mib']:.1f} MiB = baseline + {r['above_baseline_mib']:.1f} MiB "
+                          f"({r['ratio_to_disk']:.2f} x data); epoch {r['train_s']:.1f} s\n  {r['cmd']}", flush=True)
 
     other = load.other_cores()
-    state = "IDLE" if other < 0.1 else "LOADED (timings are not clean; RSS figures are unaffected)"
+    state = "IDLE" if other < 0.1 else "LOADED (timings are not clean; RSS figures hardly depend on load)"
     print("\n== summary")
     print(f"{info['date']}  {info['command']}")
     print(f"torch {info['torch']}, {info['threads']} threads, {info['cpu']} ({info['cpu_count']} CPUs); other "
           f"processes kept {other:.2f} cores busy on average: machine {state}")
-    hdr = (f"{'model':11s} {'data':>4s} {'win s':>5s} {'disk MiB':>8s} {'windows':>7s} {'baseline':>8s} "
-           f"{'after load':>10s} {'peak RSS':>8s} {'above base':>10s} {'/ disk':>6s} {'target':>6s} {'anon above':>10s}")
+    hdr = (f"{'model':11s} {'malloc':>7s} {'data':>4s} {'win s':>5s} {'disk MiB':>8s} {'windows':>7s} "
+           f"{'baseline':>8s} {'after load':>10s} {'peak RSS':>8s} {'above base':>10s} {'/ disk':>6s} "
+           f"{'target':>6s} {'anon above':>10s}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         ok = "ok" if r["ratio_to_disk"] <= 1.5 else "MISS"
-        print(f"{r['model']:11s} {r['repeat']:>3d}x {r['window_s']:5.1f} {r['disk_mib']:8.1f} "
-              f"{r.get('windows_per_epoch', 0):7d} {r['baseline_peak_mib']:8.1f} {r.get('rss_after_load_mib', float('nan')):10.1f} "
-              f"{r['peak_rss_mib']:8.1f} {r['above_baseline_mib']:10.1f} {r['ratio_to_disk']:6.2f} {ok:>6s} "
-              f"{r['anon_above_baseline_mib']:10.1f}")
-    print("(MiB. baseline = peak of the same imports + model + Adam + synthetic training steps, no data; "
-          "above base = peak - baseline; target: above base <= 1.5 x disk; anon above = the same for the peak of RssAnon "
-          "(heap and tensors, without shared-library pages), sampled every 20 ms)")
+        mal = "default" if not r["mmap_threshold"] else f"{r['mmap_threshold'] // 1024}K"
+        print(f"{r['model']:11s} {mal:>7s} {r['repeat']:>3d}x {r['window_s']:5.1f} {r['disk_mib']:8.1f} "
+              f"{r.get('windows_per_epoch', 0):7d} {r['baseline_peak_mib']:8.1f} "
+              f"{r.get('rss_after_load_mib', float('nan')):10.1f} {r['peak_rss_mib']:8.1f} "
+              f"{r['above_baseline_mib']:10.1f} {r['ratio_to_disk']:6.2f} {ok:>6s} {r['anon_above_baseline_mib']:10.1f}")
+    print("(MiB. malloc: glibc default, or MALLOC_MMAP_THRESHOLD_ set. baseline = peak of train.main on "
+          f"{args.baseline_copies} links to one trial (same model, batch, window; its own data counted back in). "
+          "above base = peak - baseline + baseline data; target: above base <= 1.5 x disk. anon above = the same "
+          "for the peak of RssAnon (heap and tensors, not shared-library pages), sampled every 20 ms)")
+    for b in bases:
+        print(f"baseline {b['model']} {b['window_s']} s, malloc {b['mmap_threshold'] or 'default'}: peak "
+              f"{b['peak_rss_mib']:.0f} MiB = imports {b['rss_after_imports_mib']:.0f} + model/Adam state "
+              f"{b['state_mib']:.0f} + autograd's saved tensors {b['saved_for_backward_mib']:.0f} + other "
+              f"{b['peak_rss_mib'] - b['rss_after_imports_mib'] - b['state_mib'] - b['saved_for_backward_mib']:.0f}")
     for model in models:
-        mr = sorted((r for r in rows if r["model"] == model and r["window_s"] == args.window_s), key=lambda r: r["repeat"])
-        if len(mr) >= 2:
-            a, b = mr[0], mr[-1]
-            slope = (b["peak_rss_mib"] - a["peak_rss_mib"]) / max(b["disk_mib"] - a["disk_mib"], 1e-9)
-            print(f"{model}: peak RSS grows {slope:.2f} MiB per MiB of data from {a['repeat']}x to {b['repeat']}x")
-        w1 = [r for r in rows if r["model"] == model and r["repeat"] == 1]
-        if len(w1) >= 2:
-            print(f"{model}: at 1x data, " + "; ".join(
-                f"{r['window_s']} s windows: {r.get('windows_per_epoch', '?')} windows, above baseline "
-                f"{r['above_baseline_mib']:.1f} MiB" for r in w1))
-    out = {"machine": info | {"other_processes_cores": other}, "args": vars(args), "rows": rows}
+        for thr in thresholds:
+            mr = sorted((r for r in rows if r["model"] == model and r["window_s"] == args.window_s
+                         and r["mmap_threshold"] == thr), key=lambda r: r["repeat"])
+            tag = f"{model}, malloc {thr or 'default'}"
+            if len(mr) >= 2:
+                a, b = mr[0], mr[-1]
+                slope = (b["peak_rss_mib"] - a["peak_rss_mib"]) / max(b["disk_mib"] - a["disk_mib"], 1e-9)
+                print(f"{tag}: peak RSS grows {slope:.2f} MiB per MiB of data from {a['repeat']}x to {b['repeat']}x")
+            w1 = [r for r in rows if r["model"] == model and r["repeat"] == 1 and r["mmap_threshold"] == thr]
+            if len(w1) >= 2:
+                print(f"{tag}: at 1x data, " + "; ".join(
+                    f"{r['window_s']} s windows: {r.get('windows_per_epoch', '?')} windows, above baseline "
+                    f"{r['above_baseline_mib']:.1f} MiB" for r in w1))
+    out = {"machine": info | {"other_processes_cores": other}, "args": vars(args), "baselines": bases, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))
         print(f"wrote {args.json}")
