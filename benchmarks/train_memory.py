@@ -351,7 +351,7 @@ def main(argv=None) -> dict:
     print(f"torch {info['torch']}, {info['threads']} threads, {info['cpu']} ({info['cpu_count']} CPUs); other "
           f"processes kept {other:.2f} cores busy on average: machine {state}")
     hdr = (f"{'model':11s} {'malloc':>7s} {'data':>4s} {'win s':>5s} {'disk MiB':>8s} {'windows':>7s} "
-           f"{'baseline':>8s} {'after load':>10s} {'peak RSS':>8s} {'above base':>10s} {'/ disk':>6s} "
+           f"{'baseline':>8s} {'after load':>10s} {'load/disk':>9s} {'peak RSS':>8s} {'above base':>10s} {'/ disk':>6s} "
            f"{'target':>6s} {'anon above':>10s}")
     print(hdr)
     print("-" * len(hdr))
@@ -360,12 +360,16 @@ def main(argv=None) -> dict:
         mal = "default" if not r["mmap_threshold"] else f"{r['mmap_threshold'] // 1024}K"
         print(f"{r['model']:11s} {mal:>7s} {r['repeat']:>3d}x {r['window_s']:5.1f} {r['disk_mib']:8.1f} "
               f"{r.get('windows_per_epoch', 0):7d} {r['baseline_peak_mib']:8.1f} "
-              f"{r.get('rss_after_load_mib', float('nan')):10.1f} {r['peak_rss_mib']:8.1f} "
+              f"{r.get('rss_after_load_mib', float('nan')):10.1f} {r['load_above_imports_mib'] / r['disk_mib']:9.2f} "
+              f"{r['peak_rss_mib']:8.1f} "
               f"{r['above_baseline_mib']:10.1f} {r['ratio_to_disk']:6.2f} {ok:>6s} {r['anon_above_baseline_mib']:10.1f}")
-    print("(MiB. malloc: glibc default, or MALLOC_MMAP_THRESHOLD_ set. baseline = peak of train.main on "
+    print("(MiB. malloc: glibc default, or MALLOC_MMAP_THRESHOLD_ set. load/disk = (RSS after load_corpus - RSS "
+          "after imports) / disk. baseline = peak of train.main on "
           f"{args.baseline_copies} links to one trial (same model, batch, window; its own data counted back in). "
           "above base = peak - baseline + baseline data; target: above base <= 1.5 x disk. anon above = the same "
-          "for the peak of RssAnon (heap and tensors, not shared-library pages), sampled every 20 ms)")
+          "for the peak of RssAnon (heap and tensors, not shared-library pages), sampled every 20 ms. With glibc's "
+          "default malloc, peaks of identical runs differ by ~100 MiB (heap fragmentation): judge growth by the "
+          "slope below and by load/disk)")
     for b in bases:
         print(f"baseline {b['model']} {b['window_s']} s, malloc {b['mmap_threshold'] or 'default'}: peak "
               f"{b['peak_rss_mib']:.0f} MiB = imports {b['rss_after_imports_mib']:.0f} + model/Adam state "
