@@ -186,7 +186,8 @@ def write_log(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    fields = list(dict.fromkeys(k for row in rows for k in row))  # a resumed older run lacks newer columns
+    w = csv.DictWriter(buf, fieldnames=fields, restval="")
     w.writeheader()
     w.writerows(rows)
     atomic_write_bytes(path, buf.getvalue().encode())

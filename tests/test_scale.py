@@ -162,3 +162,17 @@ def test_log_records_the_share_of_time_spent_waiting_for_data(data_dir, tmp_path
     with open(tmp_path / "ivlaai" / "seed-1" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(0 <= float(r["data_wait_pct"]) < 100 for r in rows)
+
+
+def test_resuming_a_run_logged_before_the_data_wait_column_existed(data_dir, tmp_path):
+    args = [f"--data_dir={data_dir}", *TINY, "--batch_size=16", "--seeds=[1]", f"--run_dir={tmp_path}"]
+    train.main([*args, "--epochs=1"])
+    last = tmp_path / "ivlaai" / "seed-1" / "last.pt"
+    ck = load(last)
+    ck["history"] = [{k: v for k, v in row.items() if k != "data_wait_pct"} for row in ck["history"]]
+    torch.save(ck, last)  # as an older train.py wrote it
+    train.main([*args, "--epochs=2", "--resume"])
+    with open(tmp_path / "ivlaai" / "seed-1" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert rows[0]["data_wait_pct"] == "" and float(rows[1]["data_wait_pct"]) >= 0
