@@ -464,6 +464,9 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--deterministic", type=int, default=1,
                    help="1: torch.use_deterministic_algorithms like train.py's default (0: off)")
+    p.add_argument("--fill_uninitialized_memory", type=int, default=1,
+                   help="with --deterministic=1: torch.utils.deterministic.fill_uninitialized_memory (torch's "
+                        "default 1 fills every new tensor with NaN; 0 skips that)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dense_repeats", type=int, default=3, help="timings of the dense reference ops (best taken)")
     p.add_argument("--skip_dense", action="store_true")
@@ -500,6 +503,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = bool(args.fill_uninitialized_memory)
     device = pick_device(args.device)
     load = LoadMeter()
     info = machine_info(device)
@@ -508,7 +512,9 @@ def main(argv=None) -> dict:
               "interop_threads", "device", "gpu", "loadavg_at_start"):
         print(f"{k:>17s}: {info[k]}")
     print(f"{'setup':>17s}: batch {args.batch_size} x {args.window} samples x 64 channels, {args.warmup} warm-up + "
-          f"{args.steps} timed steps, amp {args.amp}, compile {args.compile}, deterministic {bool(args.deterministic)}")
+          f"{args.steps} timed steps, amp {args.amp}, compile {args.compile}, deterministic {bool(args.deterministic)} "
+          f"(fill_uninitialized_memory {torch.utils.deterministic.fill_uninitialized_memory}), "
+          f"num_workers {args.num_workers}")
     print("reference (issue 7): TensorFlow VLAAI (tf-keras 2.21) on this 2-core CPU: ~4,000 training and "
           "~24,600 inference samples/s (batch 64 x 320 x 64); dense rates: 256->256 kernel-8 conv1d "
           "~258 GFLOP/s, 4096^2 matmul ~181 GFLOP/s", flush=True)
