@@ -461,7 +461,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1; compile happens here)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--amp", default="none", help="comma list of none, bf16 (bfloat16 autocast), e.g. none,bf16")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const="yes", default="no", choices=["no", "yes", "both"],
+                   help="torch.compile the model (--compile); --compile=both times eager and compiled in one run")
     p.add_argument("--deterministic", type=int, default=1,
                    help="1: torch.use_deterministic_algorithms like train.py's default (0: off)")
     p.add_argument("--fill_uninitialized_memory", type=int, default=1,
@@ -484,6 +485,8 @@ def parse_args(argv=None):
     a.amp = [s.strip() for s in a.amp.split(",") if s.strip()]
     if not a.amp or any(s not in ("none", "bf16") for s in a.amp):
         p.error("--amp: comma list of none, bf16")
+    a.compile_modes = {"no": [False], "yes": [True], "both": [False, True]}[a.compile]
+    a.compile = a.compile != "no"
     if a.warmup < 1 or a.steps < 1:
         p.error("--warmup and --steps must be >= 1")
     return a
@@ -554,29 +557,28 @@ def main(argv=None) -> dict:
 
     # throughput
     runs = []
-    for amp in args.amp:
-        for name in args.models:
-            r = measure_model(name, device, batch=args.batch_size, window=args.window, steps=args.steps,
-                              warmup=args.warmup, amp=amp, compile_model=args.compile, lr=args.lr)
-            f = flops[name]
-            base = dense.get("none", {}).get("best_flops")
-            own = dense.get(amp, {}).get("best_flops")
-            r["train_flops_s"] = r["train_samples_s"] * f["train"]
-            r["infer_flops_s"] = r["infer_samples_s"] * f["forward"]
-            if base:
-                r["train_pct_dense_fp32"] = 100 * r["train_flops_s"] / base
-                r["infer_pct_dense_fp32"] = 100 * r["infer_flops_s"] / base
-            if own:
-                r["train_pct_dense_same_dtype"] = 100 * r["train_flops_s"] / own
-                r["infer_pct_dense_same_dtype"] = 100 * r["infer_flops_s"] / own
-            runs.append(r)
-            comp = (f"; compile: train {r['compile_train_s']:.1f} s, inference {r['compile_infer_s']:.1f} s"
-                    if args.compile else "")
-            print(f"\n[speed {name} amp={amp}{' compiled' if args.compile else ''}] train "
-                  f"{r['train_samples_s']:,.0f} samples/s ({r['train_step_s'] * 1e3:.0f} ms/step, "
-                  f"{r['train_flops_s'] / 1e9:.1f} GFLOP/s); inference {r['infer_samples_s']:,.0f} samples/s "
-                  f"({r['infer_step_s'] * 1e3:.0f} ms/batch, {r['infer_flops_s'] / 1e9:.1f} GFLOP/s){comp}",
-                  flush=True)
+    for amp, comp_mode, name in [(a, c, n) for a in args.amp for c in args.compile_modes for n in args.models]:
+        r = measure_model(name, device, batch=args.batch_size, window=args.window, steps=args.steps,
+                          warmup=args.warmup, amp=amp, compile_model=comp_mode, lr=args.lr)
+        f = flops[name]
+        base = dense.get("none", {}).get("best_flops")
+        own = dense.get(amp, {}).get("best_flops")
+        r["train_flops_s"] = r["train_samples_s"] * f["train"]
+        r["infer_flops_s"] = r["infer_samples_s"] * f["forward"]
+        if base:
+            r["train_pct_dense_fp32"] = 100 * r["train_flops_s"] / base
+            r["infer_pct_dense_fp32"] = 100 * r["infer_flops_s"] / base
+        if own:
+            r["train_pct_dense_same_dtype"] = 100 * r["train_flops_s"] / own
+            r["infer_pct_dense_same_dtype"] = 100 * r["infer_flops_s"] / own
+        runs.append(r)
+        comp = (f"; compile: train {r['compile_train_s']:.1f} s, inference {r['compile_infer_s']:.1f} s"
+                if comp_mode else "")
+        print(f"\n[speed {name} amp={amp}{' compiled' if comp_mode else ''}] train "
+              f"{r['train_samples_s']:,.0f} samples/s ({r['train_step_s'] * 1e3:.0f} ms/step, "
+              f"{r['train_flops_s'] / 1e9:.1f} GFLOP/s); inference {r['infer_samples_s']:,.0f} samples/s "
+              f"({r['infer_step_s'] * 1e3:.0f} ms/batch, {r['infer_flops_s'] / 1e9:.1f} GFLOP/s){comp}",
+              flush=True)
     result["throughput"] = runs
 
     # data wait
@@ -592,7 +594,7 @@ def main(argv=None) -> dict:
             for name in args.models:
                 w = data_wait(name, device, data_dir=args.data_dir, steps=args.data_steps, warmup=args.warmup,
                               batch=args.batch_size, window_s=args.data_window_s, num_workers=args.num_workers,
-                              amp=args.amp[0], compile_model=args.compile, lr=args.lr, corpus=corpus)
+                              amp=args.amp[0], compile_model=args.compile_modes[-1], lr=args.lr, corpus=corpus)
                 w["load_corpus_s"] = t_load
                 waits.append(w)
                 print(f"\n[data wait {name} amp={w['amp']}] {args.data_dir}: {w['windows_per_epoch']} windows/epoch, "
@@ -622,16 +624,16 @@ def main(argv=None) -> dict:
               f"(issue: ~{REFERENCE['matmul_gflops']:.0f} and ~{REFERENCE['conv1d_gflops']:.0f})"
               + "".join(f"; dense {v['dtype']}: matmul {v['matmul_flops'] / 1e9:.1f}, conv1d "
                         f"{v['conv1d_flops'] / 1e9:.1f}" for k, v in dense.items() if k != "none"))
-    hdr = (f"{'model':12s} {'amp':4s} {'MFLOP/sample fwd | train':>24s} {'train samples/s':>16s} "
+    hdr = (f"{'model':12s} {'amp':4s} {'compiled':8s} {'MFLOP/sample fwd | train':>24s} {'train samples/s':>16s} "
            f"{'infer samples/s':>16s} {'train % dense':>13s} {'infer % dense':>13s}")
     print(hdr)
     print("-" * len(hdr))
     for r in runs:
         f = flops[r["model"]]
-        print(f"{r['model']:12s} {r['amp']:4s} {f['forward'] / 1e6:11.3f} | {f['train'] / 1e6:10.3f} "
+        print(f"{r['model']:12s} {r['amp']:4s} {'yes' if r['compile'] else 'no':8s} {f['forward'] / 1e6:11.3f} | {f['train'] / 1e6:10.3f} "
               f"{fmt_rate(r['train_samples_s']):>16s} {fmt_rate(r['infer_samples_s']):>16s} "
               f"{fmt_pct(r.get('train_pct_dense_fp32')):>13s} {fmt_pct(r.get('infer_pct_dense_fp32')):>13s}")
-    print(f"{'TF VLAAI ref':12s} {'':4s} {'':>24s} {fmt_rate(REFERENCE['tf_vlaai_train']):>16s} "
+    print(f"{'TF VLAAI ref':12s} {'':4s} {'':8s} {'':>24s} {fmt_rate(REFERENCE['tf_vlaai_train']):>16s} "
           f"{fmt_rate(REFERENCE['tf_vlaai_infer']):>16s}")
     print("(% dense: achieved FLOP/s over the best float32 dense rate measured above; training FLOPs are "
           "forward+backward, corrected for grouped convs; LayerNorm/activations/loss/Adam are not FLOPs here)")
