@@ -385,7 +385,7 @@ def profile_step(name: str, device, *, batch: int, window: int, amp: str, rows: 
         for _ in range(2):
             train_step(model, opt, x, y, mask, subj, amp)
         sync(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
@@ -504,8 +504,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.deterministic:
+    if args.deterministic:  # as train.py's seed_everything does
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.utils.deterministic.fill_uninitialized_memory = bool(args.fill_uninitialized_memory)
     device = pick_device(args.device)
     load = LoadMeter()
