@@ -465,9 +465,9 @@ def parse_args(argv=None):
                    help="torch.compile the model (--compile); --compile=both times eager and compiled in one run")
     p.add_argument("--deterministic", type=int, default=1,
                    help="1: torch.use_deterministic_algorithms like train.py's default (0: off)")
-    p.add_argument("--fill_uninitialized_memory", type=int, default=1,
-                   help="with --deterministic=1: torch.utils.deterministic.fill_uninitialized_memory (torch's "
-                        "default 1 fills every new tensor with NaN; 0 skips that)")
+    p.add_argument("--fill_uninitialized_memory", type=int, default=0,
+                   help="with --deterministic=1: torch.utils.deterministic.fill_uninitialized_memory (0, as "
+                        "train.py sets it since c36e7f4; 1 = torch's default, NaN-fills every new tensor)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dense_repeats", type=int, default=3, help="timings of the dense reference ops (best taken)")
     p.add_argument("--skip_dense", action="store_true")
