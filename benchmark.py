@@ -19,7 +19,6 @@ over subjects; each trial standardized per channel. Model choices use validation
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,6 @@ import numpy as np
 import pytest
 import scipy.integrate
 import scipy.signal
-import torch
 from scipy.io import wavfile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,7 +313,7 @@ def test_alignment_is_exact_to_a_fraction_of_a_sample(tmp_path, fs_eeg, onset_s)
     less than a second of lead-in; a rounding error of 0.4 sample would be ~9 % of f here."""
     f = lambda t: np.sin(2 * np.pi * 1.0 * t) + 0.7 * np.sin(2 * np.pi * 2.3 * t + 1)  # noqa: E731
     t = np.arange(int(20 * fs_eeg)) / fs_eeg
-    eeg = write_eeg(tmp_path / "a.fif", np.stack([f(t), -f(t)]) * 1e-6, fs_eeg, names=["A", "B"])
+    write_eeg(tmp_path / "a.fif", np.stack([f(t), -f(t)]) * 1e-6, fs_eeg, names=["A", "B"])
     wavfile.write(tmp_path / "s.wav", 16000, np.random.default_rng(0).standard_normal(12 * 16000).astype(np.float32))
     pairs = write_pairs(tmp_path / "pairs.csv", [("S1", "a.fif", "s.wav", onset_s)])
     man = run(tmp_path, pairs, "--pre_channels=2", "--pre_highpass_hz=0")
@@ -522,19 +520,6 @@ def test_command_line_errors(tmp_path, capsys):
 
 
 # ============================================================================ end to end
-@pytest.fixture()
-def _restore_global_torch_state():
-    """train.main sets torch threads and deterministic algorithms process-wide: undo that afterwards."""
-    state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_rng_state(), dict(os.environ))
-    yield
-    torch.set_num_threads(state[0])
-    torch.use_deterministic_algorithms(state[1], warn_only=state[2])
-    torch.set_rng_state(state[3])
-    os.environ.clear()
-    os.environ.update(state[4])
-
-
 def test_preprocess_train_test_end_to_end(tmp_path, _restore_global_torch_state):
     """3 subjects (BDF, EDF, FIF; 64 channels) hearing one 60 s stimulus -> preprocess.py (as a
     command) -> train.py (ridge) -> test.py scoring the folder's test split: a clearly positive r,

@@ -26,16 +26,6 @@ TINY = ["--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16", "--window_s=
         "--threads=1", "--patience=10", "--dropout=0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _restore_global_torch_state():
-    state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_rng_state())
-    yield
-    torch.set_num_threads(state[0])
-    torch.use_deterministic_algorithms(state[1], warn_only=state[2])
-    torch.set_rng_state(state[3])
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("scale") / "xfdata"

@@ -40,19 +40,6 @@ TEMP_RE = re.compile(r"^\.(best\.pt|last\.pt|log\.csv)\..+\.tmp$")  # atomic_wri
 
 
 # ----------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def _restore_global_torch_state():
-    """train.main sets torch threads and deterministic algorithms process-wide: undo that afterwards."""
-    state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_rng_state(), dict(os.environ))
-    yield
-    torch.set_num_threads(state[0])
-    torch.use_deterministic_algorithms(state[1], warn_only=state[2])
-    torch.set_rng_state(state[3])
-    os.environ.clear()
-    os.environ.update(state[4])
-
-
 def make_corpus(out: Path, minutes=1.0, n_subjects=3) -> Path:
     demo_corpus.make_demo_corpus(out_dir=out, n_subjects=n_subjects, n_heldout=1, minutes=minutes,
                                  n_test_segments=2, segment_s=20.0, n_chans=N_CHANS, seed=0, measure=False)
