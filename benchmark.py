@@ -44,7 +44,8 @@ DEFAULTS = {
     "seeds": [1, 2, 3],  # seeds per model
     "epochs": 30,  # maximum epochs per run
     "patience": 5,  # early-stopping patience
-    "threads": 0,  # torch CPU threads per run (0: default)
+    "threads": 0,  # torch CPU threads per run (0: default; with jobs > 1: the cores split between the jobs)
+    "jobs": 1,  # seeds trained at once in separate processes (train.py --jobs): 2 one-thread jobs beat one 2-thread run on a 2-core CPU
     "quick": False,  # one heldout fold (S10-S12) and 2 seeds
     "folds": None,  # heldout folds to run, by index 0-3 (None: all, or [3] with --quick)
     "extra": [],  # more train.py args for every run, e.g. ['--batch_size=32']
@@ -107,11 +108,14 @@ def main(argv=None) -> dict:
             run_dir = out / proto / fold / label
             model_name = next(a.split("=", 1)[1] for a in margs if a.startswith("--model="))
             t0 = time.time()
-            for seed in cfg["seeds"]:
-                done = run_dir / model_name / f"seed-{seed}" / "last.pt"
+            # --resume: a finished seed is kept, an interrupted one continues, a missing one starts
+            run_args = [*common, *train_args, *margs, f"--run_dir={run_dir}", "--resume"]
+            if cfg["jobs"] > 1:
+                print(f"== {proto} {fold} {label} seeds {cfg['seeds']}, {cfg['jobs']} at a time", flush=True)
+                train_script.main([*run_args, f"--seeds={cfg['seeds']}", f"--jobs={cfg['jobs']}"])
+            for seed in cfg["seeds"] if cfg["jobs"] == 1 else []:
                 print(f"== {proto} {fold} {label} seed {seed}", flush=True)
-                train_script.main([*common, *train_args, *margs, f"--run_dir={run_dir}", f"--seeds=[{seed}]",
-                                   "--resume" if done.exists() else "--overwrite"])
+                train_script.main([*run_args, f"--seeds=[{seed}]"])
             train_s = time.time() - t0
             res = test_script.main([f"--run_dir={run_dir}", f"--model={model_name}", f"--seeds={cfg['seeds']}",
                                     "--test_dir=None", f"--eval_dir={cfg['data_dir']}", *eval_args,
