@@ -23,11 +23,10 @@ import numpy as np
 import torch
 
 import config as config_module
-import newmodel
 from EEG_Dataset import (DataError, atomic_write_json, load_corpus, mean_by_subject, read_challenge_labels,
                          read_test_set, score, write_predictions, zscore)
 from metrics import pearson
-from train import load_checkpoint, pick_device
+from train import load_model, pick_device
 
 MANIFEST = "manifest.json"
 
@@ -58,15 +57,6 @@ def find_checkpoints(cfg: dict, given: set) -> tuple[str, list[Path]]:
     if not paths:
         raise SystemExit(f"no best.pt under {run_dir / model}. {hint}")
     return model, paths
-
-
-def load_model(path: Path, device):
-    ck = load_checkpoint(path)
-    cfg = dict(ck["config"], n_chans=ck["n_chans"],
-               n_subjects=len(ck["subjects"]) if ck["config"].get("subject_embedding") else 0)
-    model = newmodel.build_model(ck["model_name"], **cfg)
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), ck
 
 
 @torch.no_grad()

@@ -118,6 +118,16 @@ def load_checkpoint(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_model(path, device) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode on ``device``, checkpoint) from a best.pt/last.pt."""
+    ck = load_checkpoint(path)
+    cfg = dict(ck["config"], n_chans=ck["n_chans"],
+               n_subjects=len(ck["subjects"]) if ck["config"].get("subject_embedding") else 0)
+    model = newmodel.build_model(ck["model_name"], **cfg)
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), ck
+
+
 def ensure_data(cfg: dict) -> None:
     """Build the demo corpus when ``data_dir`` is missing or empty."""
     d = Path(cfg["data_dir"])
@@ -421,12 +431,7 @@ def seed_ensemble(cfg: dict, corpus, seeds: list[int]) -> dict:
     recs = corpus.with_part("val")
     preds, per_seed = [], {}
     for seed in seeds:
-        ck = load_checkpoint(Path(cfg["run_dir"]) / cfg["model"] / f"seed-{seed}" / "best.pt")
-        model_cfg = dict(ck["config"], n_chans=ck["n_chans"],
-                         n_subjects=len(ck["subjects"]) if ck["config"].get("subject_embedding") else 0)
-        model = newmodel.build_model(ck["model_name"], **model_cfg)
-        model.load_state_dict(ck["model"])
-        model.to(device).eval()
+        model, ck = load_model(Path(cfg["run_dir"]) / cfg["model"] / f"seed-{seed}" / "best.pt", device)
         index = {s: i for i, s in enumerate(ck["subjects"])}
         ys = []
         for rec in recs:
