@@ -52,6 +52,9 @@ def test_benchmark_runs_both_protocols_with_parallel_seed_jobs_and_resumes(tmp_p
     assert sorted(p.name for p in logs.iterdir()) == ["seed-1.log", "seed-2.log"]
     md = (out / "results.md").read_text()
     assert "| ivlaai |" in md and "± " in md
+    assert "- vs linear: mean over seeds" in md  # our network compared with each other model
+    cmp = json.loads((out / "results.json").read_text())["comparisons"]["heldout"]["vs"]["linear"]
+    assert cmp["subjects"] == 3 and 0 <= cmp["wins"] <= 3
     assert (out / "results.png").stat().st_size > 1000
     assert json.loads((out / "results.json").read_text())["summary"] == json.loads(json.dumps(summary))
 
@@ -61,3 +64,34 @@ def test_benchmark_runs_both_protocols_with_parallel_seed_jobs_and_resumes(tmp_p
     again = benchmark.main(args)
     assert best.stat().st_mtime_ns == mtime
     assert again["summary"]["seen"]["ivlaai"]["trial"]["mean"] == summary["seen"]["ivlaai"]["trial"]["mean"]
+
+
+def test_quick_settings_and_separate_output_folders():
+    quick = benchmark.parse_args(["--quick"])
+    assert quick["protocols"] == ["heldout"] and quick["folds"] == [3] and quick["seeds"] == [1, 2]
+    assert quick["epochs"] == quick["patience"] == 6 and quick["out_dir"] == "bench_runs/quick"
+    full = benchmark.parse_args([])
+    assert full["folds"] == [0, 1, 2, 3] and full["seeds"] == [1, 2, 3] and full["out_dir"] == "bench_runs/full"
+    assert (full["lr"], full["epochs"], full["patience"]) == (3e-4, 30, 10)  # the recipe of docs/model.md
+    mine = benchmark.parse_args(["--quick", "--seeds=[4]", "--epochs=2", "--protocols=[seen]", "--out_dir=x"])
+    assert (mine["seeds"], mine["epochs"], mine["protocols"], mine["out_dir"]) == ([4], 2, ["seen"], "x")
+    with pytest.raises(SystemExit, match="unknown option --epoch"):
+        benchmark.parse_args(["--epoch=3"])
+
+
+def test_comparisons_are_paired_over_subjects():
+    def row(per_seed):  # per_seed: {seed: {subject: r}}
+        means = [float(np.mean(list(v.values()))) for v in per_seed.values()]
+        return {"trial": {"per_subject_seeds": per_seed, "mean": float(np.mean(means)),
+                          "sd": float(np.std(means, ddof=1)), "ensemble": float(np.mean(means)) + 0.01}}
+    ours = row({"seed-1": {"S1": 0.3, "S2": 0.1, "S3": 0.2}, "seed-2": {"S1": 0.1, "S2": 0.1, "S3": 0.2}})
+    vlaai = row({"seed-1": {"S1": 0.1, "S2": 0.2, "S3": 0.1}, "seed-2": {"S1": 0.1, "S2": 0.2, "S3": 0.1}})
+    cmp = benchmark.comparisons({"vlaai": vlaai, "ivlaai": ours})
+    c = cmp["vs"]["vlaai"]
+    diff = np.array([0.2 - 0.1, 0.1 - 0.2, 0.2 - 0.1])  # per subject: mean over seeds, ours minus theirs
+    assert c["diff_mean"] == pytest.approx(diff.mean())
+    assert c["diff_sem"] == pytest.approx(diff.std(ddof=1) / np.sqrt(3))
+    assert (c["wins"], c["subjects"]) == (2, 3)
+    assert c["gain"] == pytest.approx((ours["trial"]["mean"] - vlaai["trial"]["mean"]) / vlaai["trial"]["mean"])
+    assert cmp["ensemble_beats_seed_mean"] is True
+    assert benchmark.comparisons({"vlaai": vlaai}) == {}  # nothing to compare without our network
