@@ -81,7 +81,7 @@ def parse_args(argv) -> dict:
 
 
 def protocol_runs(cfg: dict):
-    """(protocol, fold label, train args, eval args, test subjects) for every protocol/fold."""
+    """(protocol, fold label, train args, eval args, unseen-speech eval args or None) per protocol/fold."""
     for proto in cfg["protocols"]:
         if proto == "heldout":
             for k in cfg["folds"]:
@@ -89,7 +89,10 @@ def protocol_runs(cfg: dict):
                 label = f"fold{k + 1}-{test_subj[0]}-{test_subj[-1]}"
                 train_args = [f"--exclude_subjects={test_subj}", "--split=time"]
                 eval_args = [f"--subjects={test_subj}", "--test_recordings=['*']", "--split=whole"]
-                yield proto, label, train_args, eval_args, test_subj
+                # the last 10 % of each held-out trial: the time whose speech was never a training
+                # or validation target (it matters when recordings share a stimulus, see main)
+                unseen_args = [f"--subjects={test_subj}", "--split=time"]
+                yield proto, label, train_args, eval_args, unseen_args
         elif proto == "seen":
             sel = ["--val_recordings=['*_007']", "--test_recordings=['*_008','*_009']", "--split=whole"]
             yield proto, "trials-008-009", sel, sel, None
@@ -110,8 +113,9 @@ def main(argv=None) -> dict:
     t_start = time.time()
     common = [f"--data_dir={cfg['data_dir']}", f"--lr={cfg['lr']}", f"--epochs={cfg['epochs']}", f"--patience={cfg['patience']}",
               f"--threads={cfg['threads']}", *cfg["extra"]]
-    results = {"config": cfg, "runs": {}}
-    for proto, fold, train_args, eval_args, _ in protocol_runs(cfg):
+    results = {"config": cfg, "runs": {}, "stimuli": stimulus_overlap(cfg["data_dir"])}
+    print(results["stimuli"]["note"], flush=True)
+    for proto, fold, train_args, eval_args, unseen_args in protocol_runs(cfg):
         for label, margs in model_specs(cfg).items():
             run_dir = out / proto / fold / label
             model_name = next(a.split("=", 1)[1] for a in margs if a.startswith("--model="))
@@ -128,6 +132,11 @@ def main(argv=None) -> dict:
             res = test_script.main([f"--run_dir={run_dir}", f"--model={model_name}", f"--seeds={cfg['seeds']}",
                                     "--test_dir=None", f"--eval_dir={cfg['data_dir']}", *eval_args,
                                     f"--result_dir={run_dir / 'eval'}", "--overwrite"])
+            unseen = None
+            if unseen_args is not None:
+                unseen = test_script.main([f"--run_dir={run_dir}", f"--model={model_name}", f"--seeds={cfg['seeds']}",
+                                           "--test_dir=None", f"--eval_dir={cfg['data_dir']}", *unseen_args,
+                                           f"--result_dir={run_dir / 'eval_unseen_speech'}", "--overwrite"])["eval"]
             val_r = {}
             for seed in cfg["seeds"]:
                 ck = train_script.load_checkpoint(run_dir / model_name / f"seed-{seed}" / "best.pt")
@@ -135,7 +144,7 @@ def main(argv=None) -> dict:
                 epochs = len(ck["history"]) if ck["history"] else 0
                 val_r.setdefault("epochs", {})[f"seed-{seed}"] = epochs
             results["runs"].setdefault(proto, {}).setdefault(label, {})[fold] = {
-                "eval": res["eval"], "val_r": val_r, "train_eval_s": round(train_s + 0.0, 1)}
+                "eval": res["eval"], "eval_unseen_speech": unseen, "val_r": val_r, "train_eval_s": round(train_s, 1)}
             write_results(out, results, cfg, time.time() - t_start)
     return results
 
@@ -148,11 +157,14 @@ def summarize(results: dict, cfg: dict) -> dict:
         for label, folds in by_model.items():
             seeds = [f"seed-{s}" for s in cfg["seeds"]]
             row = {}
-            for metric, key in (("trial", "per_subject"), ("window", "window_per_subject")):
+            for metric, key, which in (("trial", "per_subject", "eval"), ("window", "window_per_subject", "eval"),
+                                       ("unseen", "per_subject", "eval_unseen_speech")):
+                if any(f.get(which) is None for f in folds.values()):
+                    continue
                 per_seed_subj = {s: {} for s in seeds}
                 ens_subj = {}
                 for fold in folds.values():
-                    ev = fold["eval"]
+                    ev = fold[which]
                     for s in seeds:
                         per_seed_subj[s].update(ev["per_seed"][s].get(key, {}))
                     ens_subj.update(ev["ensemble"].get(key, {}))
@@ -183,28 +195,33 @@ def comparisons(rows: dict) -> dict:
     if OURS not in rows:
         return {}
     ours = rows[OURS]["trial"]
+    out = {"ours": OURS, "ensemble_beats_seed_mean": ours["ensemble"] > ours["mean"], "seed_sd": ours["sd"],
+           "vs": {}}
+    for label, row in rows.items():
+        if label == OURS:
+            continue
+        c = out["vs"][label] = paired(rows[OURS]["trial"], row["trial"])
+        c["other_seed_sd"] = row["trial"]["sd"]
+        if "unseen" in rows[OURS] and "unseen" in row:
+            c["unseen_speech"] = paired(rows[OURS]["unseen"], row["unseen"])
+    return out
+
+
+def paired(ours: dict, other: dict) -> dict:
+    """Relative gain of the seed means, and per-subject differences of the seed-mean scores."""
 
     def subject_means(row):  # per subject: mean over seeds
         by_seed = row["per_subject_seeds"].values()
         subjects = set.intersection(*(set(v) for v in by_seed)) if by_seed else set()
         return {s: float(np.mean([v[s] for v in by_seed])) for s in subjects}
 
-    out = {"ours": OURS, "ensemble_beats_seed_mean": ours["ensemble"] > ours["mean"], "seed_sd": ours["sd"],
-           "vs": {}}
-    mine = subject_means(ours)
-    for label, row in rows.items():
-        if label == OURS:
-            continue
-        other = subject_means(row["trial"])
-        subjects = sorted(set(mine) & set(other), key=lambda x: (len(x), x))
-        diff = np.array([mine[s] - other[s] for s in subjects])
-        base = row["trial"]["mean"]
-        out["vs"][label] = {
-            "gain": (ours["mean"] - base) / abs(base) if base else None,
+    mine, theirs = subject_means(ours), subject_means(other)
+    diff = np.array([mine[s] - theirs[s] for s in set(mine) & set(theirs)])
+    base = other["mean"]
+    return {"gain": (ours["mean"] - base) / abs(base) if base else None,
             "diff_mean": float(diff.mean()) if len(diff) else None,
             "diff_sem": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None,
-            "wins": int((diff > 0).sum()), "subjects": len(diff), "other_seed_sd": row["trial"]["sd"]}
-    return out
+            "wins": int((diff > 0).sum()), "subjects": len(diff)}
 
 
 def comparison_lines(cmp: dict) -> list[str]:
@@ -218,9 +235,31 @@ def comparison_lines(cmp: dict) -> list[str]:
         lines.append(f"- vs {label}: mean over seeds {gain} relative; per subject {paired}, "
                      f"{cmp['ours']} higher for {c['wins']}/{c['subjects']} subjects; seed sd {cmp['seed_sd']:.4f} "
                      f"({cmp['ours']}) vs {c['other_seed_sd']:.4f} ({label})")
+        u = c.get("unseen_speech")
+        if u and u["diff_sem"] is not None:
+            lines.append(f"  - unseen speech only: {100 * u['gain']:+.1f} % relative; per subject "
+                         f"{u['diff_mean']:+.4f} ± {u['diff_sem']:.4f}, higher for {u['wins']}/{u['subjects']}")
     lines.append(f"- {cmp['ours']} seed ensemble {'beats' if cmp['ensemble_beats_seed_mean'] else 'does not beat'} "
                  "the mean of its single seeds")
     return lines + [""]
+
+
+def stimulus_overlap(data_dir) -> dict:
+    """How many distinct envelopes the recordings hold. When train and test recordings share a
+    stimulus, a model can score by having learned that one piece of speech, not by decoding."""
+    import hashlib
+
+    from EEG_Dataset import read_folder
+
+    _, recs = read_folder(data_dir)
+    digests = {hashlib.sha256(r.envelope.tobytes()).hexdigest() for r in recs if r.envelope is not None}
+    n, k = len(recs), len(digests)
+    note = f"Stimuli: {n} recordings hold {k} distinct envelope(s)."
+    if k < n:
+        note += (" Recordings share speech, so test trials repeat speech the models were trained on; the "
+                 "'unseen speech' column scores only the last 10 % of each held-out trial, which no "
+                 "model was trained or validated on." if k == 1 else " Some recordings share speech.")
+    return {"recordings": n, "distinct_envelopes": k, "note": note}
 
 
 def machine() -> str:
@@ -238,16 +277,20 @@ def write_results(out: Path, results: dict, cfg: dict, wall_s: float) -> None:
     lines = [f"# Benchmark results ({'quick' if cfg['quick'] else 'full'})", "",
              f"Command: `python benchmark.py {' '.join(sys.argv[1:])}`  ", f"Machine: {results['machine']}  ",
              f"Seeds: {cfg['seeds']}, lr {cfg['lr']}, epochs <= {cfg['epochs']}, patience {cfg['patience']}, "
-             f"wall time so far {wall_s / 60:.1f} min", ""]
+             f"wall time so far {wall_s / 60:.1f} min", "", results.get("stimuli", {}).get("note", ""), ""]
     for proto, rows in summary.items():
         folds = next(iter(rows.values()))["folds"]
+        has_unseen = all("unseen" in row for row in rows.values())
         lines += [f"## {proto} ({', '.join(folds)})", "",
                   "| model | trial r mean ± sd over seeds | trial r seed-ensemble | 5 s window r mean ± sd | "
-                  "window r ensemble | val r | best epoch | train+eval min |", "|---|---|---|---|---|---|---|---|"]
+                  "window r ensemble | " + ("unseen-speech r mean ± sd (ensemble) | " if has_unseen else "")
+                  + "val r | best epoch | train+eval min |", "|---" * (8 + has_unseen) + "|"]
         for label, row in rows.items():
             t, w = row["trial"], row["window"]
+            u = row.get("unseen")
+            unseen = f"{u['mean']:.4f} ± {u['sd']:.4f} ({u['ensemble']:.4f}) | " if has_unseen else ""
             lines.append(f"| {label} | {t['mean']:.4f} ± {t['sd']:.4f} | {t['ensemble']:.4f} | "
-                         f"{w['mean']:.4f} ± {w['sd']:.4f} | {w['ensemble']:.4f} | {row['val_r_mean']:.4f} | "
+                         f"{w['mean']:.4f} ± {w['sd']:.4f} | {w['ensemble']:.4f} | {unseen}{row['val_r_mean']:.4f} | "
                          f"{row['epochs']} | {row['seconds'] / 60:.1f} |")
         subjects = list(next(iter(rows.values()))["trial"]["per_subject_ensemble"])
         lines += ["", "Per-subject trial r (seed ensemble):", "",

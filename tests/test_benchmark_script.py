@@ -53,6 +53,12 @@ def test_benchmark_runs_both_protocols_with_parallel_seed_jobs_and_resumes(tmp_p
     md = (out / "results.md").read_text()
     assert "| ivlaai |" in md and "± " in md
     assert "- vs linear: mean over seeds" in md  # our network compared with each other model
+    assert "120 recordings hold 120 distinct envelope(s)" in md
+    # held-out subjects are also scored on the last 10 % of each trial alone (speech no model saw)
+    unseen = summary["heldout"]["ivlaai"]["unseen"]
+    assert set(unseen["per_subject_ensemble"]) == {"S10", "S11", "S12"} and unseen["mean"] > 0.3
+    assert "unseen" not in summary["seen"]["ivlaai"]
+    assert "unseen speech only" in md
     cmp = json.loads((out / "results.json").read_text())["comparisons"]["heldout"]["vs"]["linear"]
     assert cmp["subjects"] == 3 and 0 <= cmp["wins"] <= 3
     assert (out / "results.png").stat().st_size > 1000
@@ -95,3 +101,14 @@ def test_comparisons_are_paired_over_subjects():
     assert c["gain"] == pytest.approx((ours["trial"]["mean"] - vlaai["trial"]["mean"]) / vlaai["trial"]["mean"])
     assert cmp["ensemble_beats_seed_mean"] is True
     assert benchmark.comparisons({"vlaai": vlaai}) == {}  # nothing to compare without our network
+
+
+def test_stimulus_overlap_counts_shared_envelopes(tmp_path):
+    rng = np.random.default_rng(1)
+    env = rng.random((640, 1)).astype(np.float32)
+    for k in range(3):  # three recordings, two of them with the same speech
+        e = env if k < 2 else rng.random((640, 1)).astype(np.float32)
+        np.savez(tmp_path / f"DTU_S{k + 1}_000.npz", eeg=rng.standard_normal((640, 4)).astype(np.float32), envelope=e)
+    info = benchmark.stimulus_overlap(tmp_path)
+    assert (info["recordings"], info["distinct_envelopes"]) == (3, 2)
+    assert "share speech" in info["note"]
