@@ -32,7 +32,8 @@ import test as test_script
 import train as train_script
 from EEG_Dataset import atomic_write_bytes, atomic_write_json
 
-DTU_DEFAULT = str(Path(__file__).resolve().parent.parent / "shared" / "data" / "dtu")
+ROOT = Path(__file__).resolve().parent
+DTU_DEFAULT = str(ROOT.parent / "shared" / "data" / "dtu")
 FOLDS = [["S1", "S2", "S3"], ["S4", "S5", "S6"], ["S7", "S8", "S9"], ["S10", "S11", "S12"]]
 
 DEFAULTS = {
@@ -115,46 +116,98 @@ def main(argv=None) -> dict:
               f"--threads={cfg['threads']}", *cfg["extra"]]
     results = {"config": cfg, "runs": {}, "stimuli": stimulus_overlap(cfg["data_dir"])}
     print(results["stimuli"]["note"], flush=True)
+    groups = []  # one per protocol/fold/model: its seeds are trained, then it is scored
     for proto, fold, train_args, eval_args, unseen_args in protocol_runs(cfg):
         for label, margs in model_specs(cfg).items():
             run_dir = out / proto / fold / label
             model_name = next(a.split("=", 1)[1] for a in margs if a.startswith("--model="))
-            t0 = time.time()
             # --resume: a finished seed is kept, an interrupted one continues, a missing one starts
             run_args = [*common, *train_args, *margs, f"--run_dir={run_dir}", "--resume"]
-            if cfg["jobs"] > 1:
-                print(f"== {proto} {fold} {label} seeds {cfg['seeds']}, {cfg['jobs']} at a time", flush=True)
-                train_script.main([*run_args, f"--seeds={cfg['seeds']}", f"--jobs={cfg['jobs']}"])
-            for seed in cfg["seeds"] if cfg["jobs"] == 1 else []:
-                print(f"== {proto} {fold} {label} seed {seed}", flush=True)
-                train_script.main([*run_args, f"--seeds=[{seed}]"])
-            train_s = time.time() - t0
-            res = test_script.main([f"--run_dir={run_dir}", f"--model={model_name}", f"--seeds={cfg['seeds']}",
-                                    "--test_dir=None", f"--eval_dir={cfg['data_dir']}", *eval_args,
-                                    f"--result_dir={run_dir / 'eval'}", "--overwrite"])
-            unseen = None
-            if unseen_args is not None:
-                unseen = test_script.main([f"--run_dir={run_dir}", f"--model={model_name}", f"--seeds={cfg['seeds']}",
-                                           "--test_dir=None", f"--eval_dir={cfg['data_dir']}", *unseen_args,
-                                           f"--result_dir={run_dir / 'eval_unseen_speech'}", "--overwrite"])["eval"]
-            val_r = {}
+            groups.append({"proto": proto, "fold": fold, "label": label, "run_dir": run_dir, "model": model_name,
+                           "run_args": run_args, "eval_args": eval_args, "unseen_args": unseen_args,
+                           "todo": set(cfg["seeds"])})
+
+    def finish(g: dict) -> None:
+        """All seeds of a group are trained: seed summary, scoring, results files."""
+        t0 = time.time()
+        train_script.main([*g["run_args"], f"--seeds={cfg['seeds']}", "--jobs=1"])  # trains nothing now
+        evals = {}
+        for name, args in (("eval", g["eval_args"]), ("eval_unseen_speech", g["unseen_args"])):
+            if args is not None:
+                evals[name] = test_script.main([
+                    f"--run_dir={g['run_dir']}", f"--model={g['model']}", f"--seeds={cfg['seeds']}", "--test_dir=None",
+                    f"--eval_dir={cfg['data_dir']}", *args, f"--result_dir={g['run_dir'] / name}", "--overwrite"])["eval"]
+        val_r, train_s = {}, 0.0
+        for seed in cfg["seeds"]:
+            seed_dir = g["run_dir"] / g["model"] / f"seed-{seed}"
+            ck = train_script.load_checkpoint(seed_dir / "best.pt")
+            val_r[f"seed-{seed}"] = float(ck["best_val_r"])
+            val_r.setdefault("epochs", {})[f"seed-{seed}"] = len(ck["history"]) if ck["history"] else 0
+            train_s += log_seconds(seed_dir / "log.csv")
+        results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = {
+            "eval": evals["eval"], "eval_unseen_speech": evals.get("eval_unseen_speech"), "val_r": val_r,
+            "train_eval_s": round(train_s + time.time() - t0, 1)}
+        write_results(out, results, cfg, time.time() - t_start)
+
+    if cfg["jobs"] == 1:
+        for g in groups:
             for seed in cfg["seeds"]:
-                ck = train_script.load_checkpoint(run_dir / model_name / f"seed-{seed}" / "best.pt")
-                val_r[f"seed-{seed}"] = float(ck["best_val_r"])
-                epochs = len(ck["history"]) if ck["history"] else 0
-                val_r.setdefault("epochs", {})[f"seed-{seed}"] = epochs
-            results["runs"].setdefault(proto, {}).setdefault(label, {})[fold] = {
-                "eval": res["eval"], "eval_unseen_speech": unseen, "val_r": val_r, "train_eval_s": round(train_s, 1)}
-            write_results(out, results, cfg, time.time() - t_start)
+                print(f"== {g['proto']} {g['fold']} {g['label']} seed {seed}", flush=True)
+                train_script.main([*g["run_args"], f"--seeds=[{seed}]"])
+            finish(g)
+        return results
+    # Several jobs: one pool of (group, seed) processes over all groups, so no core idles while the
+    # last seed of a model trains; a group is scored as soon as its last seed ends.
+    gpus = train_script.visible_gpus(config.parse(cfg["extra"])[0]["device"])
+    threads = cfg["threads"] or max(1, (os.cpu_count() or 1) // cfg["jobs"])
+    tasks, owner = [], {}
+    for g in groups:
+        for seed in cfg["seeds"]:
+            key = f"{g['proto']} {g['fold']} {g['label']} seed {seed}"
+            owner[key] = (g, seed)
+            tasks.append({"key": key, "log": g["run_dir"] / g["model"] / "logs" / f"seed-{seed}.log",
+                          "cmd": [sys.executable, str(ROOT / "train.py"), *g["run_args"], f"--seeds=[{seed}]",
+                                  f"--threads={threads}"]})
+
+    def on_done(key: str, returncode: int) -> None:
+        g, seed = owner[key]
+        if returncode == 0:
+            g["todo"].discard(seed)
+            if not g["todo"]:
+                finish(g)
+
+    print(f"{len(tasks)} training runs, {cfg['jobs']} at a time, "
+          + (f"one GPU each ({','.join(gpus)})" if gpus else f"{threads} CPU threads each"), flush=True)
+    failed = train_script.run_pool(tasks, cfg["jobs"], gpus, on_done)
+    if failed:
+        raise SystemExit(f"benchmark: {len(failed)} training runs failed ({', '.join(failed)}); see their logs. "
+                         "Run the same command again to retry them; finished runs are kept.")
     return results
+
+
+def log_seconds(path: Path) -> float:
+    """Training time of one seed, summed over the epochs in its log.csv (all sessions of a resumed run)."""
+    import csv
+
+    if not path.exists():
+        return 0.0
+    with open(path) as f:
+        return sum(float(row["seconds"] or 0) for row in csv.DictReader(f))
 
 
 def summarize(results: dict, cfg: dict) -> dict:
     """Per protocol and model: per-seed subject means (over all folds), mean/sd over seeds,
     ensemble, per-subject scores, validation r."""
     summary = {}
-    for proto, by_model in results["runs"].items():
-        for label, folds in by_model.items():
+    labels = list(model_specs(cfg))
+    for proto in [p for p in cfg["protocols"] if p in results["runs"]]:  # a fixed order, whatever finished first
+        by_model = results["runs"][proto]
+        # only folds every model has finished, so that every row averages the same subjects
+        common = set.intersection(*(set(f) for f in by_model.values()))
+        for label in sorted(by_model, key=lambda k: labels.index(k) if k in labels else len(labels)):
+            folds = {k: v for k, v in sorted(by_model[label].items()) if k in common}
+            if not folds:
+                continue
             seeds = [f"seed-{s}" for s in cfg["seeds"]]
             row = {}
             for metric, key, which in (("trial", "per_subject", "eval"), ("window", "window_per_subject", "eval"),
@@ -280,11 +333,16 @@ def write_results(out: Path, results: dict, cfg: dict, wall_s: float) -> None:
              f"wall time so far {wall_s / 60:.1f} min", "", results.get("stimuli", {}).get("note", ""), ""]
     for proto, rows in summary.items():
         folds = next(iter(rows.values()))["folds"]
+        pending = sorted({f"{label} {fold}" for label, fs in results["runs"][proto].items() for fold in fs
+                          if fold not in folds})
         has_unseen = all("unseen" in row for row in rows.values())
-        lines += [f"## {proto} ({', '.join(folds)})", "",
+        lines += [f"## {proto} ({', '.join(folds)})", ""]
+        if pending:
+            lines += [f"Finished, but left out of this table until every model has the fold: {', '.join(pending)}.", ""]
+        lines += [
                   "| model | trial r mean ± sd over seeds | trial r seed-ensemble | 5 s window r mean ± sd | "
                   "window r ensemble | " + ("unseen-speech r mean ± sd (ensemble) | " if has_unseen else "")
-                  + "val r | best epoch | train+eval min |", "|---" * (8 + has_unseen) + "|"]
+                  + "val r | best epoch | train+eval min (all seeds) |", "|---" * (8 + has_unseen) + "|"]
         for label, row in rows.items():
             t, w = row["trial"], row["window"]
             u = row.get("unseen")

@@ -452,48 +452,65 @@ def seed_ensemble(cfg: dict, corpus, seeds: list[int]) -> dict:
             "val_r_ensemble": r_of([sum(ps) / len(ps) for ps in zip(*preds)])}
 
 
+def visible_gpus(device: str) -> list[str]:
+    if pick_device(device).type != "cuda":
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+
+
+def run_pool(tasks: list[dict], jobs: int, gpus: list[str], on_done=None) -> list:
+    """Run child processes, ``jobs`` at a time. A task is {'key', 'cmd', 'log'}; its output is
+    appended to 'log' (a rerun never erases an earlier log). With GPUs, child i sees GPU i mod n.
+    ``on_done(key, returncode)`` is called as each one ends. Returns the keys of failed tasks."""
+    pending, running, failed, started = list(tasks), {}, [], 0
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                task = pending.pop(0)
+                env = dict(os.environ)
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = gpus[started % len(gpus)]
+                started += 1
+                Path(task["log"]).parent.mkdir(parents=True, exist_ok=True)
+                log = open(task["log"], "a")
+                running[task["key"]] = (subprocess.Popen(task["cmd"], stdout=log, stderr=subprocess.STDOUT, env=env),
+                                        log, task)
+                print(f"  {task['key']}: started (log {task['log']})", flush=True)
+            time.sleep(0.2)
+            for key, (proc, log, task) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[key]
+                lines = Path(task["log"]).read_text().strip().splitlines()
+                print(f"  {key}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: "
+                      f"{lines[-1] if lines else ''}", flush=True)
+                if proc.returncode != 0:
+                    failed.append(key)
+                if on_done is not None:
+                    on_done(key, proc.returncode)
+    except KeyboardInterrupt:  # the children got the same Ctrl-C: let them save last.pt
+        for proc, _, _ in running.values():
+            proc.wait()
+        raise
+    return failed
+
+
 def run_sweep(cfg: dict, argv: list[str]) -> None:
     """Train ``cfg['seeds']`` as child processes of this script, ``cfg['jobs']`` at a time: one GPU
     each when several are visible, else the CPU cores split between them. Logs: run_dir/<model>/logs/."""
     seeds, jobs = cfg["seeds"], cfg["jobs"]
-    gpus = []
-    if pick_device(cfg["device"]).type == "cuda":
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    gpus = visible_gpus(cfg["device"])
     threads = cfg["threads"] or max(1, (os.cpu_count() or 1) // min(jobs, len(seeds)))
     base = [a for a in argv if a.split("=", 1)[0] not in ("--seeds", "--jobs", "--threads")]
     log_dir = Path(cfg["run_dir"]) / cfg["model"] / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    pending, running, failed = list(enumerate(seeds)), {}, []
     print(f"seed sweep: {len(seeds)} seeds, {jobs} at a time, "
           + (f"one GPU each ({','.join(gpus)})" if gpus else f"{threads} CPU threads each") + f"; logs in {log_dir}/", flush=True)
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                i, seed = pending.pop(0)
-                env = dict(os.environ)
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-                cmd = [sys.executable, str(Path(__file__).resolve()), *base, f"--seeds=[{seed}]", "--jobs=1",
-                       f"--threads={threads}"]
-                log = open(log_dir / f"seed-{seed}.log", "a")  # appended: a rerun never erases an earlier log
-                running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
-                print(f"  seed {seed}: started (log {log_dir / f'seed-{seed}.log'})", flush=True)
-            time.sleep(0.2)
-            for seed, (proc, log) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log.close()
-                del running[seed]
-                lines = (log_dir / f"seed-{seed}.log").read_text().strip().splitlines()
-                print(f"  seed {seed}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}: "
-                      f"{lines[-1] if lines else ''}", flush=True)
-                if proc.returncode != 0:
-                    failed.append(seed)
-    except KeyboardInterrupt:  # the children got the same Ctrl-C: let them save last.pt
-        for proc, _ in running.values():
-            proc.wait()
-        raise
+    tasks = [{"key": f"seed {seed}", "log": log_dir / f"seed-{seed}.log",
+              "cmd": [sys.executable, str(Path(__file__).resolve()), *base, f"--seeds=[{seed}]", "--jobs=1",
+                      f"--threads={threads}"]} for seed in seeds]
+    failed = [int(k.split()[1]) for k in run_pool(tasks, jobs, gpus)]
     if failed:
         raise SystemExit(f"seed sweep: seeds {failed} failed; see their logs in {log_dir}/")
 

@@ -112,3 +112,17 @@ def test_stimulus_overlap_counts_shared_envelopes(tmp_path):
     info = benchmark.stimulus_overlap(tmp_path)
     assert (info["recordings"], info["distinct_envelopes"]) == (3, 2)
     assert "share speech" in info["note"]
+
+
+def test_failed_training_run_is_reported_and_the_rest_still_scored(tmp_path):
+    data = write_dtu_like(tmp_path / "dtu", n_trials=10, T=64 * 6)
+    out = tmp_path / "bench"
+    args = [f"--data_dir={data}", f"--out_dir={out}", "--protocols=[seen]", "--models=[linear]", "--seeds=[1,2]",
+            "--jobs=2", "--epochs=1", "--patience=1", f"--extra={TINY}",
+            "--variants={'broken': ['--model=ivlaai', '--window_s=-1']}"]
+    with pytest.raises(SystemExit, match=r"2 training runs failed \(seen trials-008-009 broken seed 1"):
+        benchmark.main(args)
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["runs"]["seen"]) == {"linear"}  # the model that trained was still scored
+    log = out / "seen" / "trials-008-009" / "broken" / "ivlaai" / "logs" / "seed-1.log"
+    assert "window_s" in log.read_text()  # the child's own error is in its log
