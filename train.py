@@ -463,9 +463,9 @@ def run_pool(tasks: list[dict], jobs: int, gpus: list[str], on_done=None) -> lis
     """Run child processes, ``jobs`` at a time. A task is {'key', 'cmd', 'log'}; its output is
     appended to 'log' (a rerun never erases an earlier log). With GPUs, child i sees GPU i mod n.
     ``on_done(key, returncode)`` is called as each one ends. Returns the keys of failed tasks."""
-    pending, running, failed, started = list(tasks), {}, [], 0
+    pending, running, failed, started, ended = list(tasks), {}, [], 0, []
     try:
-        while pending or running:
+        while pending or running or ended:
             while pending and len(running) < jobs:
                 task = pending.pop(0)
                 env = dict(os.environ)
@@ -477,6 +477,10 @@ def run_pool(tasks: list[dict], jobs: int, gpus: list[str], on_done=None) -> lis
                 running[task["key"]] = (subprocess.Popen(task["cmd"], stdout=log, stderr=subprocess.STDOUT, env=env),
                                         log, task)
                 print(f"  {task['key']}: started (log {task['log']})", flush=True)
+            # on_done runs after the free slots are refilled, so that no core idles while it works
+            for key, returncode in ended:
+                on_done(key, returncode)
+            ended = []
             time.sleep(0.2)
             for key, (proc, log, task) in list(running.items()):
                 if proc.poll() is None:
@@ -489,7 +493,7 @@ def run_pool(tasks: list[dict], jobs: int, gpus: list[str], on_done=None) -> lis
                 if proc.returncode != 0:
                     failed.append(key)
                 if on_done is not None:
-                    on_done(key, proc.returncode)
+                    ended.append((key, proc.returncode))
     except KeyboardInterrupt:  # the children got the same Ctrl-C: let them save last.pt
         for proc, _, _ in running.values():
             proc.wait()
