@@ -1,6 +1,6 @@
 """Benchmark models on real EEG with the protocols of docs/benchmark.md (DTU-style npz folder).
 
-    python benchmark.py --quick       # heldout fold S10-S12, 2 seeds, 6 epochs: ~25 min on 2 CPU cores
+    python benchmark.py --quick       # heldout fold S10-S12, 2 seeds, 6 epochs: 21 min on 2 CPU cores
     python benchmark.py               # 4 heldout folds + seen-subjects, 3 seeds: many hours on a CPU
     python benchmark.py --models=[linear,ivlaai] --seeds=[1,2] --protocols=[seen]
     python benchmark.py --variants="{'ivlaai_add': ['--model=ivlaai', '--ivlaai_concat=False']}"
@@ -46,7 +46,7 @@ DEFAULTS = {
     # The training recipe, the same for every network; lr and patience were chosen on validation r
     # (docs/model.md: lr 3e-4 / patience 10 beat lr 1e-3 / patience 3-5).
     "lr": 3e-4,  # Adam learning rate
-    "epochs": 30,  # maximum epochs per run (--quick: 6, so that it ends in ~25 min on 2 CPU cores)
+    "epochs": 30,  # maximum epochs per run (--quick: 6, so that it ends in ~21 min on 2 CPU cores)
     "patience": 10,  # early-stopping patience in epochs (--quick: 6, i.e. the best of the 6 epochs)
     "threads": 0,  # torch CPU threads per run (0: default; with jobs > 1: the cores split between the jobs)
     "jobs": 1,  # seeds trained at once in separate processes (train.py --jobs): 2 one-thread jobs beat one 2-thread run on a 2-core CPU (--quick: 2)
