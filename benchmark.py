@@ -13,6 +13,7 @@ interrupted benchmark resumes where it stopped: run the same command again. Resu
 Protocols
   heldout  4 folds over S1-S12, test subjects {S1-3}, {S4-6}, {S7-9}, {S10-12}; train on the other
            9 (validation: each training trial's 80/10/10 time split). ``--quick``: fold S10-S12 only.
+           Another folder's subjects are cut the same way: natural order, 4 consecutive runs.
   seen     train trials 000-006 of every subject, validate on 007, test 008 and 009.
 Scores: Pearson r of whole 50 s test trials and of 5 s windows (1 s hop), mean per subject, then
 over subjects; each trial standardized per channel. Model choices use validation r only.
@@ -30,11 +31,11 @@ import numpy as np
 import config
 import test as test_script
 import train as train_script
-from EEG_Dataset import atomic_write_bytes, atomic_write_json
+from EEG_Dataset import atomic_write_bytes, atomic_write_json, natural_key
 
 ROOT = Path(__file__).resolve().parent
 DTU_DEFAULT = str(ROOT.parent / "shared" / "data" / "dtu")
-FOLDS = [["S1", "S2", "S3"], ["S4", "S5", "S6"], ["S7", "S8", "S9"], ["S10", "S11", "S12"]]
+N_FOLDS = 4  # held-out-subject folds: the folder's subjects in natural order, cut into 4 runs (S1-S3 ... S10-S12)
 
 DEFAULTS = {
     "data_dir": DTU_DEFAULT,  # DTU-style npz folder with subjects S1..S12
@@ -81,12 +82,23 @@ def parse_args(argv) -> dict:
     return cfg
 
 
-def protocol_runs(cfg: dict):
+def folds_of(subjects: list[str]) -> list[list[str]]:
+    """The held-out folds: subjects in natural order (S2 before S10) cut into N_FOLDS consecutive runs."""
+    ordered = sorted(subjects, key=natural_key)
+    if len(ordered) < N_FOLDS + 1:
+        raise SystemExit(f"the heldout protocol needs at least {N_FOLDS + 1} subjects; the folder has {len(ordered)}")
+    return [list(part) for part in np.array_split(np.array(ordered, dtype=object), N_FOLDS)]
+
+
+def protocol_runs(cfg: dict, subjects: list[str]):
     """(protocol, fold label, train args, eval args, unseen-speech eval args or None) per protocol/fold."""
     for proto in cfg["protocols"]:
         if proto == "heldout":
+            folds = folds_of(subjects)
             for k in cfg["folds"]:
-                test_subj = FOLDS[k]
+                if not 0 <= k < len(folds):
+                    raise SystemExit(f"--folds: fold index {k} is not in 0..{len(folds) - 1}")
+                test_subj = folds[k]
                 label = f"fold{k + 1}-{test_subj[0]}-{test_subj[-1]}"
                 train_args = [f"--exclude_subjects={test_subj}", "--split=time"]
                 eval_args = [f"--subjects={test_subj}", "--test_recordings=['*']", "--split=whole"]
@@ -117,7 +129,7 @@ def main(argv=None) -> dict:
     results = {"config": cfg, "runs": {}, "stimuli": stimulus_overlap(cfg["data_dir"])}
     print(results["stimuli"]["note"], flush=True)
     groups = []  # one per protocol/fold/model: its seeds are trained, then it is scored
-    for proto, fold, train_args, eval_args, unseen_args in protocol_runs(cfg):
+    for proto, fold, train_args, eval_args, unseen_args in protocol_runs(cfg, results["stimuli"]["subjects"]):
         for label, margs in model_specs(cfg).items():
             run_dir = out / proto / fold / label
             model_name = next(a.split("=", 1)[1] for a in margs if a.startswith("--model="))
@@ -312,7 +324,8 @@ def stimulus_overlap(data_dir) -> dict:
         note += (" Recordings share speech, so test trials repeat speech the models were trained on; the "
                  "'unseen speech' column scores only the last 10 % of each held-out trial, which no "
                  "model was trained or validated on." if k == 1 else " Some recordings share speech.")
-    return {"recordings": n, "distinct_envelopes": k, "note": note}
+    subjects = sorted({r.subject for r in recs}, key=natural_key)
+    return {"recordings": n, "distinct_envelopes": k, "note": note, "subjects": subjects}
 
 
 def machine() -> str:

@@ -126,3 +126,13 @@ def test_failed_training_run_is_reported_and_the_rest_still_scored(tmp_path):
     assert set(res["runs"]["seen"]) == {"linear"}  # the model that trained was still scored
     log = out / "seen" / "trials-008-009" / "broken" / "ivlaai" / "logs" / "seed-1.log"
     assert "window_s" in log.read_text()  # the child's own error is in its log
+
+
+def test_heldout_folds_follow_the_folder_subjects():
+    assert benchmark.folds_of([f"S{k}" for k in range(12, 0, -1)]) == [
+        ["S1", "S2", "S3"], ["S4", "S5", "S6"], ["S7", "S8", "S9"], ["S10", "S11", "S12"]]  # the protocol's folds
+    assert benchmark.folds_of([f"S{k}" for k in range(13, 19)]) == [["S13", "S14"], ["S15", "S16"], ["S17"], ["S18"]]
+    with pytest.raises(SystemExit, match="at least 5 subjects"):
+        benchmark.folds_of(["S1", "S2", "S3"])
+    with pytest.raises(SystemExit, match="fold index 4"):
+        list(benchmark.protocol_runs(benchmark.parse_args(["--folds=[4]"]), [f"S{k}" for k in range(1, 13)]))
