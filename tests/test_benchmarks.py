@@ -105,3 +105,29 @@ def test_repeated_folder_renames_subjects(npz_folder, tmp_path):
     c = load_corpus(d)
     assert len(c.subjects) == 6
     assert tm.disk_mib(d) == pytest.approx(3 * tm.disk_mib(npz_folder))
+
+
+def test_position_r_finds_where_a_model_decodes():
+    """A 'model' that passes channel 0 through decodes only where channel 0 carries the envelope."""
+    import position_r as pr
+
+    class Channel0(torch.nn.Module):
+        def forward(self, x):  # (batch, time, C) -> (batch, time, 1)
+            return x[..., :1]
+
+    rng = np.random.default_rng(0)
+    window, recs = 64, []
+    for _ in range(3):
+        env = rng.standard_normal(4 * window)
+        eeg = rng.standard_normal((4 * window, 2))
+        eeg[: 2 * window, 0] = env[: 2 * window] + 0.5 * eeg[: 2 * window, 0]  # first half: envelope + noise
+        recs.append((eeg, env))
+    r = pr.position_r([Channel0(), Channel0()], recs, window)
+    assert r.shape == (3, 4)
+    assert (r[:, :2] > 0.8).all() and (np.abs(r[:, 2:]) < 0.4).all()
+    # the ensemble averages z-scored predictions: a sign-flipped copy cancels the signal
+    class Minus(Channel0):
+        def forward(self, x):
+            return -x[..., :1]
+    r0 = pr.position_r([Channel0(), Minus()], recs, window)
+    assert np.allclose(np.nan_to_num(r0), 0.0, atol=1e-6)
