@@ -174,6 +174,13 @@ def main(argv=None) -> dict:
     threads = cfg["threads"] or max(1, (os.cpu_count() or 1) // cfg["jobs"])
     tasks, owner = [], {}
     for g in groups:
+        # a model/fold whose seeds are all finished is scored now, so a resumed run's tables
+        # show it at once rather than after everything queued before it
+        train_cfg = config.parse(g["run_args"])[0]
+        if all(train_script.finished_run(g["run_dir"] / g["model"] / f"seed-{s}", train_cfg, s) for s in cfg["seeds"]):
+            print(f"  {g['proto']} {g['fold']} {g['label']}: all seeds finished earlier", flush=True)
+            finish(g)
+            continue
         for seed in cfg["seeds"]:
             key = f"{g['proto']} {g['fold']} {g['label']} seed {seed}"
             owner[key] = (g, seed)

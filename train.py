@@ -229,6 +229,22 @@ def prepare_run_dir(out: Path, cfg: dict, dry_run: bool = False) -> None:
 # ----------------------------------------------------------------------------- training
 
 
+def finished_run(seed_dir: Path, cfg: dict, seed: int) -> dict | None:
+    """The last.pt of ``seed_dir`` if that run is finished for ``cfg`` (same model and seed), else None.
+
+    A run that stopped at its epoch limit continues when --epochs is raised (closed-form fits have
+    no history and stay finished; early-stopped runs stay finished unless --patience is raised).
+    """
+    path = Path(seed_dir) / "last.pt"
+    if not path.exists():
+        return None
+    ck = load_checkpoint(path)
+    more = ck.get("history") and ck["epoch"] < cfg["epochs"] and ck.get("bad_epochs", 0) < cfg["patience"]
+    if ck.get("finished") and not more and ck["model_name"] == cfg["model"] and ck["seed"] == seed:
+        return ck
+    return None
+
+
 def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, local_rank: int = 0) -> dict:
     out = Path(cfg["run_dir"]) / cfg["model"] / f"seed-{seed}"
     lead = rank == 0  # only rank 0 writes files and prints
@@ -238,12 +254,9 @@ def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, loca
         barrier()
     else:
         prepare_run_dir(out, cfg)
-    if cfg["resume"] and (out / "last.pt").exists():
-        ck = load_checkpoint(out / "last.pt")
-        # A run that stopped at its epoch limit continues when --epochs is raised (closed-form fits have
-        # no history and stay finished; early-stopped runs stay finished unless --patience is raised).
-        more = ck.get("history") and ck["epoch"] < cfg["epochs"] and ck.get("bad_epochs", 0) < cfg["patience"]
-        if ck.get("finished") and not more and ck["model_name"] == cfg["model"] and ck["seed"] == seed:
+    if cfg["resume"]:
+        ck = finished_run(out, cfg, seed)
+        if ck is not None:
             if lead:
                 print(f"[seed {seed}] already finished (best val r {ck['best_val_r']:.4f}): {out}", flush=True)
             return {"seed": seed, "best_val_r": ck["best_val_r"], "epochs": ck["epoch"], "dir": str(out)}

@@ -67,8 +67,11 @@ def test_benchmark_runs_both_protocols_with_parallel_seed_jobs_and_resumes(tmp_p
     # running the same command again trains nothing and gives the same numbers
     best = out / "seen" / "trials-008-009" / "ivlaai" / "ivlaai" / "seed-1" / "best.pt"
     mtime = best.stat().st_mtime_ns
+    log_sizes = {p: p.stat().st_size for p in out.rglob("logs/seed-*.log")}
     again = benchmark.main(args)
     assert best.stat().st_mtime_ns == mtime
+    # finished models are scored straight away, without starting a train.py process for them
+    assert {p: p.stat().st_size for p in out.rglob("logs/seed-*.log")} == log_sizes
     assert again["summary"]["seen"]["ivlaai"]["trial"]["mean"] == summary["seen"]["ivlaai"]["trial"]["mean"]
 
 
