@@ -1,14 +1,16 @@
 """Where in the trial does each model decode? Seed-ensemble r of each 5 s piece of the test trials.
 
     python benchmarks/position_r.py --fold_dir=bench_runs/full/heldout/fold1-S1-S3 --subjects=S1,S2,S3 \
-        [--data_dir=../shared/data/dtu] [--models=linear,vlaai,ivlaai] [--seeds=1,2,3] [--window_s=5]
+        [--data_dir=../shared/data/dtu] [--models=linear,vlaai,ivlaai] [--seeds=1,2,3] [--window_s=5] \
+        [--checkpoint=best|last]
 
 Every trial of the DTU folder carries the same 50 s envelope, and the time split puts seconds
 40-45 in validation (early stopping) and 0-40 s in training. This prints, per model, the r of
 each non-overlapping window of the held-out subjects' whole trials (each window predicted on its
 own from the trial-standardized EEG, z-scored predictions averaged over seeds), then the mean
 over the trained seconds, the validation piece and the last piece. A model that is only good on
-the piece it was early-stopped on shows up here.
+the piece it was early-stopped on shows up here; ``--checkpoint=last`` scores the weights of the
+last epoch trained instead of the epoch early stopping chose.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def position_r(models, recordings, window: int) -> np.ndarray:
 
 def main(argv=None) -> None:
     args = dict(a[2:].split("=", 1) for a in (argv if argv is not None else sys.argv[1:]))
-    unknown = set(args) - {"fold_dir", "subjects", "data_dir", "models", "seeds", "window_s"}
+    unknown = set(args) - {"fold_dir", "subjects", "data_dir", "models", "seeds", "window_s", "checkpoint"}
     if unknown or "fold_dir" not in args or "subjects" not in args:
         raise SystemExit(__doc__ + (f"\nunknown options: {sorted(unknown)}" if unknown else ""))
     fold_dir = Path(args["fold_dir"])
@@ -64,7 +66,10 @@ def main(argv=None) -> None:
     header = " ".join(f"{k * window / corpus.fs:>5.0f}s" for k in range(n_pos))
     print(f"{'model':<8} {header}   0-40 s  40-45 s  45-50 s")
     for name in args.get("models", "linear,vlaai,ivlaai").split(","):
-        paths = [fold_dir / name / name / f"seed-{s}" / "best.pt" for s in args.get("seeds", "1,2,3").split(",")]
+        ck = args.get("checkpoint", "best")
+        if ck not in ("best", "last"):
+            raise SystemExit(f"--checkpoint must be best or last, got {ck!r}")
+        paths = [fold_dir / name / name / f"seed-{s}" / f"{ck}.pt" for s in args.get("seeds", "1,2,3").split(",")]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             print(f"{name:<8} missing {', '.join(missing)}")
