@@ -428,6 +428,7 @@ def load_corpus(
     exclude_subjects=None,
     val_recordings=None,
     test_recordings=None,
+    monitor_recordings=None,
     split: str = "time",
     n_chans: int | None = None,
     label_dir=None,
@@ -437,6 +438,8 @@ def load_corpus(
     subjects / exclude_subjects: glob patterns of subjects to keep / drop (None: all).
     val_recordings / test_recordings: glob patterns (matched on recording id or subject) of
       recordings that go whole to val / test (e.g. ``['*_007']``, or a held-out subject ``'S3'``).
+    monitor_recordings: glob patterns of recordings that go whole to a 'monitor' part, which
+      training never uses except to report it (train.py's log.csv monitor_r).
     split: what happens to the other recordings: 'time' cuts each 80/10/10 in time (split_data
       keeps the split its files give); 'whole' puts them whole into train.
     n_chans: the channel count every recording must have (None: whatever the first one has).
@@ -460,6 +463,8 @@ def load_corpus(
         rec = grouped.setdefault(key, SplitRecording(r.subject, r.rec_id, {}))
         if _matches(r, test_recordings):
             role = "test"
+        elif _matches(r, monitor_recordings):
+            role = "monitor"
         elif _matches(r, val_recordings):
             role = "val"
         elif r.split is not None:

@@ -20,6 +20,8 @@ subjects = None  # glob patterns of subjects to use, e.g. ['S1', 'S2'] (None: al
 exclude_subjects = None  # glob patterns of subjects to leave out, e.g. held-out test subjects
 val_recordings = None  # glob patterns (recording id or subject) that go whole to validation, e.g. ['*_007']
 test_recordings = None  # glob patterns that go whole to test, e.g. ['*_008', '*_009']
+monitor_recordings = None  # glob patterns that go whole to a monitor set: never trained on, scored after every
+#   epoch into log.csv's monitor_r column and never used for any choice (e.g. an inner held-out subject ['S9'])
 split = "time"  # other recordings: 'time' = 80/10/10 in time (split_data keeps its own); 'whole' = all train
 window_s = 5.0  # training window length in seconds (the field's VLAAI recipe uses 5 s)
 fs = 64  # sampling rate of EEG and envelope in Hz; all supported formats are at 64 Hz
@@ -104,6 +106,7 @@ _TYPES = {
     "exclude_subjects": (list, str, type(None)),
     "val_recordings": (list, str, type(None)),
     "test_recordings": (list, str, type(None)),
+    "monitor_recordings": (list, str, type(None)),
     "seen_subjects": (list, str, type(None)),
     "eval_dir": (str, type(None)),
     "test_dir": (str, type(None)),

@@ -47,7 +47,7 @@ from metrics import pearson, pearson_loss
 DEMO_DIR = Path("xfdata")
 # Keys that shape the model or the data it sees: a resumed run must keep them.
 ARCH_KEYS = ("model", "n_chans", "subject_embedding", "ema_decay", "window_s", "batch_size", "dropout", "data_dir", "subjects",
-             "exclude_subjects", "val_recordings", "test_recordings", "split",
+             "exclude_subjects", "val_recordings", "test_recordings", "monitor_recordings", "split",
              *[k for k in newmodel.MODEL_DEFAULTS if k not in ("n_subjects",)])
 
 
@@ -158,6 +158,7 @@ def corpus_from_config(cfg: dict):
         exclude_subjects=cfg["exclude_subjects"],
         val_recordings=cfg["val_recordings"],
         test_recordings=cfg["test_recordings"],
+        monitor_recordings=cfg["monitor_recordings"],
         split=cfg["split"],
         n_chans=cfg["n_chans"],
     )
@@ -295,6 +296,7 @@ def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, loca
     loader = DataLoader(ds, batch_size=cfg["batch_size"] // world, shuffle=False, num_workers=cfg["num_workers"],
                         pin_memory=device.type == "cuda", persistent_workers=cfg["num_workers"] > 0)
     val_recs = corpus.with_part("val")
+    monitor_recs = corpus.with_part("monitor")  # reported only, never trained on or used to choose
     if not val_recs:
         raise DataError(f"{cfg['data_dir']}: no validation data; early stopping needs a 'val' part")
 
@@ -394,13 +396,17 @@ def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, loca
             rows.append({"epoch": epoch + 1, "train_r": round(train_r, 6), "val_r": round(val["r"], 6),
                          "best_val_r": round(best_r, 6), "seconds": round(secs, 2),
                          "data_wait_pct": round(100 * wait_s / max(train_s, 1e-9), 2)})
+            if monitor_recs:
+                rows[-1]["monitor_r"] = round(evaluate(eval_model, monitor_recs, "monitor", device, subject_index,
+                                                       cfg["amp"])["r"], 6)
             if lead:
                 write_log(out / "log.csv", rows)
                 if improved:
                     save_checkpoint(out / "best.pt", checkpoint(epoch + 1))
                 save_checkpoint(out / "last.pt", checkpoint(epoch + 1))
                 print(f"[seed {seed}] epoch {epoch + 1:3d}  train r {train_r:.4f}  val r {val['r']:.4f}  "
-                      f"best {best_r:.4f}{' *' if improved else ''}  {secs:.1f}s "
+                      f"best {best_r:.4f}{' *' if improved else ''}"
+                      + (f"  monitor r {rows[-1]['monitor_r']:.4f}" if monitor_recs else "") + f"  {secs:.1f}s "
                       f"(data wait {rows[-1]['data_wait_pct']:.1f}%)", flush=True)
     except KeyboardInterrupt:
         # Keep what this epoch learned: resume restarts the interrupted epoch from these weights.

@@ -642,3 +642,35 @@ def test_ema_weights_are_tested_and_resume_exactly(corpus, tmp_path):
     assert int(a["ema_n_averaged"]) > 1
     res = test_script.main(args_for_test(corpus, full, tmp_path / "pred"))
     assert -1 <= res["ensemble"]["total"] <= 1
+
+
+def test_monitor_recordings_are_scored_every_epoch_but_never_trained_on(tmp_path):
+    """--monitor_recordings: whole recordings kept out of training and validation, scored after
+    every epoch into log.csv's monitor_r (e.g. an inner held-out listener), never used to choose."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "npz"
+    data.mkdir()
+    mix = rng.standard_normal(N_CHANS)  # one spatial pattern for every listener, so S3 decodes too
+    for s in (1, 2, 3):
+        for t in range(2):
+            env = np.abs(np.convolve(rng.standard_normal(64 * 20 + 15), np.ones(16) / 16, "valid"))[:, None]
+            eeg = env * mix + 0.5 * rng.standard_normal((len(env), N_CHANS))
+            np.savez(data / f"DTU_S{s}_{t:03d}.npz", eeg=eeg.astype(np.float32), envelope=env.astype(np.float32))
+    run_dir = tmp_path / "runs"
+    args = [f"--data_dir={data}", *TINY, f"--run_dir={run_dir}", "--seeds=[1]", "--epochs=3", "--lr=1e-2",
+            "--split=time", "--monitor_recordings=['S3']"]
+    train.main(args)
+    cfg = config.parse(args)[0]
+    corpus = train.corpus_from_config(cfg)
+    s3 = [r for r in corpus.recordings if r.subject == "S3"]
+    assert len(s3) == 2 and all(set(r.parts) == {"monitor"} for r in s3)
+    assert all("monitor" not in r.parts for r in corpus.recordings if r.subject != "S3")
+    with open(run_dir / "ivlaai" / "seed-1" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(np.isfinite(float(row["monitor_r"])) for row in rows)
+    # the logged figure is the last epoch's weights scored on S3's whole trials
+    model, ck = train.load_model(run_dir / "ivlaai" / "seed-1" / "last.pt", torch.device("cpu"))
+    index = {s: i for i, s in enumerate(ck["subjects"])}
+    again = train.evaluate(model, s3, "monitor", torch.device("cpu"), index)["r"]
+    assert float(rows[-1]["monitor_r"]) == pytest.approx(again, abs=1e-5)
+    assert float(rows[-1]["monitor_r"]) > 0.3  # the envelope is in S3's EEG too: the figure means something
