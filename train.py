@@ -41,7 +41,8 @@ from tqdm import tqdm
 
 import config as config_module
 import newmodel
-from EEG_Dataset import DataError, WindowDataset, atomic_write_bytes, atomic_write_json, load_corpus, mean_by_subject
+from EEG_Dataset import (DataError, WindowDataset, atomic_write_bytes, atomic_write_json, load_corpus, mean_by_subject,
+                         natural_key)
 from metrics import pearson, pearson_loss
 
 DEMO_DIR = Path("xfdata")
@@ -266,7 +267,8 @@ def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, loca
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
 
-    subjects = corpus.subjects
+    # the listeners the model is trained on (a subject kept whole in val/monitor stays 'unseen' to it)
+    subjects = sorted({r.subject for r in corpus.with_part("train")}, key=natural_key)
     subject_index = {s: i for i, s in enumerate(subjects)}
     model_cfg = dict(cfg, n_chans=corpus.n_chans, n_subjects=len(subjects) if cfg["subject_embedding"] else 0)
     model = newmodel.build_model(cfg["model"], **model_cfg).to(device)

@@ -670,6 +670,7 @@ def test_monitor_recordings_are_scored_every_epoch_but_never_trained_on(tmp_path
     assert len(rows) == 3 and all(np.isfinite(float(row["monitor_r"])) for row in rows)
     # the logged figure is the last epoch's weights scored on S3's whole trials
     model, ck = train.load_model(run_dir / "ivlaai" / "seed-1" / "last.pt", torch.device("cpu"))
+    assert ck["subjects"] == ["S1", "S2"]  # S3 was never trained on, so it stays an unseen listener
     index = {s: i for i, s in enumerate(ck["subjects"])}
     again = train.evaluate(model, s3, "monitor", torch.device("cpu"), index)["r"]
     assert float(rows[-1]["monitor_r"]) == pytest.approx(again, abs=1e-5)
