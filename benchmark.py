@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -419,4 +420,8 @@ def plot(path: Path, summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, train_script.on_sigterm)  # kill = Ctrl-C: running seeds save last.pt
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)

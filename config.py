@@ -64,6 +64,7 @@ jobs = 1  # train this many seeds at once in separate processes (one per GPU whe
 # ---- outputs --------------------------------------------------------------------------------
 run_dir = "runs"  # checkpoints and logs go to run_dir/<model>/seed-<seed>/
 resume = False  # continue an interrupted run from its last.pt
+keep_epochs = False  # also keep every epoch's weights in epochs/epoch-NNN.pt (benchmarks/selection.py studies them)
 overwrite = False  # allow replacing an existing run or result folder (otherwise a clash stops)
 
 # ---- test / scoring -------------------------------------------------------------------------

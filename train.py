@@ -28,6 +28,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -403,6 +404,9 @@ def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, loca
                                                        cfg["amp"])["r"], 6)
             if lead:
                 write_log(out / "log.csv", rows)
+                if cfg["keep_epochs"]:  # weights of every epoch, for offline stopping-rule studies
+                    save_checkpoint(out / "epochs" / f"epoch-{epoch + 1:03d}.pt",
+                                    dict(meta, **rows[-1], model=eval_model.state_dict()))
                 if improved:
                     save_checkpoint(out / "best.pt", checkpoint(epoch + 1))
                 save_checkpoint(out / "last.pt", checkpoint(epoch + 1))
@@ -517,6 +521,9 @@ def run_pool(tasks: list[dict], jobs: int, gpus: list[str], on_done=None) -> lis
                     ended.append((key, proc.returncode))
     except KeyboardInterrupt:  # the children got the same Ctrl-C: let them save last.pt
         for proc, _, _ in running.values():
+            if TERMINATED:  # a SIGTERM reaches this process only: pass it on
+                proc.terminate()
+        for proc, _, _ in running.values():
             proc.wait()
         raise
     return failed
@@ -583,7 +590,19 @@ def main(argv=None) -> list[dict]:
     return results
 
 
+TERMINATED = False
+
+
+def on_sigterm(signum, frame) -> None:
+    """SIGTERM (``kill``, a job scheduler, a background job that ignores Ctrl-C) acts as Ctrl-C:
+    the current epoch's weights go to last.pt, and child processes are told too."""
+    global TERMINATED
+    TERMINATED = True
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         main()
     except KeyboardInterrupt:

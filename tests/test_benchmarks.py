@@ -131,3 +131,53 @@ def test_position_r_finds_where_a_model_decodes():
             return -x[..., :1]
     r0 = pr.position_r([Channel0(), Minus()], recs, window)
     assert np.allclose(np.nan_to_num(r0), 0.0, atol=1e-6)
+
+
+def test_selection_early_stop_and_weight_average():
+    import selection as sel
+    val = [0.1, 0.3, 0.2, 0.25, 0.4]
+    assert sel.early_stop(val, patience=2) == 1  # epochs 3 and 4 are not better: stop before 5
+    assert sel.early_stop(val, patience=3) == 4
+    assert sel.early_stop([0.2, 0.2, 0.2], patience=5) == 0  # ties do not count as better
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(4)}
+    avg = sel.average_weights([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 4
+
+
+def test_selection_study_reproduces_train_logs(tmp_path):
+    """benchmarks/selection.py on a tiny run: its K=1 curves are the val r and monitor r that
+    train.py logged, and 'best val' keeps train.py's best epoch."""
+    import csv
+
+    import selection as sel
+    import train
+    rng = np.random.default_rng(0)
+    data = tmp_path / "npz"
+    data.mkdir()
+    mix = rng.standard_normal(8)
+    for s in (1, 2, 3):
+        for t in range(2):
+            env = np.abs(np.convolve(rng.standard_normal(64 * 20 + 15), np.ones(16) / 16, "valid"))[:, None]
+            eeg = env * mix + 0.5 * rng.standard_normal((len(env), 8))
+            np.savez(data / f"DTU_S{s}_{t:03d}.npz", eeg=eeg.astype(np.float32), envelope=env.astype(np.float32))
+    run_dir = tmp_path / "runs"
+    train.main([f"--data_dir={data}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16",
+                "--window_s=1", "--batch_size=16", "--threads=1", "--epochs=4", "--patience=4", "--lr=1e-2",
+                "--seeds=[1]", "--monitor_recordings=['S3']", "--keep_epochs", f"--run_dir={run_dir}"])
+    seed_dir = run_dir / "ivlaai" / "seed-1"
+    with open(seed_dir / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    res = sel.main([f"--runs={seed_dir}", "--avg=1,2", "--fixed=2,4", "--patience=4", f"--out={tmp_path / 's.json'}"])
+    c = res["runs"][0]["curves"]
+    assert c["avg1"]["val_r"] == pytest.approx([float(r["val_r"]) for r in rows], abs=1e-5)
+    assert c["avg1"]["monitor_r"] == pytest.approx([float(r["monitor_r"]) for r in rows], abs=1e-5)
+    assert c["avg2"]["val_r"][0] == pytest.approx(c["avg1"]["val_r"][0], abs=1e-6)  # one epoch: nothing to average
+    assert c["avg2"]["val_r"][1:] != pytest.approx(c["avg1"]["val_r"][1:], abs=1e-6)
+    best = int(np.argmax([float(r["val_r"]) for r in rows]))
+    epoch, r = res["rules"][0]["best val, avg1"]
+    assert epoch == best + 1 and r == pytest.approx(float(rows[best]["monitor_r"]), abs=1e-5)
+    assert res["rules"][0]["epoch 4, avg1"][1] == pytest.approx(float(rows[3]["monitor_r"]), abs=1e-5)
+    assert (tmp_path / "s.json").exists()
+    with pytest.raises(SystemExit, match="keep_epochs"):
+        sel.main([f"--runs={run_dir / 'ivlaai'}"])  # not a seed directory with kept epochs

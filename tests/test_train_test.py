@@ -369,7 +369,10 @@ def test_resume_after_epoch_1_of_3_equals_an_uninterrupted_run(corpus, tmp_path,
 
 
 # ----------------------------------------------------------------------------------- 6. Ctrl-C
-def test_ctrl_c_saves_last_pt_and_resume_completes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_saves_last_pt_and_resume_completes(tmp_path, sig):
+    """Ctrl-C, and a plain ``kill`` (SIGTERM: schedulers, and background jobs, which ignore
+    Ctrl-C), both save the current weights to last.pt and exit cleanly."""
     corpus = make_corpus(tmp_path / "xfdata", minutes=3.0)
     run_dir = tmp_path / "runs"
     args = [f"--data_dir={corpus / 'split_data'}", f"--n_chans={N_CHANS}", "--model=ivlaai", "--ivlaai_blocks=2",
@@ -378,7 +381,7 @@ def test_ctrl_c_saves_last_pt_and_resume_completes(tmp_path):
     proc = start_train(args)
     try:
         lines = wait_for_line(proc, r"epoch\s+1\s")
-        proc.send_signal(signal.SIGINT)  # lands in epoch 2 (each epoch takes >1 s here)
+        proc.send_signal(sig)  # lands in epoch 2 (each epoch takes >1 s here)
         rest, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -675,3 +678,55 @@ def test_monitor_recordings_are_scored_every_epoch_but_never_trained_on(tmp_path
     again = train.evaluate(model, s3, "monitor", torch.device("cpu"), index)["r"]
     assert float(rows[-1]["monitor_r"]) == pytest.approx(again, abs=1e-5)
     assert float(rows[-1]["monitor_r"]) > 0.3  # the envelope is in S3's EEG too: the figure means something
+
+
+def test_sigterm_to_a_seed_sweep_reaches_the_seeds(tmp_path):
+    """``kill`` of a --jobs sweep (only the parent gets it, unlike Ctrl-C) is passed on to the
+    seeds it runs, which save their last.pt and can be resumed."""
+    corpus = make_corpus(tmp_path / "xfdata", minutes=3.0)
+    run_dir = tmp_path / "runs"
+    args = [f"--data_dir={corpus / 'split_data'}", f"--n_chans={N_CHANS}", "--model=ivlaai", "--ivlaai_blocks=2",
+            "--ivlaai_width=64", "--window_s=2", "--threads=1", "--patience=50", "--epochs=50",
+            f"--run_dir={run_dir}", "--seeds=[1,2]", "--jobs=2"]
+    proc = start_train(args)
+    try:
+        wait_for_line(proc, r"seed 2: started")
+        logs = [run_dir / "ivlaai" / "logs" / f"seed-{s}.log" for s in (1, 2)]
+        t0 = time.time()
+        while not all(p.exists() and re.search(r"epoch\s+1\s", p.read_text()) for p in logs):
+            assert time.time() - t0 < 120 and proc.poll() is None, "the seeds did not finish an epoch"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest
+    for s in (1, 2):
+        last = load(run_dir / "ivlaai" / f"seed-{s}" / "last.pt")
+        assert last["interrupted"] and not last["finished"] and 1 <= last["epoch"] < 50
+        assert "interrupted" in (run_dir / "ivlaai" / "logs" / f"seed-{s}.log").read_text()
+
+
+def test_keep_epochs_writes_the_weights_of_every_epoch(tmp_path):
+    """--keep_epochs: epochs/epoch-NNN.pt holds each epoch's evaluated weights and its log row, as
+    plain data; the last one equals last.pt's weights and evaluates to the logged val r."""
+    corpus = make_corpus(tmp_path / "xfdata", minutes=3.0)
+    run_dir = tmp_path / "runs"
+    args = [f"--data_dir={corpus / 'split_data'}", *TINY, f"--run_dir={run_dir}", "--seeds=[1]", "--epochs=3",
+            "--patience=3", "--keep_epochs"]
+    train.main(args)
+    out = run_dir / "ivlaai" / "seed-1"
+    files = sorted((out / "epochs").glob("*.pt"))
+    assert [f.name for f in files] == ["epoch-001.pt", "epoch-002.pt", "epoch-003.pt"]
+    rows = read_log(out / "log.csv")
+    eps = [load(f) for f in files]
+    assert [e["epoch"] for e in eps] == [1, 2, 3]
+    assert [e["val_r"] for e in eps] == pytest.approx([float(r["val_r"]) for r in rows])
+    assert same_tensors(eps[-1]["model"], load(out / "last.pt")["model"])
+    assert not same_tensors(eps[0]["model"], eps[-1]["model"])
+    model, ck = train.load_model(files[1], torch.device("cpu"))
+    corpus_ = train.corpus_from_config(config.parse(args)[0])
+    index = {s: i for i, s in enumerate(ck["subjects"])}
+    r = train.evaluate(model, corpus_.with_part("val"), "val", torch.device("cpu"), index)["r"]
+    assert r == pytest.approx(float(rows[1]["val_r"]), abs=1e-5)

@@ -1,0 +1,154 @@
+"""Which stopping rule picks the weights that decode new listeners best? An offline study.
+
+    python train.py --data_dir=../shared/data/dtu --exclude_subjects=[S10,S11,S12] --monitor_recordings=[S7,S8,S9] \
+        --epochs=30 --patience=30 --keep_epochs --seeds=[1,2] --run_dir=bench_runs/select/inner-S7-S9
+    python benchmarks/selection.py --runs=bench_runs/select/*/*/seed-* [--patience=10] [--avg=1,3,5] [--fixed=10,20,30]
+
+Each run must have been trained with ``--keep_epochs`` (the weights of every epoch) and
+``--monitor_recordings`` (whole recordings of listeners it never trains on, e.g. inner held-out
+subjects of the training set). For every epoch e and every K in ``--avg`` this scores the uniform
+average of the weights of epochs e-K+1..e (K=1: the epoch's own weights) on the run's validation
+parts and on its monitor recordings, then applies the stopping rules:
+
+- ``best val, avg K``: early stopping as train.py does it (the best validation r so far, stopping
+  after ``patience`` epochs without a better one), on the K-epoch averaged weights;
+- ``epoch N, avg K``: a fixed number of epochs.
+
+It prints, per rule, the monitor r of the weights the rule keeps (mean per monitor subject, then
+over subjects, as train.py reports it), per run and as mean ± sd over runs, and writes the whole
+table (every epoch, every K) to ``--out`` (JSON). The rules see validation r only; the monitor r
+is what they are judged by. Averaging is over weights; no model here uses batch statistics.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import newmodel  # noqa: E402
+from EEG_Dataset import atomic_write_json  # noqa: E402
+from train import corpus_from_config, evaluate, load_checkpoint  # noqa: E402
+
+OPTIONS = {"runs", "patience", "avg", "fixed", "out", "threads"}
+
+
+def early_stop(val: list[float], patience: int) -> int:
+    """Index of the epoch train.py's early stopping keeps, given the validation r of every epoch:
+    the best so far (strictly higher wins), stopping after ``patience`` epochs without one."""
+    best, best_i, bad = -np.inf, 0, 0
+    for i, v in enumerate(val):
+        if v > best:
+            best, best_i, bad = v, i, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    return best_i
+
+
+def average_weights(states: list[dict]) -> dict:
+    """Uniform average of state dicts (floating tensors averaged; others taken from the last)."""
+    out = {}
+    for k, v in states[-1].items():
+        out[k] = torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+    return out
+
+
+@torch.no_grad()
+def study_run(seed_dir: Path, avgs: list[int]) -> dict:
+    """val r and monitor r of every epoch's K-averaged weights of one run (seed directory)."""
+    files = sorted((seed_dir / "epochs").glob("epoch-*.pt"))
+    if not files:
+        raise SystemExit(f"{seed_dir}: no epochs/epoch-*.pt; train with --keep_epochs")
+    first = load_checkpoint(files[0])
+    cfg = first["config"]
+    if not cfg.get("monitor_recordings"):
+        raise SystemExit(f"{seed_dir}: trained without --monitor_recordings; nothing to judge the rules by")
+    corpus = corpus_from_config(cfg)
+    val, mon = corpus.with_part("val"), corpus.with_part("monitor")
+    index = {s: i for i, s in enumerate(first["subjects"])}
+    model = newmodel.build_model(first["model_name"], **dict(
+        cfg, n_chans=first["n_chans"], n_subjects=len(first["subjects"]) if cfg.get("subject_embedding") else 0)).eval()
+    device = torch.device("cpu")
+    states, epochs, table = [], [], {f"avg{k}": {"val_r": [], "monitor_r": []} for k in avgs}
+    for f in files:
+        ck = load_checkpoint(f)
+        if ck["epoch"] != len(epochs) + 1:
+            raise SystemExit(f"{f}: epoch {ck['epoch']} out of order (epochs kept: {len(epochs)})")
+        epochs.append(ck["epoch"])
+        states = (states + [ck["model"]])[-max(avgs):]
+        for k in avgs:
+            model.load_state_dict(average_weights(states[-k:]))
+            for part, recs in (("val", val), ("monitor", mon)):
+                table[f"avg{k}"][f"{part}_r"].append(evaluate(model, recs, part, device, index)["r"])
+    return {"dir": str(seed_dir), "model": first["model_name"], "seed": first["seed"], "epochs": epochs,
+            "monitor": sorted({r.subject for r in mon}), "curves": table}
+
+
+def apply_rules(run: dict, patience: int, fixed: list[int]) -> dict:
+    """{rule name: (chosen epoch, monitor r of the kept weights)} for one run."""
+    out = {}
+    for name, c in run["curves"].items():
+        i = early_stop(c["val_r"], patience)
+        out[f"best val, {name}"] = (run["epochs"][i], c["monitor_r"][i])
+        for n in fixed:
+            if n <= len(run["epochs"]):
+                out[f"epoch {n}, {name}"] = (n, c["monitor_r"][n - 1])
+    return out
+
+
+def main(argv=None) -> dict:
+    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in (sys.argv[1:] if argv is None else argv))
+    unknown = set(args) - OPTIONS
+    if unknown or "runs" not in args:
+        raise SystemExit(__doc__ + (f"\nunknown options: {sorted(unknown)}" if unknown else ""))
+    try:
+        patience = int(args.get("patience", "10"))
+        avgs = sorted({int(k) for k in args.get("avg", "1,3,5").split(",")})
+        fixed = [int(n) for n in args.get("fixed", "10,20,30").split(",") if n]
+    except ValueError as exc:
+        raise SystemExit(f"--patience, --avg and --fixed take integers: {exc}") from exc
+    if patience < 1 or min(avgs) < 1:
+        raise SystemExit("--patience and every --avg must be >= 1")
+    torch.set_num_threads(int(args.get("threads", "1")))
+    dirs = sorted({Path(p) for pat in args["runs"].split(",") for p in glob.glob(pat)})
+    if not dirs:
+        raise SystemExit(f"--runs={args['runs']}: no such run directories")
+    runs = [study_run(d, avgs) for d in dirs]
+    rules = [apply_rules(r, patience, fixed) for r in runs]
+    names = [n for n in rules[0] if all(n in x for x in rules)]
+    print(f"stopping rules judged by the monitor r of inner held-out listeners; patience {patience}; "
+          f"{len(runs)} runs")
+    print("| rule | " + " | ".join(f"{r['model']} s{r['seed']} {'/'.join(r['monitor'])}" for r in runs)
+          + " | mean per model |")
+    print("|---" * (len(runs) + 2) + "|")
+    summary = {}
+    for n in names:
+        cells = [f"{x[n][1]:.4f} (ep {x[n][0]})" for x in rules]
+        by_model = {}
+        for r, x in zip(runs, rules):
+            by_model.setdefault(r["model"], []).append(x[n][1])
+        summary[n] = {m: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                          "n": len(v)} for m, v in by_model.items()}
+        print(f"| {n} | " + " | ".join(cells) + " | "
+              + ", ".join(f"{m} {s['mean']:.4f} ± {s['sd']:.4f}" for m, s in summary[n].items()) + " |")
+    for r in runs:  # does validation r track the new listeners' r across epochs?
+        c = r["curves"]["avg1"] if "avg1" in r["curves"] else next(iter(r["curves"].values()))
+        cc = np.corrcoef(c["val_r"], c["monitor_r"])[0, 1] if len(c["val_r"]) > 2 else float("nan")
+        print(f"{r['dir']}: corr(val r, monitor r) over epochs {cc:.2f}")
+    result = {"patience": patience, "avg": avgs, "fixed": fixed, "runs": runs,
+              "rules": [{k: list(v) for k, v in x.items()} for x in rules], "summary": summary}
+    if args.get("out"):
+        atomic_write_json(Path(args["out"]), result)
+        print(f"written to {args['out']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
