@@ -20,6 +20,8 @@ over subjects; each trial standardized per channel. Model choices use validation
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import signal
@@ -140,9 +142,27 @@ def main(argv=None) -> dict:
                            "run_args": run_args, "eval_args": eval_args, "unseen_args": unseen_args,
                            "todo": set(cfg["seeds"])})
 
+    def scores_key(g: dict) -> dict:
+        """What a group's scores depend on: its seeds' best.pt (by content) and the scoring setup."""
+        return {"best_pt_sha256": {f"seed-{s}": hashlib.sha256(
+                    (g["run_dir"] / g["model"] / f"seed-{s}" / "best.pt").read_bytes()).hexdigest() for s in cfg["seeds"]},
+                "data_dir": str(cfg["data_dir"]), "eval_args": g["eval_args"], "unseen_args": g["unseen_args"]}
+
     def finish(g: dict) -> None:
-        """All seeds of a group are trained: seed summary, scoring, results files."""
+        """All seeds of a group are trained: seed summary, scoring, results files. The scores are
+        kept in run_dir/scores.json, so a resumed benchmark does not score the same models again."""
         t0 = time.time()
+        cache, key = g["run_dir"] / "scores.json", scores_key(g)
+        if cache.exists():
+            try:
+                kept = json.loads(cache.read_text())
+            except (OSError, json.JSONDecodeError):
+                kept = {}
+            if kept.get("key") == json.loads(json.dumps(key)):
+                print(f"  {g['proto']} {g['fold']} {g['label']}: scored earlier ({cache})", flush=True)
+                results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = kept["entry"]
+                write_results(out, results, cfg, time.time() - t_start)
+                return
         train_script.main([*g["run_args"], f"--seeds={cfg['seeds']}", "--jobs=1"])  # trains nothing now
         evals = {}
         for name, args in (("eval", g["eval_args"]), ("eval_unseen_speech", g["unseen_args"])):
@@ -160,6 +180,7 @@ def main(argv=None) -> dict:
         results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = {
             "eval": evals["eval"], "eval_unseen_speech": evals.get("eval_unseen_speech"), "val_r": val_r,
             "train_eval_s": round(train_s + time.time() - t0, 1)}
+        atomic_write_json(cache, {"key": key, "entry": results["runs"][g["proto"]][g["label"]][g["fold"]]})
         write_results(out, results, cfg, time.time() - t_start)
 
     if cfg["jobs"] == 1:

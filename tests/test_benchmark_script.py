@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,7 +31,7 @@ def write_dtu_like(folder: Path, n_trials: int = 10, T: int = 64 * 12, C: int = 
     return folder
 
 
-def test_benchmark_runs_both_protocols_with_parallel_seed_jobs_and_resumes(tmp_path):
+def test_benchmark_runs_both_protocols_with_parallel_seed_jobs_and_resumes(tmp_path, monkeypatch):
     data = write_dtu_like(tmp_path / "dtu")
     out = tmp_path / "bench"
     args = [f"--data_dir={data}", f"--out_dir={out}", "--protocols=[heldout,seen]", "--folds=[3]",
@@ -68,11 +69,28 @@ def test_benchmark_runs_both_protocols_with_parallel_seed_jobs_and_resumes(tmp_p
     best = out / "seen" / "trials-008-009" / "ivlaai" / "ivlaai" / "seed-1" / "best.pt"
     mtime = best.stat().st_mtime_ns
     log_sizes = {p: p.stat().st_size for p in out.rglob("logs/seed-*.log")}
+    scored = []
+    monkeypatch.setattr(benchmark.test_script, "main", lambda a: scored.append(a) or pytest.fail("scored again"))
     again = benchmark.main(args)
+    assert scored == []  # the scores of unchanged models come from each group's scores.json
     assert best.stat().st_mtime_ns == mtime
     # finished models are scored straight away, without starting a train.py process for them
     assert {p: p.stat().st_size for p in out.rglob("logs/seed-*.log")} == log_sizes
     assert again["summary"]["seen"]["ivlaai"]["trial"]["mean"] == summary["seen"]["ivlaai"]["trial"]["mean"]
+    assert again["summary"] == summary
+
+    # a model that changed (here: best.pt rewritten by a longer run) is scored again
+    ck = torch.load(best, weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    ck["model"] = {k: v + 0.3 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+                   for k, v in ck["model"].items()}
+    torch.save(ck, best)
+    monkeypatch.undo()
+    third = benchmark.main(args)
+    assert third["summary"]["seen"]["ivlaai"]["trial"]["seed_means"]["seed-2"] == \
+        summary["seen"]["ivlaai"]["trial"]["seed_means"]["seed-2"]
+    assert third["summary"]["seen"]["ivlaai"]["trial"]["per_subject_ensemble"] != \
+        summary["seen"]["ivlaai"]["trial"]["per_subject_ensemble"]
 
 
 def test_quick_settings_and_separate_output_folders():
