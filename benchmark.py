@@ -148,21 +148,9 @@ def main(argv=None) -> dict:
                     (g["run_dir"] / g["model"] / f"seed-{s}" / "best.pt").read_bytes()).hexdigest() for s in cfg["seeds"]},
                 "data_dir": str(cfg["data_dir"]), "eval_args": g["eval_args"], "unseen_args": g["unseen_args"]}
 
-    def finish(g: dict) -> None:
-        """All seeds of a group are trained: seed summary, scoring, results files. The scores are
-        kept in run_dir/scores.json, so a resumed benchmark does not score the same models again."""
+    def score(g: dict) -> dict:
+        """Seed summary and test scores of a group whose seeds are all trained."""
         t0 = time.time()
-        cache, key = g["run_dir"] / "scores.json", scores_key(g)
-        if cache.exists():
-            try:
-                kept = json.loads(cache.read_text())
-            except (OSError, json.JSONDecodeError):
-                kept = {}
-            if kept.get("key") == json.loads(json.dumps(key)):
-                print(f"  {g['proto']} {g['fold']} {g['label']}: scored earlier ({cache})", flush=True)
-                results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = kept["entry"]
-                write_results(out, results, cfg, time.time() - t_start)
-                return
         train_script.main([*g["run_args"], f"--seeds={cfg['seeds']}", "--jobs=1"])  # trains nothing now
         evals = {}
         for name, args in (("eval", g["eval_args"]), ("eval_unseen_speech", g["unseen_args"])):
@@ -177,10 +165,24 @@ def main(argv=None) -> dict:
             val_r[f"seed-{seed}"] = float(ck["best_val_r"])
             val_r.setdefault("epochs", {})[f"seed-{seed}"] = len(ck["history"]) if ck["history"] else 0
             train_s += log_seconds(seed_dir / "log.csv")
-        results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = {
-            "eval": evals["eval"], "eval_unseen_speech": evals.get("eval_unseen_speech"), "val_r": val_r,
-            "train_eval_s": round(train_s + time.time() - t0, 1)}
-        atomic_write_json(cache, {"key": key, "entry": results["runs"][g["proto"]][g["label"]][g["fold"]]})
+        return {"eval": evals["eval"], "eval_unseen_speech": evals.get("eval_unseen_speech"), "val_r": val_r,
+                "train_eval_s": round(train_s + time.time() - t0, 1)}
+
+    def finish(g: dict) -> None:
+        """All seeds of a group are trained: seed summary, scoring, results files. The scores are
+        kept in run_dir/scores.json, so a resumed benchmark does not score the same models again."""
+        cache, key = g["run_dir"] / "scores.json", scores_key(g)
+        try:
+            kept = json.loads(cache.read_text()) if cache.exists() else {}
+        except (OSError, json.JSONDecodeError):  # unreadable: score again and rewrite it
+            kept = {}
+        if kept.get("key") == json.loads(json.dumps(key)):
+            print(f"  {g['proto']} {g['fold']} {g['label']}: scored earlier ({cache})", flush=True)
+            entry = kept["entry"]
+        else:
+            entry = score(g)
+            atomic_write_json(cache, {"key": key, "entry": entry})
+        results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = entry
         write_results(out, results, cfg, time.time() - t_start)
 
     if cfg["jobs"] == 1:

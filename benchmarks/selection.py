@@ -22,7 +22,6 @@ is what they are judged by. Averaging is over weights; no model here uses batch 
 from __future__ import annotations
 
 import glob
-import json
 import sys
 from pathlib import Path
 
@@ -31,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import newmodel  # noqa: E402
 from EEG_Dataset import atomic_write_json  # noqa: E402
-from train import corpus_from_config, evaluate, load_checkpoint  # noqa: E402
+from train import corpus_from_config, evaluate, load_checkpoint, load_model  # noqa: E402
 
 OPTIONS = {"runs", "patience", "avg", "fixed", "out", "threads"}
 
@@ -66,16 +64,14 @@ def study_run(seed_dir: Path, avgs: list[int]) -> dict:
     files = sorted((seed_dir / "epochs").glob("epoch-*.pt"))
     if not files:
         raise SystemExit(f"{seed_dir}: no epochs/epoch-*.pt; train with --keep_epochs")
-    first = load_checkpoint(files[0])
+    device = torch.device("cpu")
+    model, first = load_model(files[0], device)
     cfg = first["config"]
     if not cfg.get("monitor_recordings"):
         raise SystemExit(f"{seed_dir}: trained without --monitor_recordings; nothing to judge the rules by")
     corpus = corpus_from_config(cfg)
     val, mon = corpus.with_part("val"), corpus.with_part("monitor")
     index = {s: i for i, s in enumerate(first["subjects"])}
-    model = newmodel.build_model(first["model_name"], **dict(
-        cfg, n_chans=first["n_chans"], n_subjects=len(first["subjects"]) if cfg.get("subject_embedding") else 0)).eval()
-    device = torch.device("cpu")
     states, epochs, table = [], [], {f"avg{k}": {"val_r": [], "monitor_r": []} for k in avgs}
     for f in files:
         ck = load_checkpoint(f)
