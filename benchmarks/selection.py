@@ -7,8 +7,9 @@
 Each run must have been trained with ``--keep_epochs`` (the weights of every epoch) and
 ``--monitor_recordings`` (whole recordings of listeners it never trains on, e.g. inner held-out
 subjects of the training set). For every epoch e and every K in ``--avg`` this scores the uniform
-average of the weights of epochs e-K+1..e (K=1: the epoch's own weights) on the run's validation
-parts and on its monitor recordings, then applies the stopping rules:
+average of the weights of epochs e-K+1..e on the run's validation parts and on its monitor
+recordings (K=1, the epoch's own weights, takes the val r and monitor r train.py logged in the
+epoch file), then applies the stopping rules:
 
 - ``best val, avg K``: early stopping as train.py does it (the best validation r so far, stopping
   after ``patience`` epochs without a better one), on the K-epoch averaged weights;
@@ -80,6 +81,10 @@ def study_run(seed_dir: Path, avgs: list[int]) -> dict:
         epochs.append(ck["epoch"])
         states = (states + [ck["model"]])[-max(avgs):]
         for k in avgs:
+            if k == 1:  # the epoch's own weights: train.py scored them already (tested to agree)
+                for part in ("val", "monitor"):
+                    table["avg1"][f"{part}_r"].append(float(ck[f"{part}_r"]))
+                continue
             model.load_state_dict(average_weights(states[-k:]))
             for part, recs in (("val", val), ("monitor", mon)):
                 table[f"avg{k}"][f"{part}_r"].append(evaluate(model, recs, part, device, index)["r"])
