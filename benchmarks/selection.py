@@ -19,10 +19,15 @@ It prints, per rule, the monitor r of the weights the rule keeps (mean per monit
 over subjects, as train.py reports it), per run and as mean ± sd over runs, and writes the whole
 table (every epoch, every K) to ``--out`` (JSON). The rules see validation r only; the monitor r
 is what they are judged by. Averaging is over weights; no model here uses batch statistics.
+Runs are grouped by study folder and model (``select/ivlaai``, ``select-w256/ivlaai``: a variant
+goes in its own study folder). Each run's curves are cached in ``<run>/selection.json``, so runs
+can be scored as they finish and the final table only reads the caches.
 """
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -59,12 +64,36 @@ def average_weights(states: list[dict]) -> dict:
     return out
 
 
-@torch.no_grad()
+def run_label(seed_dir: Path, model_name: str) -> str:
+    """What runs are grouped by: the study folder (two levels above the model folder, e.g.
+    'select' or 'select-w256' in bench_runs/<study>/<inner>/<model>/seed-N) and the model name, so
+    variants of one model trained into different study folders are kept apart."""
+    parts = seed_dir.resolve().parts
+    return f"{parts[-4]}/{model_name}" if len(parts) >= 4 else model_name
+
+
 def study_run(seed_dir: Path, avgs: list[int]) -> dict:
-    """val r and monitor r of every epoch's K-averaged weights of one run (seed directory)."""
+    """study_run_uncached, cached in <seed_dir>/selection.json, keyed by the sha256 of every kept
+    epoch file and the K values; a run that is still training or was extended is re-scored."""
     files = sorted((seed_dir / "epochs").glob("epoch-*.pt"))
     if not files:
         raise SystemExit(f"{seed_dir}: no epochs/epoch-*.pt; train with --keep_epochs")
+    key = {"avg": avgs, "epoch_sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}
+    cache = seed_dir / "selection.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["run"]
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass  # missing, malformed or stale: score again and rewrite it
+    run = study_run_uncached(seed_dir, files, avgs)
+    atomic_write_json(cache, {"key": key, "run": run})
+    return run
+
+
+@torch.no_grad()
+def study_run_uncached(seed_dir: Path, files: list[Path], avgs: list[int]) -> dict:
+    """val r and monitor r of every epoch's K-averaged weights of one run (seed directory)."""
     device = torch.device("cpu")
     model, first = load_model(files[0], device)
     cfg = first["config"]
@@ -88,7 +117,7 @@ def study_run(seed_dir: Path, avgs: list[int]) -> dict:
             model.load_state_dict(average_weights(states[-k:]))
             for part, recs in (("val", val), ("monitor", mon)):
                 table[f"avg{k}"][f"{part}_r"].append(evaluate(model, recs, part, device, index)["r"])
-    return {"dir": str(seed_dir), "model": first["model_name"], "seed": first["seed"], "epochs": epochs,
+    return {"dir": str(seed_dir), "model": run_label(seed_dir, first["model_name"]), "seed": first["seed"], "epochs": epochs,
             "monitor": sorted({r.subject for r in mon}), "curves": table}
 
 

@@ -1,4 +1,5 @@
 """Smoke tests for benchmarks/throughput.py and benchmarks/train_memory.py (tiny sizes, a few seconds)."""
+import json
 import os
 import sys
 from pathlib import Path
@@ -145,7 +146,7 @@ def test_selection_early_stop_and_weight_average():
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 4
 
 
-def test_selection_study_reproduces_train_logs(tmp_path):
+def test_selection_study_reproduces_train_logs(tmp_path, monkeypatch):
     """benchmarks/selection.py on a tiny run: its K=1 curves are the val r and monitor r that
     train.py logged, re-evaluating an epoch's weights reproduces them, and 'best val' keeps
     train.py's best epoch."""
@@ -182,5 +183,23 @@ def test_selection_study_reproduces_train_logs(tmp_path):
     assert epoch == best + 1 and r == pytest.approx(float(rows[best]["monitor_r"]), abs=1e-5)
     assert res["rules"][0]["epoch 4, avg1"][1] == pytest.approx(float(rows[3]["monitor_r"]), abs=1e-5)
     assert (tmp_path / "s.json").exists()
+    assert res["runs"][0]["model"].endswith("/ivlaai")
+    # the second call reads <run>/selection.json; a changed epoch file or other K values re-score
+    real = sel.study_run_uncached
+    calls = []
+    monkeypatch.setattr(sel, "study_run_uncached", lambda *a: calls.append(a) or real(*a))
+    again = sel.main([f"--runs={seed_dir}", "--avg=1,2", "--fixed=2,4", "--patience=4"])
+    assert calls == [] and again["runs"] == res["runs"]
+    sel.main([f"--runs={seed_dir}", "--avg=1,3", "--fixed=2,4", "--patience=4"])
+    assert len(calls) == 1
+    ck = torch.load(seed_dir / "epochs" / "epoch-002.pt", weights_only=True)
+    ck["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ck["model"].items()}
+    torch.save(ck, seed_dir / "epochs" / "epoch-002.pt")
+    changed = sel.main([f"--runs={seed_dir}", "--avg=1,3", "--fixed=2,4", "--patience=4"])
+    assert len(calls) == 2 and changed["runs"][0]["curves"]["avg3"]["val_r"][1] != pytest.approx(
+        res["runs"][0]["curves"]["avg2"]["val_r"][1], abs=1e-9)
+    (seed_dir / "selection.json").write_text("{not json")
+    sel.main([f"--runs={seed_dir}", "--avg=1,3", "--fixed=2,4", "--patience=4"])
+    assert len(calls) == 3 and json.loads((seed_dir / "selection.json").read_text())["key"]["avg"] == [1, 3]
     with pytest.raises(SystemExit, match="keep_epochs"):
         sel.main([f"--runs={run_dir / 'ivlaai'}"])  # not a seed directory with kept epochs
