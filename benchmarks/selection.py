@@ -171,7 +171,10 @@ def main(argv=None) -> dict:
     for r in runs:  # does validation r track the new listeners' r across epochs?
         c = r["curves"]["avg1"] if "avg1" in r["curves"] else next(iter(r["curves"].values()))
         cc = np.corrcoef(c["val_r"], c["monitor_r"])[0, 1] if len(c["val_r"]) > 2 else float("nan")
-        print(f"{r['dir']}: corr(val r, monitor r) over epochs {cc:.2f}")
+        half = c["monitor_r"][len(c["monitor_r"]) // 2:]  # the model's level once past the early epochs
+        print(f"{r['dir']}: corr(val r, monitor r) over epochs {cc:.2f}; monitor r over epochs "
+              f"{len(c['monitor_r']) - len(half) + 1}-{len(c['monitor_r'])}: mean {np.mean(half):.4f}, "
+              f"sd {np.std(half, ddof=1) if len(half) > 1 else 0.0:.4f}")
     result = {"patience": patience, "avg": avgs, "fixed": fixed, "runs": runs,
               "rules": [{k: list(v) for k, v in x.items()} for x in rules], "summary": summary}
     if args.get("out"):
