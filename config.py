@@ -52,6 +52,9 @@ batch_size = 64  # windows per step (the VLAAI recipe uses 64)
 lr = 1e-3  # Adam learning rate
 weight_decay = 0.0  # Adam weight decay (L2)
 ema_decay = 0.0  # >0: validate, keep and test an exponential moving average of the weights (e.g. 0.999)
+avg_epochs = 1  # >1: validate, keep and test the uniform average of the last avg_epochs epochs' weights
+select = "best_val"  # what best.pt keeps: 'best_val' (highest validation r; stop after patience epochs
+#   without a better one) or 'last' (the final epoch's weights; train all epochs, patience unused)
 grad_clip = 0.0  # clip the gradient norm to this (0: no clipping)
 num_workers = 0  # DataLoader worker processes (0: load in the training process)
 device = "auto"  # 'auto' (CUDA when present), 'cpu' or 'cuda'
@@ -124,6 +127,7 @@ _CHOICES = {
     "model": ("ivlaai", "vlaai", "linear", "linear_conv"),
     "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16"),
+    "select": ("best_val", "last"),
     "pre_align": ("auto", "trigger", "onset"),
     "pre_trigger_source": ("auto", "stim", "annotations"),
 }

@@ -7,8 +7,10 @@
     torchrun --nproc_per_node=2 train.py --batch_size=64   # data-parallel (DDP): 32 windows per rank
 
 For each seed: Adam on -Pearson over seeded, non-overlapping 5 s windows; validation Pearson r
-(whole validation parts, mean per subject then over subjects) after every epoch; early stopping
-with ``patience``. Outputs go to ``run_dir/<model>/seed-<seed>/``: ``best.pt``, ``last.pt``
+(whole validation parts, mean per subject then over subjects) after every epoch; ``best.pt``
+keeps the epoch with the best validation r, stopping after ``patience`` epochs without a better
+one (``--select=last``: the final epoch instead, no early stop). ``--avg_epochs=K`` validates and
+keeps the average of the last K epochs' weights (``--ema_decay``: an exponential average). Outputs go to ``run_dir/<model>/seed-<seed>/``: ``best.pt``, ``last.pt``
 (model, optimizer, epoch, best validation r, resolved config) and ``log.csv``. Files are written
 atomically; an existing run is never replaced unless ``--overwrite`` is given.
 
@@ -22,6 +24,7 @@ their ensemble on validation data the way test.py ensembles them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import math
@@ -48,7 +51,7 @@ from metrics import pearson, pearson_loss
 
 DEMO_DIR = Path("xfdata")
 # Keys that shape the model or the data it sees: a resumed run must keep them.
-ARCH_KEYS = ("model", "n_chans", "subject_embedding", "ema_decay", "window_s", "batch_size", "dropout", "data_dir", "subjects",
+ARCH_KEYS = ("model", "n_chans", "subject_embedding", "ema_decay", "avg_epochs", "select", "window_s", "batch_size", "dropout", "data_dir", "subjects",
              "exclude_subjects", "val_recordings", "test_recordings", "monitor_recordings", "split",
              *[k for k in newmodel.MODEL_DEFAULTS if k not in ("n_subjects",)])
 
@@ -232,6 +235,15 @@ def prepare_run_dir(out: Path, cfg: dict, dry_run: bool = False) -> None:
 # ----------------------------------------------------------------------------- training
 
 
+def average_state_dicts(states: list[dict]) -> dict:
+    """Uniform average of state dicts: floating tensors averaged (in float64, then cast back),
+    others (e.g. integer counters) taken from the last."""
+    out = {}
+    for k, v in states[-1].items():
+        out[k] = torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+    return out
+
+
 def finished_run(seed_dir: Path, cfg: dict, seed: int) -> dict | None:
     """The last.pt of ``seed_dir`` if that run is finished for ``cfg`` (same model and seed), else None.
 
@@ -292,6 +304,16 @@ def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, loca
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg["ema_decay"]), use_buffers=True)
     eval_model = ema.module if ema is not None else model
+    # Uniform average of the last avg_epochs epochs' weights (each taken at its epoch's end), for
+    # the same reason: an epoch is only ~13 steps, and single epochs swing on new listeners.
+    recent: list[dict] = []
+    if cfg["avg_epochs"] < 1:
+        raise SystemExit(f"--avg_epochs={cfg['avg_epochs']}: must be >= 1 (1: no averaging)")
+    if cfg["avg_epochs"] > 1:
+        if ema is not None:
+            raise SystemExit("--avg_epochs and --ema_decay both average the weights: use one of them")
+        eval_model = copy.deepcopy(model)
+    averaging = eval_model is not model
     window = int(round(cfg["window_s"] * cfg["fs"]))
     # Each rank takes a strided shard of the epoch's seeded window order and batch_size/world of
     # every batch, so one step of all ranks covers the same windows as one step of one process.
@@ -312,7 +334,11 @@ def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, loca
         if changed:
             raise SystemExit(f"{out / 'last.pt'}: cannot resume with a different model or data setup: "
                              + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
-        model.load_state_dict(ck["raw_model"] if ema is not None else ck["model"])
+        model.load_state_dict(ck["raw_model"] if averaging else ck["model"])
+        if averaging:
+            eval_model.load_state_dict(ck["model"])
+        if cfg["avg_epochs"] > 1:
+            recent = list(ck["recent_states"])
         if ema is not None:
             ema.module.load_state_dict(ck["model"])
             ema.n_averaged.copy_(ck["ema_n_averaged"])
@@ -333,7 +359,11 @@ def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, loca
     def checkpoint(epoch: int, finished=False, interrupted=False) -> dict:
         # 'model' holds the weights that are evaluated (the average when EMA is on), so test.py
         # needs no special case; the raw weights are kept for resuming.
-        extra = {} if ema is None else {"raw_model": model.state_dict(), "ema_n_averaged": ema.n_averaged.clone()}
+        extra = {} if not averaging else {"raw_model": model.state_dict()}
+        if ema is not None:
+            extra["ema_n_averaged"] = ema.n_averaged.clone()
+        if cfg["avg_epochs"] > 1:
+            extra["recent_states"] = recent
         return dict(meta, model=eval_model.state_dict(), optimizer=opt.state_dict(), epoch=epoch,
                     best_val_r=best_r, bad_epochs=bad_epochs, history=rows, torch_rng=torch.get_rng_state(),
                     finished=finished, interrupted=interrupted, **extra)
@@ -389,8 +419,11 @@ def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, loca
                 dist.all_reduce(stats)
                 total, count = float(stats[0]), float(stats[1])
             train_r = -total / max(count, 1)
+            if cfg["avg_epochs"] > 1:
+                recent = (recent + [{k: v.detach().clone() for k, v in model.state_dict().items()}])[-cfg["avg_epochs"]:]
+                eval_model.load_state_dict(average_state_dicts(recent))
             val = evaluate(eval_model, val_recs, "val", device, subject_index, cfg["amp"])
-            improved = val["r"] > best_r
+            improved = val["r"] > best_r or cfg["select"] == "last"  # 'last': every epoch replaces the kept one
             if improved:
                 best_r, bad_epochs = val["r"], 0
             else:

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from EEG_Dataset import atomic_write_json  # noqa: E402
-from train import corpus_from_config, evaluate, load_checkpoint, load_model  # noqa: E402
+from train import average_state_dicts, corpus_from_config, evaluate, load_checkpoint, load_model  # noqa: E402
 
 OPTIONS = {"runs", "patience", "avg", "fixed", "out", "threads"}
 
@@ -54,14 +54,6 @@ def early_stop(val: list[float], patience: int) -> int:
             if bad >= patience:
                 break
     return best_i
-
-
-def average_weights(states: list[dict]) -> dict:
-    """Uniform average of state dicts (floating tensors averaged; others taken from the last)."""
-    out = {}
-    for k, v in states[-1].items():
-        out[k] = torch.stack([s[k].double() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
-    return out
 
 
 def run_label(seed_dir: Path, model_name: str) -> str:
@@ -114,7 +106,7 @@ def study_run_uncached(seed_dir: Path, files: list[Path], avgs: list[int]) -> di
                 for part in ("val", "monitor"):
                     table["avg1"][f"{part}_r"].append(float(ck[f"{part}_r"]))
                 continue
-            model.load_state_dict(average_weights(states[-k:]))
+            model.load_state_dict(average_state_dicts(states[-k:]))
             for part, recs in (("val", val), ("monitor", mon)):
                 table[f"avg{k}"][f"{part}_r"].append(evaluate(model, recs, part, device, index)["r"])
     return {"dir": str(seed_dir), "model": run_label(seed_dir, first["model_name"]), "seed": first["seed"], "epochs": epochs,

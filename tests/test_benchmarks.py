@@ -142,7 +142,7 @@ def test_selection_early_stop_and_weight_average():
     assert sel.early_stop([0.2, 0.2, 0.2], patience=5) == 0  # ties do not count as better
     a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
     b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(4)}
-    avg = sel.average_weights([a, b])
+    avg = sel.average_state_dicts([a, b])
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 4
 
 

@@ -730,3 +730,55 @@ def test_keep_epochs_writes_the_weights_of_every_epoch(tmp_path):
     index = {s: i for i, s in enumerate(ck["subjects"])}
     r = train.evaluate(model, corpus_.with_part("val"), "val", torch.device("cpu"), index)["r"]
     assert r == pytest.approx(float(rows[1]["val_r"]), abs=1e-5)
+
+
+def test_avg_epochs_tests_the_average_of_the_last_epochs_and_resumes_exactly(corpus, tmp_path):
+    """--avg_epochs=K: what is validated and kept is the uniform average of the last K epochs'
+    weights, while training itself follows the raw weights (same trajectory as without averaging);
+    an interrupted averaging run resumes bit for bit."""
+    common = [*data_args(corpus), *TINY, "--seeds=[2]", "--patience=4", "--keep_epochs"]
+    raw, avg, split = tmp_path / "raw", tmp_path / "avg", tmp_path / "split"
+    train.main([*common, f"--run_dir={raw}", "--epochs=4"])
+    train.main([*common, f"--run_dir={avg}", "--epochs=4", "--avg_epochs=3"])
+    raw_eps = [load(raw / "ivlaai" / "seed-2" / "epochs" / f"epoch-00{e}.pt")["model"] for e in (1, 2, 3, 4)]
+    a = load(avg / "ivlaai" / "seed-2" / "last.pt")
+    assert same_tensors(a["raw_model"], raw_eps[-1])  # averaging does not change the training
+    want = train.average_state_dicts(raw_eps[1:])  # epochs 2-4
+    assert all(torch.allclose(a["model"][k].float(), want[k].float(), atol=1e-6) for k in want)
+    first = load(avg / "ivlaai" / "seed-2" / "epochs" / "epoch-001.pt")["model"]
+    assert same_tensors(first, raw_eps[0])  # one epoch: nothing to average yet
+    rows = read_log(avg / "ivlaai" / "seed-2" / "log.csv")
+    model, ck = train.load_model(avg / "ivlaai" / "seed-2" / "last.pt", torch.device("cpu"))
+    cfg = config.parse([*common, f"--run_dir={avg}"])[0]
+    val = train.corpus_from_config(cfg).with_part("val")
+    index = {s: i for i, s in enumerate(ck["subjects"])}
+    assert train.evaluate(model, val, "val", torch.device("cpu"), index)["r"] == pytest.approx(
+        float(rows[-1]["val_r"]), abs=1e-5)  # the logged val r is the averaged weights'
+    train.main([*common, f"--run_dir={split}", "--epochs=2", "--avg_epochs=3"])
+    train.main([*common, f"--run_dir={split}", "--epochs=4", "--avg_epochs=3", "--resume"])
+    b = load(split / "ivlaai" / "seed-2" / "last.pt")
+    assert same_tensors(a["model"], b["model"]) and same_tensors(a["raw_model"], b["raw_model"])
+    with pytest.raises(SystemExit, match="avg_epochs and --ema_decay"):
+        train.main([*common, f"--run_dir={tmp_path / 'both'}", "--avg_epochs=2", "--ema_decay=0.9"])
+    with pytest.raises(SystemExit, match="avg_epochs=0"):
+        train.main([*common, f"--run_dir={tmp_path / 'zero'}", "--avg_epochs=0"])
+
+
+def test_select_last_keeps_the_final_epoch_and_ignores_patience(corpus, tmp_path):
+    """--select=last: best.pt is the final epoch's weights and training runs every epoch even
+    when validation r does not improve (patience 1); the default keeps the best validation r."""
+    run_dir = tmp_path / "last"
+    train.main([*data_args(corpus), *TINY, "--seeds=[1]", "--epochs=4", "--patience=1", "--select=last",
+                f"--run_dir={run_dir}"])
+    out = run_dir / "ivlaai" / "seed-1"
+    rows = read_log(out / "log.csv")
+    best, last = load(out / "best.pt"), load(out / "last.pt")
+    assert len(rows) == 4 and best["epoch"] == 4 and same_tensors(best["model"], last["model"])
+    assert best["best_val_r"] == pytest.approx(float(rows[-1]["val_r"]), abs=1e-6)
+    val = [float(r["val_r"]) for r in rows]
+    assert max(val) > val[-1]  # so the default rule keeps another epoch, and patience 1 stops it early
+    train.main([*data_args(corpus), *TINY, "--seeds=[1]", "--epochs=4", "--patience=1", f"--run_dir={tmp_path / 'bv'}"])
+    bv = tmp_path / "bv" / "ivlaai" / "seed-1"
+    assert load(bv / "best.pt")["epoch"] == int(np.argmax(val)) + 1 and len(read_log(bv / "log.csv")) < 4
+    with pytest.raises(config.ConfigError, match="select"):
+        config.parse(["--select=worst"])
