@@ -256,8 +256,22 @@ def finished_run(seed_dir: Path, cfg: dict, seed: int) -> dict | None:
     ck = load_checkpoint(path)
     more = ck.get("history") and ck["epoch"] < cfg["epochs"] and ck.get("bad_epochs", 0) < cfg["patience"]
     if ck.get("finished") and not more and ck["model_name"] == cfg["model"] and ck["seed"] == seed:
+        check_same_setup(path, ck, cfg)
         return ck
     return None
+
+
+def check_same_setup(path: Path, ck: dict, cfg: dict) -> None:
+    """Stop when the run in ``path`` was made with other ARCH_KEYS than ``cfg`` asks for: neither
+    continuing it nor passing it off as finished would give the run that was asked for. A key the
+    checkpoint predates counts as its default (keys are added with the old behaviour as default)."""
+    base = config_module.defaults()
+    changed = {k: (ck["config"].get(k, base.get(k)), cfg[k]) for k in ARCH_KEYS
+               if ck["config"].get(k, base.get(k)) != cfg[k]}
+    if changed:
+        raise SystemExit(f"{path}: cannot resume with a different model or data setup: "
+                         + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
+                         + ". Use another --run_dir (or --overwrite to replace it).")
 
 
 def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, local_rank: int = 0) -> dict:
@@ -330,10 +344,7 @@ def train_seed(cfg: dict, seed: int, corpus, rank: int = 0, world: int = 1, loca
         ck = load_checkpoint(out / "last.pt")
         if ck["model_name"] != cfg["model"] or ck["seed"] != seed:
             raise SystemExit(f"{out / 'last.pt'}: holds {ck['model_name']} seed {ck['seed']}, not {cfg['model']} seed {seed}")
-        changed = {k: (ck["config"].get(k, cfg[k]), cfg[k]) for k in ARCH_KEYS if ck["config"].get(k, cfg[k]) != cfg[k]}
-        if changed:
-            raise SystemExit(f"{out / 'last.pt'}: cannot resume with a different model or data setup: "
-                             + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items()))
+        check_same_setup(out / "last.pt", ck, cfg)
         model.load_state_dict(ck["raw_model"] if averaging else ck["model"])
         if averaging:
             eval_model.load_state_dict(ck["model"])

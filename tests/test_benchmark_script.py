@@ -99,7 +99,18 @@ def test_quick_settings_and_separate_output_folders():
     assert quick["epochs"] == quick["patience"] == 6 and quick["out_dir"] == "bench_runs/quick"
     full = benchmark.parse_args([])
     assert full["folds"] == [0, 1, 2, 3] and full["seeds"] == [1, 2, 3] and full["out_dir"] == "bench_runs/full"
-    assert (full["lr"], full["epochs"], full["patience"]) == (3e-4, 30, 10)  # the recipe of docs/model.md
+    assert (full["lr"], full["patience"]) == (3e-4, 10)  # the recipe of docs/model.md
+    # held-out: 10 epochs keeping the average of epochs 6-10; seen: early stopping on trial 007
+    assert benchmark.recipe_args(full, "heldout") == ["--lr=0.0003", "--epochs=10", "--patience=10", "--select=last",
+                                                      "--avg_epochs=5"]
+    assert benchmark.recipe_args(full, "seen") == ["--lr=0.0003", "--epochs=30", "--patience=10", "--select=best_val",
+                                                   "--avg_epochs=1"]
+    assert benchmark.recipe_args(quick, "heldout")[1:] == ["--epochs=6", "--patience=6", "--select=last", "--avg_epochs=3"]
+    one = benchmark.parse_args(["--epochs=4", "--select=best_val"])  # a plain value is for every protocol
+    assert benchmark.recipe_args(one, "heldout")[1:4] == benchmark.recipe_args(one, "seen")[1:4] == \
+        ["--epochs=4", "--patience=10", "--select=best_val"]
+    with pytest.raises(SystemExit, match="--epochs: a per-protocol value needs exactly the keys"):
+        benchmark.parse_args(["--epochs={'heldout': 3}"])
     mine = benchmark.parse_args(["--quick", "--seeds=[4]", "--epochs=2", "--protocols=[seen]", "--out_dir=x"])
     assert (mine["seeds"], mine["epochs"], mine["protocols"], mine["out_dir"]) == ([4], 2, ["seen"], "x")
     with pytest.raises(SystemExit, match="unknown option --epoch"):

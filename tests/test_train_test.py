@@ -782,3 +782,24 @@ def test_select_last_keeps_the_final_epoch_and_ignores_patience(corpus, tmp_path
     assert load(bv / "best.pt")["epoch"] == int(np.argmax(val)) + 1 and len(read_log(bv / "log.csv")) < 4
     with pytest.raises(config.ConfigError, match="select"):
         config.parse(["--select=worst"])
+
+
+def test_a_finished_run_with_another_recipe_is_not_passed_off_as_done(corpus, tmp_path):
+    """--resume on a finished run made with another select/avg_epochs stops with the file and the
+    change (it is neither reused as if it were the run asked for, nor overwritten); a checkpoint
+    from before a key existed counts as that key's default."""
+    run_dir = tmp_path / "runs"
+    args = [*data_args(corpus), *TINY, "--seeds=[1]", "--epochs=1", f"--run_dir={run_dir}"]
+    train.main(args)
+    last = run_dir / "ivlaai" / "seed-1" / "last.pt"
+    before = file_bytes(run_dir / "ivlaai" / "seed-1")
+    with pytest.raises(SystemExit, match=r"last\.pt: cannot resume.*select was 'best_val', now 'last'"):
+        train.main([*args, "--resume", "--select=last"])
+    ck = load(last)
+    del ck["config"]["avg_epochs"]  # as written before --avg_epochs existed
+    torch.save(ck, last)
+    train.main([*args, "--resume"])  # the default: the same run, kept as finished
+    with pytest.raises(SystemExit, match=r"avg_epochs was 1, now 2"):
+        train.main([*args, "--resume", "--avg_epochs=2"])
+    assert {k: v for k, v in file_bytes(run_dir / "ivlaai" / "seed-1").items() if k != "last.pt"} == \
+        {k: v for k, v in before.items() if k != "last.pt"}
