@@ -663,6 +663,22 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_bytes(path, json.dumps(obj).encode())
 
 
+def json_cached(path, key, compute):
+    """(value, True) from the JSON cache ``path`` when it was written for ``key``; otherwise
+    (compute(), False), stored there atomically with its key. A missing, malformed or stale cache
+    is simply recomputed; ``key`` must be JSON data (compared after a JSON round trip)."""
+    path, key = Path(path), json.loads(json.dumps(key))
+    try:
+        kept = json.loads(path.read_text())
+        if kept.get("key") == key:
+            return kept["value"], True
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass
+    value = compute()
+    atomic_write_json(path, {"key": key, "value": value})
+    return value, False
+
+
 def write_predictions(result_dir, predictions: dict[str, dict[str, np.ndarray]]) -> list[Path]:
     """Write {subject: {segment_id: (T,) prediction}} as ``result_dir/sub-XXX.json`` files, atomically."""
     paths = []

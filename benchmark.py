@@ -21,7 +21,6 @@ over subjects; each trial standardized per channel. Model choices use validation
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import signal
@@ -34,7 +33,7 @@ import numpy as np
 import config
 import test as test_script
 import train as train_script
-from EEG_Dataset import atomic_write_bytes, atomic_write_json, natural_key
+from EEG_Dataset import atomic_write_bytes, atomic_write_json, json_cached, natural_key
 
 ROOT = Path(__file__).resolve().parent
 DTU_DEFAULT = str(ROOT.parent / "shared" / "data" / "dtu")
@@ -197,17 +196,10 @@ def main(argv=None) -> dict:
     def finish(g: dict) -> None:
         """All seeds of a group are trained: seed summary, scoring, results files. The scores are
         kept in run_dir/scores.json, so a resumed benchmark does not score the same models again."""
-        cache, key = g["run_dir"] / "scores.json", scores_key(g)
-        try:
-            kept = json.loads(cache.read_text()) if cache.exists() else {}
-        except (OSError, json.JSONDecodeError):  # unreadable: score again and rewrite it
-            kept = {}
-        if kept.get("key") == json.loads(json.dumps(key)):
+        cache = g["run_dir"] / "scores.json"
+        entry, hit = json_cached(cache, scores_key(g), lambda: score(g))
+        if hit:
             print(f"  {g['proto']} {g['fold']} {g['label']}: scored earlier ({cache})", flush=True)
-            entry = kept["entry"]
-        else:
-            entry = score(g)
-            atomic_write_json(cache, {"key": key, "entry": entry})
         results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = entry
         write_results(out, results, cfg, time.time() - t_start)
 

@@ -10,7 +10,8 @@ For each seed: Adam on -Pearson over seeded, non-overlapping 5 s windows; valida
 (whole validation parts, mean per subject then over subjects) after every epoch; ``best.pt``
 keeps the epoch with the best validation r, stopping after ``patience`` epochs without a better
 one (``--select=last``: the final epoch instead, no early stop). ``--avg_epochs=K`` validates and
-keeps the average of the last K epochs' weights (``--ema_decay``: an exponential average). Outputs go to ``run_dir/<model>/seed-<seed>/``: ``best.pt``, ``last.pt``
+keeps the average of the last K epochs' weights (``--ema_decay``: an exponential average).
+Outputs go to ``run_dir/<model>/seed-<seed>/``: ``best.pt``, ``last.pt``
 (model, optimizer, epoch, best validation r, resolved config) and ``log.csv``. Files are written
 atomically; an existing run is never replaced unless ``--overwrite`` is given.
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from EEG_Dataset import atomic_write_json  # noqa: E402
+from EEG_Dataset import atomic_write_json, json_cached  # noqa: E402
 from train import average_state_dicts, corpus_from_config, evaluate, load_checkpoint, load_model  # noqa: E402
 
 OPTIONS = {"runs", "patience", "avg", "fixed", "out", "threads"}
@@ -71,16 +70,7 @@ def study_run(seed_dir: Path, avgs: list[int]) -> dict:
     if not files:
         raise SystemExit(f"{seed_dir}: no epochs/epoch-*.pt; train with --keep_epochs")
     key = {"avg": avgs, "epoch_sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}
-    cache = seed_dir / "selection.json"
-    try:
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            return cached["run"]
-    except (OSError, ValueError, AttributeError, KeyError):
-        pass  # missing, malformed or stale: score again and rewrite it
-    run = study_run_uncached(seed_dir, files, avgs)
-    atomic_write_json(cache, {"key": key, "run": run})
-    return run
+    return json_cached(seed_dir / "selection.json", key, lambda: study_run_uncached(seed_dir, files, avgs))[0]
 
 
 @torch.no_grad()
