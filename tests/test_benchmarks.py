@@ -203,3 +203,38 @@ def test_selection_study_reproduces_train_logs(tmp_path, monkeypatch):
     assert len(calls) == 3 and json.loads((seed_dir / "selection.json").read_text())["key"]["avg"] == [1, 3]
     with pytest.raises(SystemExit, match="keep_epochs"):
         sel.main([f"--runs={run_dir / 'ivlaai'}"])  # not a seed directory with kept epochs
+
+
+def test_ablation_recipe_run_matches_study_run(tmp_path):
+    """benchmarks/ablation.py compares recipe runs (--select=last --avg_epochs=K) with the study's
+    kept-epoch runs at epoch N, average of K. The two must be the same weights: a recipe run of 3
+    epochs keeping the average of 3 scores on its inner listener exactly what the 4-epoch study run
+    of the same seed gives for 'epoch 3, average of 3'; an unfinished run is refused."""
+    import ablation
+    import train
+    rng = np.random.default_rng(1)
+    data = tmp_path / "npz"
+    data.mkdir()
+    mix = rng.standard_normal(8)
+    for s in (1, 2, 3):
+        for t in range(2):
+            env = np.abs(np.convolve(rng.standard_normal(64 * 20 + 15), np.ones(16) / 16, "valid"))[:, None]
+            eeg = env * mix + 0.5 * rng.standard_normal((len(env), 8))
+            np.savez(data / f"DTU_S{s}_{t:03d}.npz", eeg=eeg.astype(np.float32), envelope=env.astype(np.float32))
+    common = [f"--data_dir={data}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16",
+              "--window_s=1", "--batch_size=16", "--threads=1", "--lr=1e-2", "--seeds=[1]",
+              "--monitor_recordings=['S3']"]
+    study, recipe = tmp_path / "select" / "inner-S3", tmp_path / "ablate-base" / "inner-S3"
+    train.main([*common, "--epochs=4", "--patience=4", "--keep_epochs", f"--run_dir={study}"])
+    train.main([*common, "--epochs=3", "--select=last", "--avg_epochs=3", f"--run_dir={recipe}"])
+    res = ablation.main([f"--baseline={study}/ivlaai/seed-*", f"--runs={recipe}/ivlaai/seed-*", "--epochs=3",
+                         "--avg=3", f"--out={tmp_path / 'a.json'}"])
+    assert set(res) == {"select-ivlaai", "ablate-base"}
+    (b,), (r,) = res["select-ivlaai"]["runs"], res["ablate-base"]["runs"]
+    assert r["monitor_r"] == pytest.approx(b["monitor_r"], abs=1e-5) and r["val_r"] == pytest.approx(b["val_r"], abs=1e-5)
+    assert res["ablate-base"]["diff_mean"] == pytest.approx(0.0, abs=1e-5) and res["ablate-base"]["paired"] == 1
+    # the study run's own epoch-3 weights (no averaging) are another model: the comparison can tell
+    alone = ablation.main([f"--baseline={study}/ivlaai/seed-*", f"--runs={recipe}/ivlaai/seed-*", "--epochs=3", "--avg=1"])
+    assert alone["select-ivlaai"]["runs"][0]["monitor_r"] != pytest.approx(r["monitor_r"], abs=1e-6)
+    with pytest.raises(SystemExit, match="4 epochs logged with select='best_val'; a recipe run has 3 epochs"):
+        ablation.main([f"--baseline={tmp_path / 'none'}", f"--runs={study}/ivlaai/seed-*", "--epochs=3"])

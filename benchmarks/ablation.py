@@ -1,0 +1,105 @@
+"""ivlaai variants under the held-out recipe, judged on inner held-out listeners (validation data only).
+
+    benchmarks/ablation_runs.sh                   # trains bench_runs/ablate-<variant>/inner-*/ivlaai/seed-*
+    python benchmarks/ablation.py [--runs='bench_runs/ablate-*/*/*/seed-*'] [--baseline='bench_runs/select/*/*/seed-*']
+                                  [--out=bench_runs/ablate.json]
+
+Every ablation run trains with the recipe (10 epochs, average of epochs 6-10 kept), so the monitor
+r logged for its last epoch is the inner listeners' whole-trial r of the weights the benchmark
+keeps. The baseline is the stopping-rule study's runs (trained 30 epochs with every epoch kept):
+their "epoch 10, average of 5" weights are what a 10-epoch recipe run trains (there is no learning
+rate schedule), read from their selection.json cache (benchmarks/selection.py). Variants are
+compared with base ivlaai run by run (same inner listeners, same seed), the comparison that
+cancels the large differences between listener groups.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from EEG_Dataset import atomic_write_json  # noqa: E402
+from selection import study_run  # noqa: E402
+from train import load_checkpoint  # noqa: E402
+
+OPTIONS = {"runs", "baseline", "out", "epochs", "avg"}
+
+
+def recipe_run(seed_dir: Path, epochs: int) -> dict:
+    """Inner listeners' r of a finished recipe run: the monitor r logged for its last epoch."""
+    log = seed_dir / "log.csv"
+    if not log.exists():
+        print(f"{seed_dir}: no epoch finished yet, left out")
+        return None
+    with open(log) as f:
+        rows = list(csv.DictReader(f))
+    ck = load_checkpoint(seed_dir / "best.pt")
+    cfg = ck["config"]
+    if not cfg.get("monitor_recordings"):
+        raise SystemExit(f"{seed_dir}: trained without --monitor_recordings; nothing to judge it by")
+    if len(rows) < epochs and cfg["select"] == "last" and cfg["epochs"] == epochs:
+        print(f"{seed_dir}: still training ({len(rows)} of {epochs} epochs), left out")
+        return None
+    if len(rows) != epochs or cfg["select"] != "last":
+        raise SystemExit(f"{seed_dir}: {len(rows)} epochs logged with select={cfg['select']!r}; "
+                         f"a recipe run has {epochs} epochs and select='last'")
+    return {"variant": seed_dir.resolve().parts[-4], "inner": "/".join(cfg["monitor_recordings"]), "seed": ck["seed"],
+            "monitor_r": float(rows[-1]["monitor_r"]), "val_r": float(rows[-1]["val_r"]),
+            "avg_epochs": cfg["avg_epochs"], "params": sum(int(v.numel()) for v in ck["model"].values()),
+            "s_per_epoch": float(np.mean([float(r["seconds"]) for r in rows]))}
+
+
+def baseline_run(seed_dir: Path, epochs: int, avg: int) -> dict:
+    """The same figure for a stopping-rule study run: its epoch-`epochs`, average-of-`avg` weights."""
+    run = study_run(seed_dir, sorted({1, 3, 5, avg}))  # the study's K values: its cache is read, not recomputed
+    c = run["curves"][f"avg{avg}"]
+    ck = load_checkpoint(next(iter(sorted((seed_dir / "epochs").glob("epoch-*.pt")))))
+    return {"variant": run["model"].replace("/", "-"), "inner": "/".join(run["monitor"]), "seed": run["seed"],
+            "monitor_r": c["monitor_r"][epochs - 1], "val_r": c["val_r"][epochs - 1], "avg_epochs": avg,
+            "params": sum(int(v.numel()) for k, v in ck["model"].items()), "s_per_epoch": None}
+
+
+def main(argv=None) -> dict:
+    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in (sys.argv[1:] if argv is None else argv))
+    if set(args) - OPTIONS:
+        raise SystemExit(__doc__ + f"\nunknown options: {sorted(set(args) - OPTIONS)}")
+    epochs, avg = int(args.get("epochs", "10")), int(args.get("avg", "5"))
+    runs = [baseline_run(Path(d), epochs, avg) for d in sorted(glob.glob(args.get("baseline", "bench_runs/select/*/*/seed-*")))]
+    runs += [r for d in sorted(glob.glob(args.get("runs", "bench_runs/ablate-*/*/*/seed-*")))
+             if (r := recipe_run(Path(d), epochs)) is not None]
+    if not runs:
+        raise SystemExit("no runs found")
+    base = {(r["inner"], r["seed"]): r["monitor_r"] for r in runs if r["variant"] == "select-ivlaai"}
+    keys = sorted({(r["inner"], r["seed"]) for r in runs})
+    print(f"inner held-out listeners' trial r of the recipe's weights (epoch {epochs}, average of {avg}); "
+          "diff: against select-ivlaai, same inner listeners and seed (mean ± standard error, runs higher)")
+    print("| variant | params | " + " | ".join(f"{i} s{s}" for i, s in keys) + " | mean | diff vs ivlaai | s/epoch |")
+    print("|---" * (len(keys) + 5) + "|")
+    table = {}
+    for v in dict.fromkeys(r["variant"] for r in runs):
+        mine = {(r["inner"], r["seed"]): r for r in runs if r["variant"] == v}
+        d = np.array([mine[k]["monitor_r"] - base[k] for k in mine if k in base])
+        table[v] = {"runs": list(mine.values()), "mean": float(np.mean([r["monitor_r"] for r in mine.values()])),
+                    "diff_mean": float(d.mean()) if len(d) else None,
+                    "diff_sem": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
+                    "wins": int((d > 0).sum()), "paired": len(d)}
+        t = table[v]
+        diff = "-" if t["diff_sem"] is None else f"{t['diff_mean']:+.4f} ± {t['diff_sem']:.4f} ({t['wins']}/{t['paired']})"
+        sec = [r["s_per_epoch"] for r in mine.values() if r["s_per_epoch"]]
+        cells = " | ".join(f"{mine[k]['monitor_r']:.4f}" if k in mine else "-" for k in keys)
+        print(f"| {v} | {next(iter(mine.values()))['params']:,} | {cells} | {t['mean']:.4f} | {diff} | "
+              + (f"{np.mean(sec):.0f} |" if sec else "- |"))
+    if args.get("out"):
+        atomic_write_json(Path(args["out"]), {"epochs": epochs, "avg": avg, "variants": table})
+        print(f"written to {args['out']}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
