@@ -31,6 +31,22 @@ def npz_folder(tmp_path):
     return d
 
 
+@pytest.fixture
+def decodable_npz(tmp_path):
+    """Three subjects x two trials of 20 s 8-channel EEG that carries the envelope (a fixed mix plus
+    noise), DTU-style names: a tiny model learns it within a few epochs."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "decodable"
+    data.mkdir()
+    mix = rng.standard_normal(8)
+    for s in (1, 2, 3):
+        for t in range(2):
+            env = np.abs(np.convolve(rng.standard_normal(64 * 20 + 15), np.ones(16) / 16, "valid"))[:, None]
+            eeg = env * mix + 0.5 * rng.standard_normal((len(env), 8))
+            np.savez(data / f"DTU_S{s}_{t:03d}.npz", eeg=eeg.astype(np.float32), envelope=env.astype(np.float32))
+    return data
+
+
 def test_linear_and_conv_flops_are_exact():
     lin = torch.nn.Linear(16, 8)
     x = torch.randn(3, 5, 16)
@@ -146,7 +162,7 @@ def test_selection_early_stop_and_weight_average():
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 4
 
 
-def test_selection_study_reproduces_train_logs(tmp_path, monkeypatch):
+def test_selection_study_reproduces_train_logs(tmp_path, monkeypatch, decodable_npz):
     """benchmarks/selection.py on a tiny run: its K=1 curves are the val r and monitor r that
     train.py logged, re-evaluating an epoch's weights reproduces them, and 'best val' keeps
     train.py's best epoch."""
@@ -154,17 +170,8 @@ def test_selection_study_reproduces_train_logs(tmp_path, monkeypatch):
 
     import selection as sel
     import train
-    rng = np.random.default_rng(0)
-    data = tmp_path / "npz"
-    data.mkdir()
-    mix = rng.standard_normal(8)
-    for s in (1, 2, 3):
-        for t in range(2):
-            env = np.abs(np.convolve(rng.standard_normal(64 * 20 + 15), np.ones(16) / 16, "valid"))[:, None]
-            eeg = env * mix + 0.5 * rng.standard_normal((len(env), 8))
-            np.savez(data / f"DTU_S{s}_{t:03d}.npz", eeg=eeg.astype(np.float32), envelope=env.astype(np.float32))
     run_dir = tmp_path / "runs"
-    train.main([f"--data_dir={data}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16",
+    train.main([f"--data_dir={decodable_npz}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16",
                 "--window_s=1", "--batch_size=16", "--threads=1", "--epochs=4", "--patience=4", "--lr=1e-2",
                 "--seeds=[1]", "--monitor_recordings=['S3']", "--keep_epochs", f"--run_dir={run_dir}"])
     seed_dir = run_dir / "ivlaai" / "seed-1"
@@ -205,23 +212,14 @@ def test_selection_study_reproduces_train_logs(tmp_path, monkeypatch):
         sel.main([f"--runs={run_dir / 'ivlaai'}"])  # not a seed directory with kept epochs
 
 
-def test_ablation_recipe_run_matches_study_run(tmp_path):
+def test_ablation_recipe_run_matches_study_run(tmp_path, decodable_npz):
     """benchmarks/ablation.py compares recipe runs (--select=last --avg_epochs=K) with the study's
     kept-epoch runs at epoch N, average of K. The two must be the same weights: a recipe run of 3
     epochs keeping the average of 3 scores on its inner listener exactly what the 4-epoch study run
     of the same seed gives for 'epoch 3, average of 3'; an unfinished run is refused."""
     import ablation
     import train
-    rng = np.random.default_rng(1)
-    data = tmp_path / "npz"
-    data.mkdir()
-    mix = rng.standard_normal(8)
-    for s in (1, 2, 3):
-        for t in range(2):
-            env = np.abs(np.convolve(rng.standard_normal(64 * 20 + 15), np.ones(16) / 16, "valid"))[:, None]
-            eeg = env * mix + 0.5 * rng.standard_normal((len(env), 8))
-            np.savez(data / f"DTU_S{s}_{t:03d}.npz", eeg=eeg.astype(np.float32), envelope=env.astype(np.float32))
-    common = [f"--data_dir={data}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16",
+    common = [f"--data_dir={decodable_npz}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16",
               "--window_s=1", "--batch_size=16", "--threads=1", "--lr=1e-2", "--seeds=[1]",
               "--monitor_recordings=['S3']"]
     study, recipe = tmp_path / "select" / "inner-S3", tmp_path / "ablate-base" / "inner-S3"
