@@ -267,8 +267,8 @@ def check_same_setup(path: Path, ck: dict, cfg: dict) -> None:
     continuing it nor passing it off as finished would give the run that was asked for. A key the
     checkpoint predates counts as its default (keys are added with the old behaviour as default)."""
     base = config_module.defaults()
-    changed = {k: (ck["config"].get(k, base.get(k)), cfg[k]) for k in ARCH_KEYS
-               if ck["config"].get(k, base.get(k)) != cfg[k]}
+    was = {k: ck["config"].get(k, base.get(k)) for k in ARCH_KEYS}
+    changed = {k: (was[k], cfg[k]) for k in ARCH_KEYS if was[k] != cfg[k]}
     if changed:
         raise SystemExit(f"{path}: cannot resume with a different model or data setup: "
                          + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())

@@ -31,7 +31,12 @@ from train import load_checkpoint  # noqa: E402
 OPTIONS = {"runs", "baseline", "out", "epochs", "avg"}
 
 
-def recipe_run(seed_dir: Path, epochs: int) -> dict:
+def n_params(state: dict) -> int:
+    """Parameters (and buffers) in a checkpoint's model state."""
+    return sum(int(v.numel()) for v in state.values())
+
+
+def recipe_run(seed_dir: Path, epochs: int) -> dict | None:
     """Inner listeners' r of a finished recipe run: the monitor r logged for its last epoch."""
     log = seed_dir / "log.csv"
     if not log.exists():
@@ -51,7 +56,7 @@ def recipe_run(seed_dir: Path, epochs: int) -> dict:
                          f"a recipe run has {epochs} epochs and select='last'")
     return {"variant": seed_dir.resolve().parts[-4], "inner": "/".join(cfg["monitor_recordings"]), "seed": ck["seed"],
             "monitor_r": float(rows[-1]["monitor_r"]), "val_r": float(rows[-1]["val_r"]),
-            "avg_epochs": cfg["avg_epochs"], "params": sum(int(v.numel()) for v in ck["model"].values()),
+            "avg_epochs": cfg["avg_epochs"], "params": n_params(ck["model"]),
             "s_per_epoch": float(np.mean([float(r["seconds"]) for r in rows]))}
 
 
@@ -59,10 +64,10 @@ def baseline_run(seed_dir: Path, epochs: int, avg: int) -> dict:
     """The same figure for a stopping-rule study run: its epoch-`epochs`, average-of-`avg` weights."""
     run = study_run(seed_dir, sorted({1, 3, 5, avg}))  # the study's K values: its cache is read, not recomputed
     c = run["curves"][f"avg{avg}"]
-    ck = load_checkpoint(next(iter(sorted((seed_dir / "epochs").glob("epoch-*.pt")))))
+    ck = load_checkpoint(min((seed_dir / "epochs").glob("epoch-*.pt")))
     return {"variant": run["model"].replace("/", "-"), "inner": "/".join(run["monitor"]), "seed": run["seed"],
             "monitor_r": c["monitor_r"][epochs - 1], "val_r": c["val_r"][epochs - 1], "avg_epochs": avg,
-            "params": sum(int(v.numel()) for k, v in ck["model"].items()), "s_per_epoch": None}
+            "params": n_params(ck["model"]), "s_per_epoch": None}
 
 
 def main(argv=None) -> dict:
