@@ -40,6 +40,7 @@ ivlaai_context = 32  # ivlaai: output-context kernel (looks context-1 samples ba
 ivlaai_concat = True  # ivlaai: blocks see [EEG, all earlier outputs] concatenated (False: added, as VLAAI)
 ivlaai_separable = True  # ivlaai: depthwise-separable extractor convolutions
 ivlaai_shared = True  # ivlaai: one extractor + output context shared by all blocks (as VLAAI)
+ivlaai_chan_dropout = 0.0  # ivlaai: while training, zero each whole EEG input channel with this probability
 ivlaai_subject_dropout = 0.1  # ivlaai: while training, replace a subject by 'unknown' with this probability
 linear_lags = 26  # linear: EEG lags 0..linear_lags-1 samples after the envelope (26 = 0-400 ms at 64 Hz)
 linear_conv_taps = 32  # linear_conv: taps of the challenge's Conv1D linear baseline (500 ms)

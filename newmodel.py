@@ -52,6 +52,7 @@ MODEL_DEFAULTS = {
     "ivlaai_feat": 64,            # ivlaai: width of each block's output (per-block dense layer)
     "ivlaai_context": 32,         # ivlaai: output-context kernel (looks context-1 samples back)
     "ivlaai_subject_dropout": 0.1,  # ivlaai: training-time prob. of replacing a subject by 'unknown'
+    "ivlaai_chan_dropout": 0.0,   # ivlaai: training-time prob. of zeroing each whole EEG input channel
 }
 
 _LEAK = 0.3      # Keras LeakyReLU default slope
@@ -385,6 +386,9 @@ class ImprovedVLAAI(nn.Module):
     [0, n_subjects) (e.g. -1) and ``subject=None`` mean 'unknown subject' (no vector). While
     training, each subject is replaced by 'unknown' with prob. ``subject_dropout`` so the model
     also learns the unknown-subject case (held-out listeners).
+
+    ``chan_dropout`` > 0: while training, each EEG channel of each window is zeroed with this
+    probability (the rest scaled by 1 / (1 - p)), before the first block.
     """
 
     closed_form = False
@@ -392,13 +396,16 @@ class ImprovedVLAAI(nn.Module):
     def __init__(self, n_chans: int = 64, n_blocks: int = 4, concat: bool = True,
                  separable: bool = True, shared: bool = True, width: int = 128, layers: int = 5,
                  kernel: int = 8, feat: int = 64, context: int = 32, dropout: float = 0.2,
-                 n_subjects: int = 0, subject_dropout: float = 0.1):
+                 n_subjects: int = 0, subject_dropout: float = 0.1, chan_dropout: float = 0.0):
         super().__init__()
         if n_blocks < 1 or layers < 1 or kernel < 1 or context < 1:
             raise ValueError("ImprovedVLAAI: n_blocks, layers, kernel and context must be >= 1")
         self.n_chans, self.n_blocks, self.concat, self.shared = n_chans, n_blocks, concat, shared
         self.n_subjects = int(n_subjects or 0)
         self.subject_dropout = float(subject_dropout)
+        # Zeroes whole EEG channels of a window while training (an augmentation: the decoder cannot
+        # lean on one electrode, whose usefulness differs between listeners); off at eval.
+        self.chan_drop = nn.Dropout1d(chan_dropout) if chan_dropout > 0 else None
 
         if concat:
             self.proj = nn.ModuleList(nn.Linear(n_chans + i * feat, feat) for i in range(n_blocks))
@@ -441,6 +448,8 @@ class ImprovedVLAAI(nn.Module):
     def forward(self, eeg: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
         """eeg: (batch, time, n_chans), subject: optional (batch,) long -> (batch, time, 1)."""
         sub = self._subject_vector(subject, eeg.shape[0])
+        if self.chan_drop is not None:
+            eeg = self.chan_drop(eeg.transpose(1, 2)).transpose(1, 2)  # Dropout1d wants (batch, chans, time)
         base = self.stem(eeg) if self.stem is not None else None
         feats = [eeg]
         o = None
@@ -499,6 +508,7 @@ def _build_ivlaai(c):
         dropout=float(_get(c, "dropout")),
         n_subjects=int(_get(c, "n_subjects")),
         subject_dropout=float(_get(c, "ivlaai_subject_dropout")),
+        chan_dropout=float(_get(c, "ivlaai_chan_dropout")),
     )
 
 

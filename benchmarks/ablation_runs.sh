@@ -5,7 +5,8 @@
 # epochs 6-10), so the monitor r train.py logs for epoch 10 is the inner listeners' r of the
 # weights the benchmark would keep. Then:
 #   python benchmarks/ablation.py      # table against the study's own runs (bench_runs/select)
-# Usage: benchmarks/ablation_runs.sh [variant ...] (default: all); seeds with SEEDS="1 2".
+# Usage: benchmarks/ablation_runs.sh [variant ...] (default: the first ablation's four); seeds with
+# SEEDS="1 2", inner listener groups with INNERS="S7,S8,S9 S4,S5,S6".
 # Two shells with different variants use both cores. Rerunning skips finished runs, resumes others.
 set -e
 cd "$(dirname "$0")/.."
@@ -15,15 +16,21 @@ declare -A variants=(
   [nodrop]="--dropout=0.0"
   [unshared]="--ivlaai_shared=False"
   [base]=""
+  # new ideas (2026-11-25, session 15); variant options come last, so they override the recipe's
+  [chandrop]="--ivlaai_chan_dropout=0.2"
+  [drop3]="--dropout=0.3"
+  [bs32]="--batch_size=32"
+  [lr1e3]="--lr=1e-3"
+  [win10]="--window_s=10.0"
 )
 names=("${@:-add full nodrop unshared}")
 for seed in ${SEEDS:-1 2}; do
-  for inner in S7,S8,S9 S4,S5,S6; do
+  for inner in ${INNERS:-S7,S8,S9 S4,S5,S6}; do
     for name in ${names[@]}; do
       [ -n "${variants[$name]+x}" ] || { echo "unknown variant $name (${!variants[*]})" >&2; exit 2; }
       python train.py --data_dir=../shared/data/dtu --exclude_subjects=[S10,S11,S12] --monitor_recordings=[$inner] \
-        --split=time --model=ivlaai ${variants[$name]} --seeds=[$seed] --epochs=10 --select=last --avg_epochs=5 \
-        --lr=3e-4 --threads=1 --run_dir=bench_runs/ablate-$name/inner-${inner//,/-} --resume
+        --split=time --model=ivlaai --seeds=[$seed] --epochs=10 --select=last --avg_epochs=5 \
+        --lr=3e-4 --threads=1 ${variants[$name]} --run_dir=bench_runs/ablate-$name/inner-${inner//,/-} --resume
     done
   done
 done

@@ -25,6 +25,7 @@ IVLAAI_VARIANTS = {
     "ivlaai_unshared": dict(ivlaai_shared=False, ivlaai_blocks=3, ivlaai_width=32,
                             ivlaai_kernel=5, ivlaai_layers=3, ivlaai_context=9),
     "ivlaai_subjects": dict(n_subjects=5),
+    "ivlaai_chan_dropout": dict(ivlaai_chan_dropout=0.3),
 }
 CASES = {name: ("ivlaai" if name.startswith("ivlaai") and name != "ivlaai" else name,
                 IVLAAI_VARIANTS.get(name, {}))
@@ -208,6 +209,25 @@ def test_subject_embedding_semantics():
     # models that do not use subjects ignore them
     v = build_model("linear_conv")
     assert torch.equal(v(x), v(x, subject=torch.tensor([0, 1, 2, 0])))
+
+
+def test_channel_dropout_zeroes_whole_channels_in_training_only():
+    torch.manual_seed(0)
+    cfg = dict(ivlaai_width=16, ivlaai_blocks=2, dropout=0.0)
+    m = build_model("ivlaai", ivlaai_chan_dropout=0.5, **cfg)
+    plain = build_model("ivlaai", **cfg)
+    plain.load_state_dict(m.state_dict())              # no new parameters
+    seen = []
+    m.proj[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0][..., :64].detach()))
+    x = torch.randn(8, 50, 64) + 3.0                   # no channel is zero by chance
+    m.train()(x)
+    eeg_in = seen[-1]
+    zeroed = (eeg_in == 0).all(dim=1)                  # (batch, chans): whole channel over time
+    kept = torch.isclose(eeg_in, 2 * x).all(dim=1)     # survivors scaled by 1 / (1 - p)
+    assert (zeroed | kept).all()
+    assert 0.3 < zeroed.float().mean() < 0.7
+    assert not torch.equal(zeroed[0], zeroed[1])       # drawn per window
+    assert torch.equal(m.eval()(x), plain.eval()(x))   # evaluation is untouched
 
 
 # ---------------------------------------------------------------------------------------------
