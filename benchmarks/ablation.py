@@ -11,6 +11,10 @@ their "epoch 10, average of 5" weights are what a 10-epoch recipe run trains (th
 rate schedule), read from their selection.json cache (benchmarks/selection.py). Variants are
 compared with base ivlaai run by run (same inner listeners, same seed), the comparison that
 cancels the large differences between listener groups.
+
+``--judge=unseen`` compares the same runs on the inner listeners' unseen speech instead (the last
+10 % of each of their trials, which no model trained on; see benchmarks/selection.py): the recipe
+weights (best.pt) are scored there, and the baseline's from its ``unseen.json`` cache.
 """
 from __future__ import annotations
 
@@ -25,10 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from EEG_Dataset import atomic_write_json  # noqa: E402
-from selection import study_run  # noqa: E402
-from train import load_checkpoint  # noqa: E402
+import torch  # noqa: E402
 
-OPTIONS = {"runs", "baseline", "out", "epochs", "avg"}
+from selection import inner_unseen, study_run, unseen_run  # noqa: E402
+from train import evaluate, load_checkpoint, load_model  # noqa: E402
+
+OPTIONS = {"runs", "baseline", "out", "epochs", "avg", "judge"}
+
+
+@torch.no_grad()
+def unseen_r(seed_dir: Path) -> float:
+    """Inner listeners' unseen-speech r of a run's kept weights (best.pt)."""
+    model, ck = load_model(seed_dir / "best.pt", torch.device("cpu"))
+    recs = inner_unseen(ck["config"])
+    return evaluate(model, recs, "test", torch.device("cpu"), {s: i for i, s in enumerate(ck["subjects"])})["r"]
 
 
 def n_params(state: dict) -> int:
@@ -36,7 +50,7 @@ def n_params(state: dict) -> int:
     return sum(int(v.numel()) for v in state.values())
 
 
-def recipe_run(seed_dir: Path, epochs: int) -> dict | None:
+def recipe_run(seed_dir: Path, epochs: int, judge: str = "monitor") -> dict | None:
     """Inner listeners' r of a finished recipe run: the monitor r logged for its last epoch."""
     log = seed_dir / "log.csv"
     if not log.exists():
@@ -55,15 +69,18 @@ def recipe_run(seed_dir: Path, epochs: int) -> dict | None:
         raise SystemExit(f"{seed_dir}: {len(rows)} epochs logged with select={cfg['select']!r}; "
                          f"a recipe run has {epochs} epochs and select='last'")
     return {"variant": seed_dir.resolve().parts[-4], "inner": "/".join(cfg["monitor_recordings"]), "seed": ck["seed"],
-            "monitor_r": float(rows[-1]["monitor_r"]), "val_r": float(rows[-1]["val_r"]),
+            "monitor_r": float(rows[-1]["monitor_r"]) if judge == "monitor" else unseen_r(seed_dir), "val_r": float(rows[-1]["val_r"]),
             "avg_epochs": cfg["avg_epochs"], "params": n_params(ck["model"]),
             "s_per_epoch": float(np.mean([float(r["seconds"]) for r in rows]))}
 
 
-def baseline_run(seed_dir: Path, epochs: int, avg: int) -> dict:
+def baseline_run(seed_dir: Path, epochs: int, avg: int, judge: str = "monitor") -> dict:
     """The same figure for a stopping-rule study run: its epoch-`epochs`, average-of-`avg` weights."""
-    run = study_run(seed_dir, sorted({1, 3, 5, avg}))  # the study's K values: its cache is read, not recomputed
+    avgs = sorted({1, 3, 5, avg})  # the study's K values: its caches are read, not recomputed
+    run = study_run(seed_dir, avgs)
     c = run["curves"][f"avg{avg}"]
+    if judge == "unseen":
+        c = dict(c, monitor_r=unseen_run(seed_dir, avgs)[f"avg{avg}"])
     ck = load_checkpoint(min((seed_dir / "epochs").glob("epoch-*.pt")))
     return {"variant": run["model"].replace("/", "-"), "inner": "/".join(run["monitor"]), "seed": run["seed"],
             "monitor_r": c["monitor_r"][epochs - 1], "val_r": c["val_r"][epochs - 1], "avg_epochs": avg,
@@ -75,14 +92,19 @@ def main(argv=None) -> dict:
     if set(args) - OPTIONS:
         raise SystemExit(__doc__ + f"\nunknown options: {sorted(set(args) - OPTIONS)}")
     epochs, avg = int(args.get("epochs", "10")), int(args.get("avg", "5"))
-    runs = [baseline_run(Path(d), epochs, avg) for d in sorted(glob.glob(args.get("baseline", "bench_runs/select/*/*/seed-*")))]
+    judge = args.get("judge", "monitor")
+    if judge not in ("monitor", "unseen"):
+        raise SystemExit(f"--judge={judge}: use 'monitor' (whole trials) or 'unseen' (their last 10 %)")
+    torch.set_num_threads(1)
+    runs = [baseline_run(Path(d), epochs, avg, judge)
+            for d in sorted(glob.glob(args.get("baseline", "bench_runs/select/*/*/seed-*")))]
     runs += [r for d in sorted(glob.glob(args.get("runs", "bench_runs/ablate-*/*/*/seed-*")))
-             if (r := recipe_run(Path(d), epochs)) is not None]
+             if (r := recipe_run(Path(d), epochs, judge)) is not None]
     if not runs:
         raise SystemExit("no runs found")
     base = {(r["inner"], r["seed"]): r["monitor_r"] for r in runs if r["variant"] == "select-ivlaai"}
     keys = sorted({(r["inner"], r["seed"]) for r in runs})
-    print(f"inner held-out listeners' trial r of the recipe's weights (epoch {epochs}, average of {avg}); "
+    print(f"inner held-out listeners' {'trial' if judge == 'monitor' else 'unseen-speech (last 10 %)'} r of the recipe's weights (epoch {epochs}, average of {avg}); "
           "diff: against select-ivlaai, same inner listeners and seed (mean ± standard error, runs higher)")
     print("| variant | params | " + " | ".join(f"{i} s{s}" for i, s in keys) + " | mean | diff vs ivlaai | s/epoch |")
     print("|---" * (len(keys) + 5) + "|")
@@ -101,7 +123,7 @@ def main(argv=None) -> dict:
         print(f"| {v} | {next(iter(mine.values()))['params']:,} | {cells} | {t['mean']:.4f} | {diff} | "
               + (f"{np.mean(sec):.0f} |" if sec else "- |"))
     if args.get("out"):
-        atomic_write_json(Path(args["out"]), {"epochs": epochs, "avg": avg, "variants": table})
+        atomic_write_json(Path(args["out"]), {"judge": judge, "epochs": epochs, "avg": avg, "variants": table})
         print(f"written to {args['out']}")
     return table
 

@@ -15,6 +15,11 @@ epoch file), then applies the stopping rules:
   after ``patience`` epochs without a better one), on the K-epoch averaged weights;
 - ``epoch N, avg K``: a fixed number of epochs.
 
+``--judge=unseen`` judges the same rules by the inner listeners' unseen speech instead of their
+whole trials: the last 10 % of each of their recordings, the one part of ../shared/data/dtu that is
+a new listener *and* speech no model trained on (every trial there carries the same envelope).
+Those curves are cached in ``<run>/unseen.json``.
+
 It prints, per rule, the monitor r of the weights the rule keeps (mean per monitor subject, then
 over subjects, as train.py reports it), per run and as mean ± sd over runs, and writes the whole
 table (every epoch, every K) to ``--out`` (JSON). The rules see validation r only; the monitor r
@@ -38,7 +43,8 @@ import torch  # noqa: E402
 from EEG_Dataset import atomic_write_json, json_cached  # noqa: E402
 from train import average_state_dicts, corpus_from_config, evaluate, load_checkpoint, load_model  # noqa: E402
 
-OPTIONS = {"runs", "patience", "avg", "fixed", "out", "threads"}
+OPTIONS = {"runs", "patience", "avg", "fixed", "out", "threads", "judge"}
+JUDGES = ("monitor", "unseen")
 
 
 def early_stop(val: list[float], patience: int) -> int:
@@ -103,6 +109,44 @@ def study_run_uncached(seed_dir: Path, files: list[Path], avgs: list[int]) -> di
             "monitor": sorted({r.subject for r in mon}), "curves": table}
 
 
+def inner_unseen(cfg: dict) -> list:
+    """The inner listeners' unseen speech: the last 10 % (time split's test part) of each of their
+    recordings. In ../shared/data/dtu every trial carries the same 50 s of speech and training
+    sees seconds 0-40 of it, so a whole monitor trial is 80 % speech the model was trained on;
+    this part is both a new listener and new speech (validation data only: the inner listeners
+    belong to the training set, the test subjects are never read)."""
+    c = dict(cfg, subjects=list(cfg["monitor_recordings"]), exclude_subjects=None, val_recordings=None,
+             test_recordings=None, monitor_recordings=None, split="time")
+    return corpus_from_config(c).with_part("test")
+
+
+def unseen_run(seed_dir: Path, avgs: list[int]) -> dict:
+    """{'avgK': [inner listeners' unseen-speech r per epoch]}, cached in <seed_dir>/unseen.json
+    (keyed like selection.json)."""
+    files = sorted((seed_dir / "epochs").glob("epoch-*.pt"))
+    if not files:
+        raise SystemExit(f"{seed_dir}: no epochs/epoch-*.pt; train with --keep_epochs")
+    key = {"avg": avgs, "epoch_sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}
+    return json_cached(seed_dir / "unseen.json", key, lambda: unseen_run_uncached(files, avgs))[0]
+
+
+@torch.no_grad()
+def unseen_run_uncached(files: list[Path], avgs: list[int]) -> dict:
+    device = torch.device("cpu")
+    model, first = load_model(files[0], device)
+    if not first["config"].get("monitor_recordings"):
+        raise SystemExit(f"{files[0]}: trained without --monitor_recordings; no inner listeners")
+    recs = inner_unseen(first["config"])
+    index = {s: i for i, s in enumerate(first["subjects"])}
+    states, table = [], {f"avg{k}": [] for k in avgs}
+    for f in files:
+        states = (states + [load_checkpoint(f)["model"]])[-max(avgs):]
+        for k in avgs:
+            model.load_state_dict(average_state_dicts(states[-k:]))
+            table[f"avg{k}"].append(evaluate(model, recs, "test", device, index)["r"])
+    return table
+
+
 def apply_rules(run: dict, patience: int, fixed: list[int]) -> dict:
     """{rule name: (chosen epoch, monitor r of the kept weights)} for one run."""
     out = {}
@@ -132,11 +176,18 @@ def main(argv=None) -> dict:
     dirs = sorted({Path(p) for pat in args["runs"].split(",") for p in glob.glob(pat)})
     if not dirs:
         raise SystemExit(f"--runs={args['runs']}: no such run directories")
+    judge = args.get("judge", "monitor")
+    if judge not in JUDGES:
+        raise SystemExit(f"--judge={judge}: use one of {JUDGES}")
     runs = [study_run(d, avgs) for d in dirs]
+    if judge == "unseen":  # judge the same rules by the inner listeners' unseen speech instead
+        for d, r in zip(dirs, runs):
+            for k, curve in unseen_run(d, avgs).items():
+                r["curves"][k]["monitor_r"] = curve
     rules = [apply_rules(r, patience, fixed) for r in runs]
     names = [n for n in rules[0] if all(n in x for x in rules)]
-    print(f"stopping rules judged by the monitor r of inner held-out listeners; patience {patience}; "
-          f"{len(runs)} runs")
+    print(f"stopping rules judged by the {'whole-trial' if judge == 'monitor' else 'unseen-speech (last 10 %)'} r "
+          f"of inner held-out listeners; patience {patience}; {len(runs)} runs")
     print("| rule | " + " | ".join(f"{r['model']} s{r['seed']} {'/'.join(r['monitor'])}" for r in runs)
           + " | mean per model |")
     print("|---" * (len(runs) + 2) + "|")
@@ -157,7 +208,7 @@ def main(argv=None) -> dict:
         print(f"{r['dir']}: corr(val r, monitor r) over epochs {cc:.2f}; monitor r over epochs "
               f"{len(c['monitor_r']) - len(half) + 1}-{len(c['monitor_r'])}: mean {np.mean(half):.4f}, "
               f"sd {np.std(half, ddof=1) if len(half) > 1 else 0.0:.4f}")
-    result = {"patience": patience, "avg": avgs, "fixed": fixed, "runs": runs,
+    result = {"judge": judge, "patience": patience, "avg": avgs, "fixed": fixed, "runs": runs,
               "rules": [{k: list(v) for k, v in x.items()} for x in rules], "summary": summary}
     if args.get("out"):
         atomic_write_json(Path(args["out"]), result)

@@ -212,6 +212,32 @@ def test_selection_study_reproduces_train_logs(tmp_path, monkeypatch, decodable_
         sel.main([f"--runs={run_dir / 'ivlaai'}"])  # not a seed directory with kept epochs
 
 
+def test_selection_unseen_judge_matches_test_py(tmp_path, decodable_npz):
+    """--judge=unseen scores the inner listeners' last 10 % exactly as benchmark.py scores the
+    test subjects' unseen speech (test.py --split=time), and judges the rules by it."""
+    import selection as sel
+    import test as test_script
+    import train
+    run_dir = tmp_path / "runs"
+    train.main([f"--data_dir={decodable_npz}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16",
+                "--window_s=1", "--batch_size=16", "--threads=1", "--epochs=3", "--patience=3", "--lr=1e-2",
+                "--seeds=[1]", "--monitor_recordings=['S3']", "--keep_epochs", "--select=last", f"--run_dir={run_dir}"])
+    seed_dir = run_dir / "ivlaai" / "seed-1"
+    whole = sel.main([f"--runs={seed_dir}", "--avg=1", "--fixed=3", "--patience=3"])
+    res = sel.main([f"--runs={seed_dir}", "--avg=1", "--fixed=3", "--patience=3", "--judge=unseen"])
+    assert res["judge"] == "unseen" and (seed_dir / "unseen.json").exists()
+    unseen = res["runs"][0]["curves"]["avg1"]["monitor_r"]
+    assert unseen != pytest.approx(whole["runs"][0]["curves"]["avg1"]["monitor_r"], abs=1e-4)
+    ev = test_script.main([f"--run_dir={run_dir}", "--model=ivlaai", "--seeds=[1]", "--test_dir=None",
+                           f"--eval_dir={decodable_npz}", "--subjects=['S3']", "--split=time",
+                           f"--result_dir={tmp_path / 'unseen'}", "--n_chans=8"])["eval"]
+    r_test = float(np.mean(list(ev["per_seed"]["seed-1"]["per_subject"].values())))
+    assert unseen[-1] == pytest.approx(r_test, abs=1e-5)  # best.pt = the last epoch (select=last)
+    assert res["rules"][0]["epoch 3, avg1"][1] == pytest.approx(r_test, abs=1e-5)
+    with pytest.raises(SystemExit, match="judge"):
+        sel.main([f"--runs={seed_dir}", "--judge=bogus"])
+
+
 def test_ablation_recipe_run_matches_study_run(tmp_path, decodable_npz):
     """benchmarks/ablation.py compares recipe runs (--select=last --avg_epochs=K) with the study's
     kept-epoch runs at epoch N, average of K. The two must be the same weights: a recipe run of 3
@@ -231,6 +257,12 @@ def test_ablation_recipe_run_matches_study_run(tmp_path, decodable_npz):
     (b,), (r,) = res["select-ivlaai"]["runs"], res["ablate-base"]["runs"]
     assert r["monitor_r"] == pytest.approx(b["monitor_r"], abs=1e-5) and r["val_r"] == pytest.approx(b["val_r"], abs=1e-5)
     assert res["ablate-base"]["diff_mean"] == pytest.approx(0.0, abs=1e-5) and res["ablate-base"]["paired"] == 1
+    # judged by the inner listener's unseen speech: the same weights agree there too, on another figure
+    un = ablation.main([f"--baseline={study}/ivlaai/seed-*", f"--runs={recipe}/ivlaai/seed-*", "--epochs=3",
+                        "--avg=3", "--judge=unseen"])
+    (bu,), (ru,) = un["select-ivlaai"]["runs"], un["ablate-base"]["runs"]
+    assert ru["monitor_r"] == pytest.approx(bu["monitor_r"], abs=1e-5)
+    assert ru["monitor_r"] != pytest.approx(r["monitor_r"], abs=1e-4)
     # the study run's own epoch-3 weights (no averaging) are another model: the comparison can tell
     alone = ablation.main([f"--baseline={study}/ivlaai/seed-*", f"--runs={recipe}/ivlaai/seed-*", "--epochs=3", "--avg=1"])
     assert alone["select-ivlaai"]["runs"][0]["monitor_r"] != pytest.approx(r["monitor_r"], abs=1e-6)
