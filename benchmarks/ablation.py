@@ -27,11 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-
-from EEG_Dataset import atomic_write_json  # noqa: E402
 import torch  # noqa: E402
 
-from selection import inner_unseen, study_run, unseen_run  # noqa: E402
+from EEG_Dataset import atomic_write_json  # noqa: E402
+from selection import JUDGES, inner_unseen, study_run, unseen_run  # noqa: E402
 from train import evaluate, load_checkpoint, load_model  # noqa: E402
 
 OPTIONS = {"runs", "baseline", "out", "epochs", "avg", "judge"}
@@ -93,7 +92,7 @@ def main(argv=None) -> dict:
         raise SystemExit(__doc__ + f"\nunknown options: {sorted(set(args) - OPTIONS)}")
     epochs, avg = int(args.get("epochs", "10")), int(args.get("avg", "5"))
     judge = args.get("judge", "monitor")
-    if judge not in ("monitor", "unseen"):
+    if judge not in JUDGES:
         raise SystemExit(f"--judge={judge}: use 'monitor' (whole trials) or 'unseen' (their last 10 %)")
     torch.set_num_threads(1)
     runs = [baseline_run(Path(d), epochs, avg, judge)

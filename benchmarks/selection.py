@@ -69,13 +69,18 @@ def run_label(seed_dir: Path, model_name: str) -> str:
     return f"{parts[-4]}/{model_name}" if len(parts) >= 4 else model_name
 
 
-def study_run(seed_dir: Path, avgs: list[int]) -> dict:
-    """study_run_uncached, cached in <seed_dir>/selection.json, keyed by the sha256 of every kept
-    epoch file and the K values; a run that is still training or was extended is re-scored."""
+def kept_epochs(seed_dir: Path, avgs: list[int]) -> tuple[list[Path], dict]:
+    """A run's kept epoch files and the cache key of its curves: the K values and every file's sha256."""
     files = sorted((seed_dir / "epochs").glob("epoch-*.pt"))
     if not files:
         raise SystemExit(f"{seed_dir}: no epochs/epoch-*.pt; train with --keep_epochs")
-    key = {"avg": avgs, "epoch_sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}
+    return files, {"avg": avgs, "epoch_sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}
+
+
+def study_run(seed_dir: Path, avgs: list[int]) -> dict:
+    """study_run_uncached, cached in <seed_dir>/selection.json, keyed by the sha256 of every kept
+    epoch file and the K values; a run that is still training or was extended is re-scored."""
+    files, key = kept_epochs(seed_dir, avgs)
     return json_cached(seed_dir / "selection.json", key, lambda: study_run_uncached(seed_dir, files, avgs))[0]
 
 
@@ -123,10 +128,7 @@ def inner_unseen(cfg: dict) -> list:
 def unseen_run(seed_dir: Path, avgs: list[int]) -> dict:
     """{'avgK': [inner listeners' unseen-speech r per epoch]}, cached in <seed_dir>/unseen.json
     (keyed like selection.json)."""
-    files = sorted((seed_dir / "epochs").glob("epoch-*.pt"))
-    if not files:
-        raise SystemExit(f"{seed_dir}: no epochs/epoch-*.pt; train with --keep_epochs")
-    key = {"avg": avgs, "epoch_sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}
+    files, key = kept_epochs(seed_dir, avgs)
     return json_cached(seed_dir / "unseen.json", key, lambda: unseen_run_uncached(files, avgs))[0]
 
 
