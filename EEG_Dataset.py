@@ -36,6 +36,7 @@ FS = 64  # Hz: the field's EEG and envelope rate; every format here is at 64 Hz
 LENGTH_TOLERANCE = 4  # samples: EEG and envelope may differ this much (rounding at resampling)
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # the field's per-recording split in time
+TIME_FOLDS = 10  # time_fold k in 0..9 rotates that split by k tenths (see time_split)
 SEP = "_-_"
 
 
@@ -332,6 +333,7 @@ class SplitRecording:
     standardized copy of the corpus is ever held.
     stats_from: which part gave the statistics ('train', or the part itself when a recording has
     no train part, e.g. a whole held-out trial).
+    piece_of: set on the second train piece of a recording cut by a time fold (see load_corpus).
     """
 
     subject: str
@@ -342,6 +344,7 @@ class SplitRecording:
     env_mean: float = 0.0
     env_std: float = 1.0
     stats_from: str = "train"
+    piece_of: str | None = None  # rec_id of the recording whose later train piece this is (time folds)
 
     def length(self, part: str) -> int:
         return len(self.parts[part][0]) if part in self.parts else 0
@@ -354,6 +357,35 @@ class SplitRecording:
         if env is not None:
             y = (np.asarray(env[start:stop], dtype=np.float32) - self.env_mean) / self.env_std
         return x, y
+
+
+def time_split(n: int, time_fold: int = 0) -> list[tuple[str, int, int]]:
+    """The 80/10/10 split of an ``n``-sample recording, rotated by ``time_fold`` tenths.
+
+    Returns [(part, lo, hi), ...] in time order; 'train' appears twice when the test tenth lies
+    inside the recording. Fold 0 is the field's split (train 0-80 %, val 80-90 %, test 90-100 %);
+    fold k tests the (k+1)-th tenth from the end and validates on the tenth before it
+    (circularly: fold 9 tests 0-10 % and validates on 90-100 %). Folds 0-9 together test every
+    sample once, so a model trained per fold has decoded all of a stimulus without hearing it,
+    which matters for a folder whose trials all carry the same speech.
+    """
+    if not 0 <= int(time_fold) < TIME_FOLDS:
+        raise ValueError(f"time_fold must be in 0..{TIME_FOLDS - 1}, got {time_fold!r}")
+    if time_fold == 0:  # the field's cut points, rounded as they always were here
+        a, b = int(round(n * SPLIT_FRACTIONS[0])), int(round(n * sum(SPLIT_FRACTIONS[:2])))
+        return [("train", 0, a), ("val", a, b), ("test", b, n)]
+    edges = [int(round(n * i / TIME_FOLDS)) for i in range(TIME_FOLDS + 1)]
+    t = TIME_FOLDS - 1 - int(time_fold)
+    v = (t - 1) % TIME_FOLDS
+    roles = ["train"] * TIME_FOLDS
+    roles[t], roles[v] = "test", "val"
+    out: list[tuple[str, int, int]] = []
+    for i, role in enumerate(roles):  # merge neighbouring tenths of the same role
+        if out and out[-1][0] == role:
+            out[-1] = (role, out[-1][1], edges[i + 1])
+        else:
+            out.append((role, edges[i], edges[i + 1]))
+    return out
 
 
 def _mean_std(arr: np.ndarray, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
@@ -370,20 +402,40 @@ def _mean_std(arr: np.ndarray, chunk: int = 1 << 16) -> tuple[np.ndarray, np.nda
     return mean, std
 
 
-def standardize_stats(rec: SplitRecording, path: str = "") -> SplitRecording:
-    """Set ``rec``'s statistics from its train part (or its only part). Flat channels get std 1."""
+def _pooled_mean_std(arrays) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and std of several arrays taken together, without concatenating them."""
+    if len(arrays) == 1:  # bit-identical to the single-part statistics used before time folds
+        return _mean_std(arrays[0])
+    parts = [(len(a), *_mean_std(a)) for a in arrays]
+    n = sum(k for k, _, _ in parts)
+    mean = sum(k * m for k, m, _ in parts) / max(n, 1)
+    var = sum(k * (s**2 + (m - mean) ** 2) for k, m, s in parts) / max(n, 1)
+    return mean, np.sqrt(var)
+
+
+def standardize_stats(rec: SplitRecording, path: str = "", pieces=()) -> SplitRecording:
+    """Set ``rec``'s statistics from its train part (or its only part). Flat channels get std 1.
+
+    pieces: more SplitRecordings holding the rest of the same recording's train part (a time
+    fold whose test tenth lies inside the recording leaves train in two pieces); the statistics
+    pool all pieces and are given to each of them too.
+    """
     src = "train" if "train" in rec.parts else next(iter(rec.parts))
     eeg, env, path = rec.parts[src]
-    if len(eeg) < 2:
+    eegs, envs = [eeg, *(p.parts["train"][0] for p in pieces)], [env, *(p.parts["train"][1] for p in pieces)]
+    if sum(len(e) for e in eegs) < 2:
         raise DataError(f"{path}: the {src} part has {len(eeg)} samples; too short to standardize")
-    m, s = _mean_std(eeg)
+    m, s = _pooled_mean_std(eegs)
     # A dead channel (std 0) would divide by zero; leave it centred instead.
     s[s < 1e-12] = 1.0
     rec.eeg_mean, rec.eeg_std = m.astype(np.float32), s.astype(np.float32)
     if env is not None:
-        em, es = _mean_std(env)
+        em, es = _pooled_mean_std(envs)
         rec.env_mean, rec.env_std = float(em[0]), float(es[0]) if es[0] > 1e-12 else 1.0
     rec.stats_from = src
+    for p in pieces:
+        p.eeg_mean, p.eeg_std, p.env_mean, p.env_std, p.stats_from = (
+            rec.eeg_mean, rec.eeg_std, rec.env_mean, rec.env_std, src)
     return rec
 
 
@@ -430,6 +482,7 @@ def load_corpus(
     test_recordings=None,
     monitor_recordings=None,
     split: str = "time",
+    time_fold: int = 0,
     n_chans: int | None = None,
     label_dir=None,
 ) -> Corpus:
@@ -442,12 +495,19 @@ def load_corpus(
       training never uses except to report it (train.py's log.csv monitor_r).
     split: what happens to the other recordings: 'time' cuts each 80/10/10 in time (split_data
       keeps the split its files give); 'whole' puts them whole into train.
+    time_fold: with split='time', which tenth of each recording is test (``time_split``; 0 is
+      the field's 80/10/10). The train part around an inner test tenth becomes two recordings,
+      '<rec_id>' and '<rec_id>@<first sample>', standardized together, so no training window
+      spans the held-out speech.
     n_chans: the channel count every recording must have (None: whatever the first one has).
     Standardization: per recording, from its train part; a recording with no train part (whole
     val/test trial) is standardized by its own statistics, as the benchmark protocol does.
     """
     if split not in ("time", "whole"):
         raise ValueError(f"split must be 'time' or 'whole', got {split!r}")
+    time_split(TIME_FOLDS, time_fold)  # a bad fold fails before any file is read
+    if time_fold and split != "time":
+        raise ValueError(f"time_fold={time_fold} needs split='time' (got split={split!r})")
     fmt, raw = read_folder(folder, label_dir=label_dir)
     if subjects:
         raw = [r for r in raw if _matches_subject(r, subjects)]
@@ -458,6 +518,7 @@ def load_corpus(
     chans = _check_channels(raw, n_chans)
 
     grouped: dict[tuple[str, str], SplitRecording] = {}
+    pieces: dict[tuple[str, str], list[SplitRecording]] = {}  # a recording's further train pieces
     for r in raw:
         key = (r.subject, r.rec_id)
         rec = grouped.setdefault(key, SplitRecording(r.subject, r.rec_id, {}))
@@ -468,6 +529,9 @@ def load_corpus(
         elif _matches(r, val_recordings):
             role = "val"
         elif r.split is not None:
+            if time_fold:
+                raise DataError(f"{r.path}: split_data files fix their own train/val/test split, so "
+                                f"time_fold={time_fold} cannot apply; use time_fold=0 or a DTU-style npz folder")
             role = r.split
         elif split == "whole":
             role = "train"
@@ -478,13 +542,17 @@ def load_corpus(
                 raise DataError(f"{r.path}: recording {r.rec_id!r} has two '{role}' parts")
             rec.parts[role] = (r.eeg, r.envelope, r.path)
             continue
-        n = len(r.eeg)
-        a, b = int(round(n * SPLIT_FRACTIONS[0])), int(round(n * sum(SPLIT_FRACTIONS[:2])))
-        for part, lo, hi in (("train", 0, a), ("val", a, b), ("test", b, n)):
+        for part, lo, hi in time_split(len(r.eeg), time_fold):
             if hi > lo:
                 env = r.envelope[lo:hi] if r.envelope is not None else None
-                rec.parts[part] = (r.eeg[lo:hi], env, r.path)
-    recs = [standardize_stats(rec) for rec in grouped.values()]
+                if part in rec.parts:  # the train piece after an inner test tenth
+                    piece = SplitRecording(r.subject, f"{r.rec_id}@{lo}", {part: (r.eeg[lo:hi], env, r.path)},
+                                           piece_of=r.rec_id)
+                    pieces.setdefault(key, []).append(piece)
+                else:
+                    rec.parts[part] = (r.eeg[lo:hi], env, r.path)
+    recs = [standardize_stats(rec, pieces=pieces.get(key, ())) for key, rec in grouped.items()]
+    recs += [p for ps in pieces.values() for p in ps]
     recs.sort(key=lambda r: (natural_key(r.subject), natural_key(r.rec_id)))
     return Corpus(fmt, str(folder), recs, chans)
 

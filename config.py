@@ -23,6 +23,9 @@ test_recordings = None  # glob patterns that go whole to test, e.g. ['*_008', '*
 monitor_recordings = None  # glob patterns that go whole to a monitor set: never trained on, scored after every
 #   epoch into log.csv's monitor_r column and never used for any choice (e.g. an inner held-out subject ['S9'])
 split = "time"  # other recordings: 'time' = 80/10/10 in time (split_data keeps its own); 'whole' = all train
+time_fold = 0  # split='time': 0 tests the last 10 % of each recording; k in 1..9 moves test (and val, the 10 %
+#   before it) k tenths earlier, training on the rest. Trials that share one stimulus (e.g. the DTU folder)
+#   test speech the model never heard only this way; folds 0-9 cover it all. test.py takes the run's fold
 window_s = 5.0  # training window length in seconds (the field's VLAAI recipe uses 5 s)
 fs = 64  # sampling rate of EEG and envelope in Hz; all supported formats are at 64 Hz
 n_chans = 64  # EEG channels every recording must have

@@ -165,6 +165,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"test_dir {test_dir} does not exist")
 
     if cfg["eval_dir"]:
+        cfg["time_fold"] = eval_time_fold(cfg, given, loaded)
         result["eval"] = evaluate_folder(cfg, loaded, device)
         atomic_write_json(result_dir / "eval_score.json", result["eval"])
         print(f"scores written to {result_dir / 'eval_score.json'}")
@@ -173,13 +174,30 @@ def main(argv=None) -> dict:
     return result
 
 
+def eval_time_fold(cfg: dict, given: set, loaded) -> int:
+    """The time fold to score: the runs' own (from their saved config) unless --time_fold is given.
+    Scoring another fold than a model trained with would score speech it trained on."""
+    folds = {ck["seed"]: int(ck["config"].get("time_fold", 0)) for _, ck in loaded}
+    if "time_fold" in given:
+        other = {s: f for s, f in folds.items() if f != cfg["time_fold"]}
+        if other and cfg["split"] == "time":
+            print(f"note: scoring time_fold {cfg['time_fold']}, but seeds {sorted(other)} trained with "
+                  f"time_fold {sorted(set(other.values()))}: their test tenth differs from this one", flush=True)
+        return cfg["time_fold"]
+    if len(set(folds.values())) > 1:
+        raise SystemExit(f"{cfg['run_dir']}: the seeds were trained with different time folds {folds}; "
+                         "score them separately (--seeds=[...]) or pass --time_fold=K")
+    return next(iter(folds.values()))
+
+
 def evaluate_folder(cfg: dict, loaded, device) -> dict:
     """Score the test split of a labelled folder (any format EEG_Dataset reads), for each seed and
     for the ensemble: Pearson r of each whole test part, mean per subject, then over subjects."""
     try:
         corpus = load_corpus(cfg["eval_dir"], subjects=cfg["subjects"], exclude_subjects=cfg["exclude_subjects"],
                              val_recordings=cfg["val_recordings"], test_recordings=cfg["test_recordings"],
-                             split=cfg["split"], n_chans=loaded[0][1]["n_chans"])
+                             split=cfg["split"], time_fold=cfg["time_fold"] if cfg["split"] == "time" else 0,
+                             n_chans=loaded[0][1]["n_chans"])
     except DataError as exc:
         raise SystemExit(f"eval data error: {exc}") from exc
     recs = [r for r in corpus.with_part("test") if r.parts["test"][1] is not None]
@@ -221,7 +239,8 @@ def evaluate_folder(cfg: dict, loaded, device) -> dict:
         return out
 
     ens_win = [np.mean(ws, axis=0) for ws in zip(*per_seed_win)] if per_seed_win[0] else []
-    out = {"eval_dir": str(cfg["eval_dir"]), "n_recordings": len(recs), "window_s": cfg["eval_window_s"],
+    out = {"eval_dir": str(cfg["eval_dir"]), "n_recordings": len(recs), "split": cfg["split"],
+           "time_fold": cfg["time_fold"] if cfg["split"] == "time" else None, "window_s": cfg["eval_window_s"],
            "hop_s": cfg["eval_hop_s"],
            "per_seed": {f"seed-{ck['seed']}": summarize(p, w) for (_, ck), p, w in zip(loaded, per_seed, per_seed_win)},
            "ensemble": summarize([np.mean(ps, axis=0) for ps in zip(*per_seed)], ens_win)}

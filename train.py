@@ -53,7 +53,7 @@ from metrics import pearson, pearson_loss
 DEMO_DIR = Path("xfdata")
 # Keys that shape the model or the data it sees: a resumed run must keep them.
 ARCH_KEYS = ("model", "n_chans", "subject_embedding", "ema_decay", "avg_epochs", "select", "window_s", "batch_size", "dropout", "data_dir", "subjects",
-             "exclude_subjects", "val_recordings", "test_recordings", "monitor_recordings", "split",
+             "exclude_subjects", "val_recordings", "test_recordings", "monitor_recordings", "split", "time_fold",
              *[k for k in newmodel.MODEL_DEFAULTS if k not in ("n_subjects",)])
 
 
@@ -166,6 +166,7 @@ def corpus_from_config(cfg: dict):
         test_recordings=cfg["test_recordings"],
         monitor_recordings=cfg["monitor_recordings"],
         split=cfg["split"],
+        time_fold=cfg["time_fold"],
         n_chans=cfg["n_chans"],
     )
 
@@ -614,7 +615,7 @@ def main(argv=None) -> list[dict]:
     except DataError as exc:
         raise SystemExit(f"data error: {exc}") from exc
     if lead:
-        print(f"data: {corpus.folder} ({corpus.fmt}), {len(corpus.recordings)} recordings, "
+        print(f"data: {corpus.folder} ({corpus.fmt}), {sum(r.piece_of is None for r in corpus.recordings)} recordings, "
               f"{len(corpus.subjects)} subjects, {corpus.n_chans} channels", flush=True)
     if world > 1 and cfg["model"] == "linear":
         raise SystemExit(f"{cfg['model']} is fitted in closed form: run it without torchrun")

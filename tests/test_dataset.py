@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from EEG_Dataset import (DataError, WindowDataset, detect_format, fixed_windows, load_corpus, read_challenge_folder,
-                         read_challenge_labels, read_folder, read_predictions, read_test_set, score,
-                         write_predictions)
+from EEG_Dataset import (TIME_FOLDS, DataError, WindowDataset, detect_format, fixed_windows, load_corpus,
+                         read_challenge_folder, read_challenge_labels, read_folder, read_predictions, read_test_set,
+                         score, time_split, write_predictions)
 
 DTU = Path(__file__).resolve().parents[2] / "shared" / "data" / "dtu"
 needs_dtu = pytest.mark.skipif(not DTU.is_dir(), reason=f"real DTU EEG not present at {DTU}")
@@ -93,6 +93,62 @@ def test_npz_reader_subject_from_name_and_time_split(tmp_path):
     # the parts are the first 80 %, next 10 %, last 10 % in time
     eeg = np.load(d / "DTU_S1_000.npz")["eeg"]
     np.testing.assert_array_equal(r.parts["val"][0], eeg[512:576])
+
+
+@pytest.mark.parametrize("n", [640, 3200, 1001, 37])
+def test_time_folds_partition_each_recording_and_test_every_sample_once(n):
+    tested = np.zeros(n, int)
+    for k in range(TIME_FOLDS):
+        parts = time_split(n, k)
+        # the parts tile [0, n) in order, with one val and one test stretch
+        assert parts[0][1] == 0 and parts[-1][2] == n
+        assert all(a[2] == b[1] for a, b in zip(parts, parts[1:]))
+        roles = [p for p, _, _ in parts]
+        assert roles.count("val") == 1 and roles.count("test") == 1 and set(roles) <= {"train", "val", "test"}
+        (_, lo, hi), = [p for p in parts if p[0] == "test"]
+        (_, vlo, vhi), = [p for p in parts if p[0] == "val"]
+        assert vhi == lo or (k == TIME_FOLDS - 1 and lo == 0 and vhi == n)  # val is the tenth before test
+        assert abs((hi - lo) - n / TIME_FOLDS) <= 1
+        tested[lo:hi] += 1
+    assert (tested == 1).all()
+    assert time_split(n, 0) == [("train", 0, round(0.8 * n)), ("val", round(0.8 * n), round(0.9 * n)),
+                                ("test", round(0.9 * n), n)]
+
+
+def test_time_fold_splits_train_around_the_test_tenth(tmp_path):
+    d = write_npz(tmp_path / "npz", n_subj=1, n_trials=2, T=640)
+    eeg = np.load(d / "DTU_S1_000.npz")["eeg"]
+    c = load_corpus(d, time_fold=3)  # test 384-448, val 320-384, train 0-320 and 448-640
+    main, piece = [r for r in c.recordings if r.rec_id.startswith("DTU_S1_000")]
+    assert main.rec_id == "DTU_S1_000" and piece.rec_id == "DTU_S1_000@448" and piece.piece_of == main.rec_id
+    assert main.piece_of is None
+    np.testing.assert_array_equal(main.parts["test"][0], eeg[384:448])
+    np.testing.assert_array_equal(main.parts["val"][0], eeg[320:384])
+    assert main.length("train") == 320 and piece.length("train") == 192 and set(piece.parts) == {"train"}
+    # one set of statistics, from both train pieces together
+    train = np.concatenate([eeg[:320], eeg[448:]])
+    for r in (main, piece):
+        np.testing.assert_allclose(r.eeg_mean, train.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r.eeg_std, train.std(0), rtol=1e-5)
+    # training windows never reach into val or test: every train sample once, nothing else
+    ds = WindowDataset(c.with_part("train"), 100, seed=1)
+    cover = ds.coverage()
+    assert all((v == 1).all() for v in cover.values())
+    assert sum(len(v) for v in cover.values()) == 2 * 512
+    # fold 0 is the plain split, bit for bit
+    a, b = load_corpus(d).recordings[0], load_corpus(d, time_fold=0).recordings[0]
+    assert len(load_corpus(d).recordings) == 2 and np.array_equal(a.eeg_std, b.eeg_std)
+
+
+def test_time_fold_bad_uses_are_named(tmp_path):
+    d = write_npz(tmp_path / "npz", n_subj=1, n_trials=1)
+    with pytest.raises(ValueError, match="time_fold must be in 0..9"):
+        load_corpus(d, time_fold=10)
+    with pytest.raises(ValueError, match="needs split='time'"):
+        load_corpus(d, time_fold=2, split="whole")
+    sd = write_split_data(tmp_path / "split_data")
+    with pytest.raises(DataError, match=r"_-_eeg\.npy: split_data files fix their own"):
+        load_corpus(sd, time_fold=1)
 
 
 def test_challenge_reader_with_labels(tmp_path):

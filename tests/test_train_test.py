@@ -803,3 +803,31 @@ def test_a_finished_run_with_another_recipe_is_not_passed_off_as_done(corpus, tm
         train.main([*args, "--resume", "--avg_epochs=2"])
     assert {k: v for k, v in file_bytes(run_dir / "ivlaai" / "seed-1").items() if k != "last.pt"} == \
         {k: v for k, v in before.items() if k != "last.pt"}
+
+
+# ----------------------------------------------------------------------------------- time folds
+def test_time_fold_run_is_scored_on_its_own_held_out_tenth(tmp_path, capsys):
+    """A run trained with --time_fold=K is scored by test.py --eval_dir on fold K's test tenth
+    unless another fold is asked for (which prints a note), and cannot be resumed as another fold."""
+    d = tmp_path / "npz"
+    d.mkdir()
+    r = np.random.default_rng(5)
+    for s in (1, 2):
+        for t in range(2):
+            eeg = r.standard_normal((1280, N_CHANS)).astype(np.float32)
+            env = (eeg[:, :3].sum(1, keepdims=True) + 0.5 * r.standard_normal((1280, 1))).astype(np.float32)
+            np.savez(d / f"DTU_S{s}_{t:03d}.npz", eeg=eeg, envelope=env)
+    run_dir = tmp_path / "runs"
+    common = [f"--data_dir={d}", f"--n_chans={N_CHANS}", "--model=linear", f"--run_dir={run_dir}", "--threads=1"]
+    train.main(common + ["--time_fold=4"])
+    ev = [f"--run_dir={run_dir}", "--test_dir=None", f"--eval_dir={d}", "--split=time"]
+    own = test_script.main(ev + [f"--result_dir={tmp_path / 'own'}"])["eval"]
+    assert own["time_fold"] == 4 and own["n_recordings"] == 4  # train pieces have no test part
+    explicit = test_script.main(ev + ["--time_fold=4", f"--result_dir={tmp_path / 'explicit'}"])["eval"]
+    assert explicit["ensemble"]["r"] == own["ensemble"]["r"] and own["ensemble"]["r"] > 0.5
+    capsys.readouterr()
+    other = test_script.main(ev + ["--time_fold=0", f"--result_dir={tmp_path / 'other'}"])["eval"]
+    assert other["time_fold"] == 0 and other["ensemble"]["r"] != own["ensemble"]["r"]
+    assert "trained with time_fold [4]" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="time_fold was 4, now 0"):
+        train.main(common + ["--time_fold=0", "--resume"])
