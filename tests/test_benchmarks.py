@@ -268,3 +268,35 @@ def test_ablation_recipe_run_matches_study_run(tmp_path, decodable_npz):
     assert alone["select-ivlaai"]["runs"][0]["monitor_r"] != pytest.approx(r["monitor_r"], abs=1e-6)
     with pytest.raises(SystemExit, match="4 epochs logged with select='best_val'; a recipe run has 3 epochs"):
         ablation.main([f"--baseline={tmp_path / 'none'}", f"--runs={study}/ivlaai/seed-*", "--epochs=3"])
+
+
+def test_speech_cv_summary_scores_new_and_seen_listeners(tmp_path, decodable_npz):
+    """benchmarks/speech_cv.py: a listener held out by a fold's run counts as new in that fold and as
+    seen in the others; figures are the per-listener r that test.py wrote; a run scored on another
+    time fold than it trained on is refused."""
+    import speech_cv
+    import train
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
+    ts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ts)
+    root = tmp_path / "cv"
+    for fold, held in ((0, "S1"), (3, "S2")):
+        d = root / "linear" / f"tf{fold}"
+        train.main([f"--data_dir={decodable_npz}", "--n_chans=8", "--model=linear", "--threads=1",
+                    f"--exclude_subjects=['{held}']", f"--time_fold={fold}", f"--run_dir={d}"])
+        ts.main([f"--run_dir={d}", "--test_dir=None", f"--eval_dir={decodable_npz}", "--split=time",
+                 f"--result_dir={d / 'eval'}"])
+    table = speech_cv.main([f"--root={root}", "--ref=linear"])["linear"]
+    ev = {k: json.loads((root / "linear" / f"tf{k}" / "eval" / "eval_score.json").read_text())["ensemble"]["per_subject"]
+          for k in (0, 3)}
+    assert table["new_per_subject"] == {"S1": ev[0]["S1"], "S2": ev[3]["S2"]}
+    assert table["seen_per_subject"] == pytest.approx({"S1": ev[3]["S1"], "S2": ev[0]["S2"],
+                                                       "S3": (ev[0]["S3"] + ev[3]["S3"]) / 2})
+    assert table["new"] > 0.5 and table["seen"] > 0.5  # the EEG carries the envelope
+    # scored on the wrong fold: refused, naming the file
+    d = root / "linear" / "tf3"
+    ts.main([f"--run_dir={d}", "--test_dir=None", f"--eval_dir={decodable_npz}", "--split=time", "--time_fold=0",
+             f"--result_dir={d / 'eval'}"])
+    with pytest.raises(SystemExit, match=r"tf3/eval/eval_score.json: scored time_fold 0, trained 3"):
+        speech_cv.main([f"--root={root}"])

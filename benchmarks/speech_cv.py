@@ -1,0 +1,114 @@
+"""Summarize speech cross-validation runs: decoding of speech no model heard, new and seen listeners.
+
+    benchmarks/speech_cv_runs.sh VARIANT          # trains + scores bench_runs/speech_cv/VARIANT/tfK
+    python benchmarks/speech_cv.py [--root=bench_runs/speech_cv] [--ref=vlaai] [--out=FILE.json]
+
+Every run (one per time fold K) trained without three listeners and without tenth K of the
+speech, and test.py scored tenth K of all listeners' trials (``eval/eval_score.json``). A
+listener's score is:
+
+* **new listeners**: its r in the run that held it out (a listener no model trained on, on speech
+  no model heard);
+* **seen listeners**: the mean of its r over the runs that trained on it (new EEG trials of a
+  listener the model knows, again on speech no model heard).
+
+Figures are the mean over listeners. Variants are compared with ``--ref`` listener by listener,
+on the folds both have (mean difference ± standard error over listeners, listeners higher).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from EEG_Dataset import atomic_write_json, natural_key  # noqa: E402
+from train import load_checkpoint  # noqa: E402
+
+OPTIONS = {"root", "ref", "out"}
+
+
+def read_runs(root: Path) -> dict:
+    """{variant: {fold: {'held_out': [subjects], 'r': {subject: r}, 'val_r': float}}} of scored runs."""
+    out: dict = {}
+    for score in sorted(root.glob("*/tf*/eval/eval_score.json")):
+        fold_dir = score.parents[1]
+        variant, fold = fold_dir.parent.name, int(fold_dir.name[2:])
+        best = sorted(fold_dir.glob("*/seed-*/best.pt"))
+        if len(best) != 1:
+            raise SystemExit(f"{fold_dir}: expected one trained seed, found {len(best)}")
+        ck = load_checkpoint(best[0])
+        held = ck["config"]["exclude_subjects"] or []
+        ev = json.loads(score.read_text())
+        if ev.get("time_fold") != fold or ck["config"].get("time_fold") != fold:
+            raise SystemExit(f"{score}: scored time_fold {ev.get('time_fold')}, trained "
+                             f"{ck['config'].get('time_fold')}, folder says {fold}")
+        out.setdefault(variant, {})[fold] = {"held_out": list(held), "r": ev["ensemble"]["per_subject"],
+                                             "val_r": float(ck["best_val_r"]), "epoch": int(ck["epoch"])}
+    return out
+
+
+def listener_scores(runs: dict, folds) -> tuple[dict, dict]:
+    """({subject: r as a new listener}, {subject: mean r as a seen listener}) over ``folds``."""
+    new, seen = {}, {}
+    for k in folds:
+        for s, r in runs[k]["r"].items():
+            if s in runs[k]["held_out"]:
+                new[s] = r
+            else:
+                seen.setdefault(s, []).append(r)
+    return new, {s: float(np.mean(v)) for s, v in seen.items()}
+
+
+def paired(a: dict, b: dict) -> dict:
+    keys = sorted(set(a) & set(b), key=natural_key)
+    d = np.array([a[k] - b[k] for k in keys])
+    return {"n": len(d), "diff": float(d.mean()) if len(d) else None,
+            "sem": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None, "higher": int((d > 0).sum())}
+
+
+def main(argv=None) -> dict:
+    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in (sys.argv[1:] if argv is None else argv))
+    if set(args) - OPTIONS:
+        raise SystemExit(__doc__ + f"\nunknown options: {sorted(set(args) - OPTIONS)}")
+    root, ref = Path(args.get("root", "bench_runs/speech_cv")), args.get("ref", "vlaai")
+    runs = read_runs(root)
+    if not runs:
+        raise SystemExit(f"{root}: no scored runs (*/tf*/eval/eval_score.json); run benchmarks/speech_cv_runs.sh")
+    table: dict = {}
+    print(f"speech cross-validation, {root}: r on speech no model heard (one tenth of every trial per fold)")
+    print(f"| variant | folds | new listeners r | seen listeners r | val r | new: diff vs {ref} | seen: diff vs {ref} |")
+    print("|---|---|---|---|---|---|---|")
+    for v in sorted(runs, key=lambda v: (v != ref, v)):
+        folds = sorted(runs[v])
+        new, seen = listener_scores(runs[v], folds)
+        row = {"folds": folds, "new": float(np.mean(list(new.values()))), "seen": float(np.mean(list(seen.values()))),
+               "new_per_subject": new, "seen_per_subject": seen,
+               "val_r": float(np.mean([runs[v][k]["val_r"] for k in folds]))}
+        cells = ["-", "-"]
+        if ref in runs and v != ref:
+            common = sorted(set(folds) & set(runs[ref]))
+            mine, theirs = listener_scores(runs[v], common), listener_scores(runs[ref], common)
+            row["vs_ref"] = {"folds": common, "new": paired(mine[0], theirs[0]), "seen": paired(mine[1], theirs[1])}
+            cells = [f"{p['diff']:+.4f} ± {p['sem'] or 0:.4f} ({p['higher']}/{p['n']})" if p["n"] else "-"
+                     for p in (row["vs_ref"]["new"], row["vs_ref"]["seen"])]
+        table[v] = row
+        print(f"| {v} | {','.join(map(str, folds))} | {row['new']:.4f} ({len(new)}) | {row['seen']:.4f} ({len(seen)}) | "
+              f"{row['val_r']:.4f} | {cells[0]} | {cells[1]} |")
+    print("(new listeners: each scored by the one run that held it out; seen: mean over the runs that trained on it; "
+          "(n) listeners; diff: mean ± standard error over listeners, on the folds both variants have, (higher/n))")
+    for v, row in table.items():
+        print(f"{v} per fold: " + "  ".join(
+            f"tf{k} held out {'/'.join(runs[v][k]['held_out'])}: val {runs[v][k]['val_r']:.3f} epoch {runs[v][k]['epoch']}"
+            for k in row["folds"]))
+    if args.get("out"):
+        atomic_write_json(Path(args["out"]), table)
+        print(f"written to {args['out']}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
