@@ -100,10 +100,21 @@ def main(argv=None) -> dict:
               f"{row['val_r']:.4f} | {cells[0]} | {cells[1]} |")
     print("(new listeners: each scored by the one run that held it out; seen: mean over the runs that trained on it; "
           "(n) listeners; diff: mean ± standard error over listeners, on the folds both variants have, (higher/n))")
+    print("\nper fold (tenth of the stimulus tested): r of new / seen listeners, validation r, kept epoch")
+    folds = sorted({k for v in runs for k in runs[v]})
+    print("| variant | " + " | ".join(f"tf{k} ({'/'.join(next(runs[v][k] for v in runs if k in runs[v])['held_out'])} new)"
+                                      for k in folds) + " |")
+    print("|---" * (len(folds) + 1) + "|")
     for v, row in table.items():
-        print(f"{v} per fold: " + "  ".join(
-            f"tf{k} held out {'/'.join(runs[v][k]['held_out'])}: val {runs[v][k]['val_r']:.3f} epoch {runs[v][k]['epoch']}"
-            for k in row["folds"]))
+        cells = []
+        for k in folds:
+            if k not in runs[v]:
+                cells.append("-")
+                continue
+            new, seen = listener_scores(runs[v], [k])
+            cells.append(f"{np.mean(list(new.values())):.3f} / {np.mean(list(seen.values())):.3f} "
+                         f"(val {runs[v][k]['val_r']:.3f}, ep {runs[v][k]['epoch']})")
+        print(f"| {v} | " + " | ".join(cells) + " |")
     if args.get("out"):
         atomic_write_json(Path(args["out"]), table)
         print(f"written to {args['out']}")
