@@ -128,6 +128,7 @@ _TYPES = {
 }
 _CHOICES = {
     "split": ("time", "whole"),
+    "time_fold": tuple(range(10)),  # EEG_Dataset.TIME_FOLDS
     "model": ("ivlaai", "vlaai", "linear", "linear_conv"),
     "device": ("auto", "cpu", "cuda"),
     "amp": ("none", "bf16"),

@@ -256,3 +256,12 @@ def test_every_model_key_is_a_config_key_with_the_same_default():
             continue
         assert key in d, key
         assert d[key] == default, key
+
+
+def test_time_fold_range_matches_the_dataset_and_is_checked():
+    from EEG_Dataset import TIME_FOLDS
+    assert parse("--time_fold=9")[0]["time_fold"] == 9
+    assert config._CHOICES["time_fold"] == tuple(range(TIME_FOLDS))
+    for bad in ("--time_fold=10", "--time_fold=-1"):
+        with pytest.raises(config.ConfigError, match="time_fold: expected one of"):
+            parse(bad)
