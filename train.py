@@ -632,6 +632,9 @@ def main(argv=None) -> list[dict]:
         print(f"{cfg['model']}: best val r over {len(results)} seeds: mean {summary['val_r_mean']:.4f} "
               f"sd {summary['val_r_sd']:.4f}; ensemble of the seeds {summary['val_r_ensemble']:.4f} -> {path}", flush=True)
     if world > 1:
+        # every rank done with every collective before any tears its group down: a rank that
+        # exits early has made the other's gloo threads abort at exit (seen once under a loaded CPU)
+        barrier()
         dist.destroy_process_group()
     return results
 
