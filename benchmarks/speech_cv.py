@@ -7,8 +7,8 @@ Every run (one per time fold K) trained without three listeners and without tent
 speech, and test.py scored tenth K of all listeners' trials (``eval/eval_score.json``). A
 listener's score is:
 
-* **new listeners**: its r in the run that held it out (a listener no model trained on, on speech
-  no model heard);
+* **new listeners**: its r in the run(s) that held it out (a listener no model trained on, on
+  speech no model heard);
 * **seen listeners**: the mean of its r over the runs that trained on it (new EEG trials of a
   listener the model knows, again on speech no model heard).
 
@@ -52,15 +52,13 @@ def read_runs(root: Path) -> dict:
 
 
 def listener_scores(runs: dict, folds) -> tuple[dict, dict]:
-    """({subject: r as a new listener}, {subject: mean r as a seen listener}) over ``folds``."""
+    """({subject: mean r as a new listener}, {subject: mean r as a seen listener}) over ``folds``
+    (a listener held out by several folds is averaged over them, as a seen one is)."""
     new, seen = {}, {}
     for k in folds:
         for s, r in runs[k]["r"].items():
-            if s in runs[k]["held_out"]:
-                new[s] = r
-            else:
-                seen.setdefault(s, []).append(r)
-    return new, {s: float(np.mean(v)) for s, v in seen.items()}
+            (new if s in runs[k]["held_out"] else seen).setdefault(s, []).append(r)
+    return ({s: float(np.mean(v)) for s, v in new.items()}, {s: float(np.mean(v)) for s, v in seen.items()})
 
 
 def paired(a: dict, b: dict) -> dict:
@@ -98,7 +96,7 @@ def main(argv=None) -> dict:
         table[v] = row
         print(f"| {v} | {','.join(map(str, folds))} | {row['new']:.4f} ({len(new)}) | {row['seen']:.4f} ({len(seen)}) | "
               f"{row['val_r']:.4f} | {cells[0]} | {cells[1]} |")
-    print("(new listeners: each scored by the one run that held it out; seen: mean over the runs that trained on it; "
+    print("(new listeners: mean over the runs that held it out; seen: mean over the runs that trained on it; "
           "(n) listeners; diff: mean ± standard error over listeners, on the folds both variants have, (higher/n))")
     print("\nper fold (tenth of the stimulus tested): r of new / seen listeners, validation r, kept epoch")
     folds = sorted({k for v in runs for k in runs[v]})

@@ -281,7 +281,7 @@ def test_speech_cv_summary_scores_new_and_seen_listeners(tmp_path, decodable_npz
     ts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ts)
     root = tmp_path / "cv"
-    for fold, held in ((0, "S1"), (3, "S2")):
+    for fold, held in ((0, "S1"), (3, "S2"), (6, "S1")):
         d = root / "linear" / f"tf{fold}"
         train.main([f"--data_dir={decodable_npz}", "--n_chans=8", "--model=linear", "--threads=1",
                     f"--exclude_subjects=['{held}']", f"--time_fold={fold}", f"--run_dir={d}"])
@@ -289,10 +289,12 @@ def test_speech_cv_summary_scores_new_and_seen_listeners(tmp_path, decodable_npz
                  f"--result_dir={d / 'eval'}"])
     table = speech_cv.main([f"--root={root}", "--ref=linear"])["linear"]
     ev = {k: json.loads((root / "linear" / f"tf{k}" / "eval" / "eval_score.json").read_text())["ensemble"]["per_subject"]
-          for k in (0, 3)}
-    assert table["new_per_subject"] == {"S1": ev[0]["S1"], "S2": ev[3]["S2"]}
-    assert table["seen_per_subject"] == pytest.approx({"S1": ev[3]["S1"], "S2": ev[0]["S2"],
-                                                       "S3": (ev[0]["S3"] + ev[3]["S3"]) / 2})
+          for k in (0, 3, 6)}
+    # S1 is new in folds 0 and 6, seen in fold 3; S2 new in fold 3, seen in 0 and 6
+    assert table["new_per_subject"] == pytest.approx({"S1": (ev[0]["S1"] + ev[6]["S1"]) / 2, "S2": ev[3]["S2"]})
+    assert table["seen_per_subject"] == pytest.approx({"S1": ev[3]["S1"], "S2": (ev[0]["S2"] + ev[6]["S2"]) / 2,
+                                                       "S3": (ev[0]["S3"] + ev[3]["S3"] + ev[6]["S3"]) / 3})
+    assert ev[0]["S1"] != ev[6]["S1"]  # different speech: the average is not a no-op
     assert table["new"] > 0.5 and table["seen"] > 0.5  # the EEG carries the envelope
     # scored on the wrong fold: refused, naming the file
     d = root / "linear" / "tf3"
