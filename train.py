@@ -166,7 +166,7 @@ def corpus_from_config(cfg: dict):
         test_recordings=cfg["test_recordings"],
         monitor_recordings=cfg["monitor_recordings"],
         split=cfg["split"],
-        time_fold=cfg["time_fold"],
+        time_fold=cfg.get("time_fold", 0),  # checkpoints from before time folds have no such key
         n_chans=cfg["n_chans"],
     )
 

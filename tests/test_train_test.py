@@ -831,3 +831,7 @@ def test_time_fold_run_is_scored_on_its_own_held_out_tenth(tmp_path, capsys):
     assert "trained with time_fold [4]" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="time_fold was 4, now 0"):
         train.main(common + ["--time_fold=0", "--resume"])
+    # a saved config from before time folds (benchmarks/selection.py re-reads old runs) is fold 0
+    old_cfg = dict(config.defaults(), data_dir=str(d), n_chans=N_CHANS)
+    del old_cfg["time_fold"]
+    assert [r.length("test") for r in train.corpus_from_config(old_cfg).with_part("test")] == [128] * 4
