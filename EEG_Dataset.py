@@ -424,7 +424,7 @@ def standardize_stats(rec: SplitRecording, path: str = "", pieces=()) -> SplitRe
     eeg, env, path = rec.parts[src]
     eegs, envs = [eeg, *(p.parts["train"][0] for p in pieces)], [env, *(p.parts["train"][1] for p in pieces)]
     if sum(len(e) for e in eegs) < 2:
-        raise DataError(f"{path}: the {src} part has {len(eeg)} samples; too short to standardize")
+        raise DataError(f"{path}: the {src} part has {sum(len(e) for e in eegs)} samples; too short to standardize")
     m, s = _pooled_mean_std(eegs)
     # A dead channel (std 0) would divide by zero; leave it centred instead.
     s[s < 1e-12] = 1.0

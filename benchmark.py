@@ -34,6 +34,7 @@ import config
 import test as test_script
 import train as train_script
 from EEG_Dataset import atomic_write_bytes, atomic_write_json, json_cached, natural_key
+from metrics import paired_differences
 
 ROOT = Path(__file__).resolve().parent
 DTU_DEFAULT = str(ROOT.parent / "shared" / "data" / "dtu")
@@ -329,13 +330,10 @@ def paired(ours: dict, other: dict) -> dict:
         subjects = set.intersection(*(set(v) for v in by_seed)) if by_seed else set()
         return {s: float(np.mean([v[s] for v in by_seed])) for s in subjects}
 
-    mine, theirs = subject_means(ours), subject_means(other)
-    diff = np.array([mine[s] - theirs[s] for s in set(mine) & set(theirs)])
+    d = paired_differences(subject_means(ours), subject_means(other))
     base = other["mean"]
     return {"gain": (ours["mean"] - base) / abs(base) if base else None,
-            "diff_mean": float(diff.mean()) if len(diff) else None,
-            "diff_sem": float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None,
-            "wins": int((diff > 0).sum()), "subjects": len(diff)}
+            "diff_mean": d["diff"], "diff_sem": d["sem"], "wins": d["higher"], "subjects": d["n"]}
 
 
 def comparison_lines(cmp: dict) -> list[str]:

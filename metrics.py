@@ -53,3 +53,13 @@ def pearson_loss(pred: torch.Tensor, target: torch.Tensor, mask=None) -> torch.T
         return -r.mean()
     n = torch.as_tensor(mask, dtype=r.dtype).sum(dim=1).expand_as(r)
     return -(r * n).sum() / n.sum().clamp_min(1)
+
+
+def paired_differences(a: dict, b: dict) -> dict:
+    """Per-key differences a[k] - b[k] over the keys both have (e.g. subjects, or runs), the way
+    the project compares two models: {'n', 'diff' (mean), 'sem' (standard error; None below 2),
+    'higher' (how many keys a is higher on)}. Pairing cancels the large differences between
+    subjects that a comparison of two means would carry."""
+    d = np.array([a[k] - b[k] for k in a if k in b], dtype=np.float64)
+    return {"n": len(d), "diff": float(d.mean()) if len(d) else None,
+            "sem": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None, "higher": int((d > 0).sum())}

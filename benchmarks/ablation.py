@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from EEG_Dataset import atomic_write_json  # noqa: E402
+from metrics import paired_differences  # noqa: E402
 from selection import JUDGES, inner_unseen, study_run, unseen_run  # noqa: E402
 from train import evaluate, load_checkpoint, load_model  # noqa: E402
 
@@ -110,11 +111,9 @@ def main(argv=None) -> dict:
     table = {}
     for v in dict.fromkeys(r["variant"] for r in runs):
         mine = {(r["inner"], r["seed"]): r for r in runs if r["variant"] == v}
-        d = np.array([mine[k]["monitor_r"] - base[k] for k in mine if k in base])
+        d = paired_differences({k: r["monitor_r"] for k, r in mine.items()}, base)
         table[v] = {"runs": list(mine.values()), "mean": float(np.mean([r["monitor_r"] for r in mine.values()])),
-                    "diff_mean": float(d.mean()) if len(d) else None,
-                    "diff_sem": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
-                    "wins": int((d > 0).sum()), "paired": len(d)}
+                    "diff_mean": d["diff"], "diff_sem": d["sem"], "wins": d["higher"], "paired": d["n"]}
         t = table[v]
         diff = "-" if t["diff_sem"] is None else f"{t['diff_mean']:+.4f} ± {t['diff_sem']:.4f} ({t['wins']}/{t['paired']})"
         sec = [r["s_per_epoch"] for r in mine.values() if r["s_per_epoch"]]

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from EEG_Dataset import atomic_write_json, natural_key  # noqa: E402
+from EEG_Dataset import atomic_write_json  # noqa: E402
+from metrics import paired_differences  # noqa: E402
 from train import load_checkpoint  # noqa: E402
 
 OPTIONS = {"root", "ref", "out"}
@@ -61,13 +62,6 @@ def listener_scores(runs: dict, folds) -> tuple[dict, dict]:
     return ({s: float(np.mean(v)) for s, v in new.items()}, {s: float(np.mean(v)) for s, v in seen.items()})
 
 
-def paired(a: dict, b: dict) -> dict:
-    keys = sorted(set(a) & set(b), key=natural_key)
-    d = np.array([a[k] - b[k] for k in keys])
-    return {"n": len(d), "diff": float(d.mean()) if len(d) else None,
-            "sem": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None, "higher": int((d > 0).sum())}
-
-
 def main(argv=None) -> dict:
     args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in (sys.argv[1:] if argv is None else argv))
     if set(args) - OPTIONS:
@@ -90,7 +84,8 @@ def main(argv=None) -> dict:
         if ref in runs and v != ref:
             common = sorted(set(folds) & set(runs[ref]))
             mine, theirs = listener_scores(runs[v], common), listener_scores(runs[ref], common)
-            row["vs_ref"] = {"folds": common, "new": paired(mine[0], theirs[0]), "seen": paired(mine[1], theirs[1])}
+            row["vs_ref"] = {"folds": common, "new": paired_differences(mine[0], theirs[0]),
+                             "seen": paired_differences(mine[1], theirs[1])}
             cells = [f"{p['diff']:+.4f} ± {p['sem'] or 0:.4f} ({p['higher']}/{p['n']})" if p["n"] else "-"
                      for p in (row["vs_ref"]["new"], row["vs_ref"]["seen"])]
         table[v] = row

@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import newmodel  # noqa: E402
-from metrics import pearson, pearson_loss  # noqa: E402
+from metrics import paired_differences, pearson, pearson_loss  # noqa: E402
 from newmodel import (  # noqa: E402
     DEFAULT_MODEL, MODEL_DEFAULTS, ImprovedVLAAI, LinearConv, RidgeDecoder, VLAAI,
     build_model, receptive_field,
@@ -375,3 +375,14 @@ def test_pearson_loss_gradient_finite_for_constant_prediction(value):
         m.conv.bias.fill_(value)
     pearson_loss(m(torch.randn(2, 30, 4)), torch.randn(2, 30, 1)).backward()
     assert torch.isfinite(m.conv.weight.grad).all()
+
+
+def test_paired_differences_over_shared_keys_matches_scipy():
+    a = {"S1": 0.30, "S2": 0.10, "S3": 0.25, "S4": 0.5}
+    b = {"S1": 0.20, "S2": 0.15, "S3": 0.05, "S9": 0.0}  # S4 / S9 are unpaired and left out
+    d = np.array([0.10, -0.05, 0.20])
+    out = paired_differences(a, b)
+    assert out["n"] == 3 and out["higher"] == 2
+    assert out["diff"] == pytest.approx(d.mean()) and out["sem"] == pytest.approx(scipy.stats.sem(d))
+    assert paired_differences({"S1": 1.0}, {"S1": 0.5})["sem"] is None
+    assert paired_differences({"S1": 1.0}, {"S2": 0.5}) == {"n": 0, "diff": None, "sem": None, "higher": 0}
