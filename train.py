@@ -598,6 +598,8 @@ def main(argv=None) -> list[dict]:
     cfg, _ = config_module.parse_or_exit(argv)
     if cfg["epochs"] < 1 or cfg["patience"] < 1 or cfg["batch_size"] < 1 or cfg["window_s"] <= 0 or cfg["jobs"] < 1:
         raise SystemExit("config error: epochs, patience, batch_size and jobs must be >= 1 and window_s > 0")
+    if cfg["time_fold"] and cfg["split"] != "time":
+        raise SystemExit(f"config error: --time_fold={cfg['time_fold']} needs --split=time (got --split={cfg['split']})")
     rank, world, local_rank = dist_setup(cfg)
     lead = rank == 0
     if world > 1 and (cfg["jobs"] > 1 or cfg["batch_size"] % world):

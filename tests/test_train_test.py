@@ -831,6 +831,8 @@ def test_time_fold_run_is_scored_on_its_own_held_out_tenth(tmp_path, capsys):
     assert "trained with time_fold [4]" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="time_fold was 4, now 0"):
         train.main(common + ["--time_fold=0", "--resume"])
+    with pytest.raises(SystemExit, match="config error: --time_fold=4 needs --split=time"):
+        train.main(common + ["--time_fold=4", "--split=whole", f"--run_dir={tmp_path / 'whole'}"])
     # a saved config from before time folds (benchmarks/selection.py re-reads old runs) is fold 0
     old_cfg = dict(config.defaults(), data_dir=str(d), n_chans=N_CHANS)
     del old_cfg["time_fold"]
