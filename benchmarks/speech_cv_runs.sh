@@ -7,7 +7,7 @@
 # and new speech). Pairs of (time fold : held-out listeners), one per subject fold, so each
 # listener is new once and seen three times, on four different pieces of the stimulus.
 # Same recipe for every network: lr 3e-4, at most 12 epochs, patience 4, seed 1, one thread.
-# Usage: benchmarks/speech_cv_runs.sh VARIANT [PAIRS]   VARIANT: vlaai | ivlaai | ivlaai_subj | ivlaai_full | linear
+# Usage: benchmarks/speech_cv_runs.sh VARIANT [PAIRS]   VARIANT: vlaai | ivlaai | ivlaai_subj | ivlaai_full | ivlaai_full_subj | linear
 #   PAIRS: "K:SUBJ,SUBJ,... ..." (time fold : listeners held out), default: the four pairs set below
 #   reruns resume; results: bench_runs/speech_cv/VARIANT/tfK/eval/eval_score.json
 #   summary: python benchmarks/speech_cv.py
@@ -20,6 +20,7 @@ case $variant in
   ivlaai) model=ivlaai; extra=() ;;
   ivlaai_subj) model=ivlaai; extra=(--subject_embedding=True) ;;
   ivlaai_full) model=ivlaai; extra=(--ivlaai_separable=False) ;;
+  ivlaai_full_subj) model=ivlaai; extra=(--ivlaai_separable=False --subject_embedding=True) ;;
   linear) model=linear; extra=() ;;
   *) echo "unknown variant $variant" >&2; exit 2 ;;
 esac
