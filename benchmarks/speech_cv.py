@@ -13,7 +13,10 @@ listener's score is:
   listener the model knows, again on speech no model heard).
 
 Figures are the mean over listeners. Variants are compared with ``--ref`` listener by listener,
-on the folds both have (mean difference ± standard error over listeners, listeners higher).
+on the folds both have (mean difference ± standard error over listeners, listeners higher), and
+fold by fold (each fold's mean r paired with the reference's; mean ± standard error over folds,
+folds higher). The listeners of one fold share one trained model and one piece of speech, so
+the per-fold error bar is the one that counts the independent repeats.
 """
 from __future__ import annotations
 
@@ -62,6 +65,17 @@ def listener_scores(runs: dict, folds) -> tuple[dict, dict]:
     return ({s: float(np.mean(v)) for s, v in new.items()}, {s: float(np.mean(v)) for s, v in seen.items()})
 
 
+def fold_differences(runs: dict, ref_runs: dict, folds) -> dict:
+    """Paired differences over ``folds`` of each fold's mean r (new listeners, and seen listeners),
+    ``runs`` minus ``ref_runs``: {'new': paired_differences, 'seen': paired_differences}."""
+    means = {}
+    for name, rr in (("mine", runs), ("ref", ref_runs)):
+        per = {k: listener_scores(rr, [k]) for k in folds}
+        means[name] = [{k: float(np.mean(list(per[k][i].values()))) for k in folds} for i in (0, 1)]
+    return {"new": paired_differences(means["mine"][0], means["ref"][0]),
+            "seen": paired_differences(means["mine"][1], means["ref"][1])}
+
+
 def main(argv=None) -> dict:
     args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in (sys.argv[1:] if argv is None else argv))
     if set(args) - OPTIONS:
@@ -85,7 +99,8 @@ def main(argv=None) -> dict:
             common = sorted(set(folds) & set(runs[ref]))
             mine, theirs = listener_scores(runs[v], common), listener_scores(runs[ref], common)
             row["vs_ref"] = {"folds": common, "new": paired_differences(mine[0], theirs[0]),
-                             "seen": paired_differences(mine[1], theirs[1])}
+                             "seen": paired_differences(mine[1], theirs[1]),
+                             "per_fold": fold_differences(runs[v], runs[ref], common)}
             cells = [f"{p['diff']:+.4f} ± {p['sem'] or 0:.4f} ({p['higher']}/{p['n']})" if p["n"] else "-"
                      for p in (row["vs_ref"]["new"], row["vs_ref"]["seen"])]
         table[v] = row
@@ -93,6 +108,18 @@ def main(argv=None) -> dict:
               f"{row['val_r']:.4f} | {cells[0]} | {cells[1]} |")
     print("(new listeners: mean over the runs that held it out; seen: mean over the runs that trained on it; "
           "(n) listeners; diff: mean ± standard error over listeners, on the folds both variants have, (higher/n))")
+    compared = [v for v in table if "vs_ref" in table[v] and table[v]["vs_ref"]["folds"]]
+    if compared:
+        # the listeners of one fold share one trained model and one piece of speech, so the folds,
+        # not the listeners, are the independent repeats: this is the more honest error bar
+        print(f"\nper fold, paired with {ref}: mean ± standard error over folds of (fold mean r - {ref}'s), "
+              "(folds higher/folds)")
+        print(f"| variant | folds | new listeners | seen listeners |")
+        print("|---|---|---|---|")
+        for v in compared:
+            pf = table[v]["vs_ref"]["per_fold"]
+            cells = [f"{p['diff']:+.4f} ± {p['sem'] or 0:.4f} ({p['higher']}/{p['n']})" for p in (pf["new"], pf["seen"])]
+            print(f"| {v} | {','.join(map(str, table[v]['vs_ref']['folds']))} | {cells[0]} | {cells[1]} |")
     print("\nper fold (tenth of the stimulus tested): r of new / seen listeners, validation r, kept epoch")
     folds = sorted({k for v in runs for k in runs[v]})
     print("| variant | " + " | ".join(f"tf{k} ({'/'.join(next(runs[v][k] for v in runs if k in runs[v])['held_out'])} new)"

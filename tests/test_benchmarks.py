@@ -302,3 +302,22 @@ def test_speech_cv_summary_scores_new_and_seen_listeners(tmp_path, decodable_npz
              f"--result_dir={d / 'eval'}"])
     with pytest.raises(SystemExit, match=r"tf3/eval/eval_score.json: scored time_fold 0, trained 3"):
         speech_cv.main([f"--root={root}"])
+
+
+def test_speech_cv_fold_differences_pair_fold_means():
+    """benchmarks/speech_cv.py: the per-fold comparison pairs each fold's mean r (new listeners, and
+    seen listeners) with the reference's on that fold; hand-computed figures."""
+    import speech_cv
+
+    def run(held, r):
+        return {"held_out": held, "r": r, "val_r": 0.0, "epoch": 1}
+
+    mine = {0: run(["S1"], {"S1": 0.4, "S2": 0.2, "S3": 0.3}), 1: run(["S2"], {"S1": 0.1, "S2": 0.5, "S3": 0.1})}
+    ref = {0: run(["S1"], {"S1": 0.1, "S2": 0.2, "S3": 0.2}), 1: run(["S2"], {"S1": 0.2, "S2": 0.3, "S3": 0.3}),
+           2: run(["S3"], {"S1": 0.9, "S2": 0.9, "S3": 0.9})}
+    d = speech_cv.fold_differences(mine, ref, [0, 1])
+    # new: fold 0 S1 0.4-0.1 = +0.3, fold 1 S2 0.5-0.3 = +0.2; seen: fold 0 0.25-0.2, fold 1 0.1-0.25
+    assert d["new"]["n"] == 2 and d["new"]["diff"] == pytest.approx(0.25) and d["new"]["higher"] == 2
+    assert d["new"]["sem"] == pytest.approx(0.05)
+    assert d["seen"]["diff"] == pytest.approx((0.05 - 0.15) / 2) and d["seen"]["higher"] == 1
+    assert d["seen"]["sem"] == pytest.approx(0.1)
