@@ -44,7 +44,7 @@ MODEL_DEFAULTS = {
     "linear_conv_taps": 32,       # 'linear_conv': Conv1D taps looking forward (32 = 500 ms at 64 Hz)
     "ivlaai_blocks": 4,           # ivlaai: number of blocks
     "ivlaai_concat": True,        # ivlaai: block input = concat(EEG, earlier block outputs) (False: EEG + previous output)
-    "ivlaai_separable": True,     # ivlaai: depthwise-separable convs in the extractor
+    "ivlaai_separable": False,    # ivlaai: depthwise-separable convs in the extractor (False: full convs)
     "ivlaai_shared": True,        # ivlaai: one extractor + output-context module shared by all blocks (as VLAAI)
     "ivlaai_width": 128,          # ivlaai: channels of every extractor conv layer
     "ivlaai_layers": 5,           # ivlaai: conv layers in the extractor
@@ -394,7 +394,7 @@ class ImprovedVLAAI(nn.Module):
     closed_form = False
 
     def __init__(self, n_chans: int = 64, n_blocks: int = 4, concat: bool = True,
-                 separable: bool = True, shared: bool = True, width: int = 128, layers: int = 5,
+                 separable: bool = False, shared: bool = True, width: int = 128, layers: int = 5,
                  kernel: int = 8, feat: int = 64, context: int = 32, dropout: float = 0.2,
                  n_subjects: int = 0, subject_dropout: float = 0.1, chan_dropout: float = 0.0):
         super().__init__()

@@ -1,9 +1,13 @@
 """Training and inference throughput of each model on this machine (samples = EEG time steps).
 
     python benchmarks/train_speed.py [--models=vlaai,ivlaai] [--batch_size=64] [--window=320] [--steps=5]
+
+A model may carry build options after colons, e.g. ``--models=ivlaai,ivlaai:ivlaai_separable=True``
+(keys of newmodel.MODEL_DEFAULTS, values as Python literals).
 """
 from __future__ import annotations
 
+import ast
 import sys
 import time
 from pathlib import Path
@@ -23,8 +27,16 @@ def main() -> None:
     torch.manual_seed(0)
     x, y = torch.randn(bs, win, 64), torch.randn(bs, win, 1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {bs} x {win} samples x 64 channels")
-    for name in models:
-        m = newmodel.build_model(name)
+    for spec in models:
+        name, *opts = spec.split(":")
+        cfg = {}
+        for opt in opts:
+            key, _, value = opt.partition("=")
+            if key not in newmodel.MODEL_DEFAULTS:
+                raise SystemExit(f"--models: unknown build option {key!r} in {spec!r}; "
+                                 f"valid: {', '.join(newmodel.MODEL_DEFAULTS)}")
+            cfg[key] = ast.literal_eval(value)
+        m = newmodel.build_model(name, **cfg)
         opt = torch.optim.Adam(m.parameters())
         m.train()
         for i in range(steps + 1):
@@ -43,7 +55,7 @@ def main() -> None:
                 m(x)
             infer = bs * win * steps / (time.perf_counter() - t0)
         n = sum(p.numel() for p in m.parameters())
-        print(f"{name:12s} {n:>9,d} params  train {train:>9,.0f} samples/s  inference {infer:>10,.0f} samples/s")
+        print(f"{spec:12s} {n:>9,d} params  train {train:>9,.0f} samples/s  inference {infer:>10,.0f} samples/s")
 
 
 if __name__ == "__main__":

@@ -321,3 +321,17 @@ def test_speech_cv_fold_differences_pair_fold_means():
     assert d["new"]["sem"] == pytest.approx(0.05)
     assert d["seen"]["diff"] == pytest.approx((0.05 - 0.15) / 2) and d["seen"]["higher"] == 1
     assert d["seen"]["sem"] == pytest.approx(0.1)
+
+
+def test_train_speed_builds_models_with_options(monkeypatch, capsys):
+    """benchmarks/train_speed.py: 'name:key=value' builds that model with the option; an unknown
+    option is refused, naming it."""
+    import train_speed
+    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--models=linear_conv,linear_conv:linear_conv_taps=4",
+                                      "--batch_size=2", "--window=40", "--steps=1"])
+    train_speed.main()
+    out = capsys.readouterr().out
+    assert "linear_conv      2,049 params" in out and "linear_conv:linear_conv_taps=4       257 params" in out
+    monkeypatch.setattr(sys, "argv", ["train_speed.py", "--models=ivlaai:no_such_key=1"])
+    with pytest.raises(SystemExit, match="unknown build option 'no_such_key'"):
+        train_speed.main()

@@ -21,7 +21,7 @@ ALL = ["vlaai", "linear", "linear_conv", "ivlaai"]
 # Extra ivlaai variants checked for shape / receptive field / gradients.
 IVLAAI_VARIANTS = {
     "ivlaai_add": dict(ivlaai_concat=False),
-    "ivlaai_full_conv": dict(ivlaai_separable=False, ivlaai_width=32),
+    "ivlaai_separable": dict(ivlaai_separable=True, ivlaai_width=32),
     "ivlaai_unshared": dict(ivlaai_shared=False, ivlaai_blocks=3, ivlaai_width=32,
                             ivlaai_kernel=5, ivlaai_layers=3, ivlaai_context=9),
     "ivlaai_subjects": dict(n_subjects=5),
@@ -49,6 +49,14 @@ def make(case):
 def test_vlaai_param_count():
     m = build_model("vlaai")
     assert sum(p.numel() for p in m.parameters()) == 1_740_289
+
+
+def test_ivlaai_default_param_count():
+    """The default ivlaai (full extractor convs since the speech cross-validation) and the
+    depthwise-separable option; a change to either count is a change of design, not noise."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(build_model("ivlaai")) == 797_505
+    assert count(build_model("ivlaai", ivlaai_separable=True)) == 286_017
 
 
 def test_vlaai_extractor_is_shared():
