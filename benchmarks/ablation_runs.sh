@@ -10,6 +10,8 @@
 # Two shells with different variants use both cores. Rerunning skips finished runs, resumes others.
 set -e
 cd "$(dirname "$0")/.."
+# the ablation's base is the depthwise-separable ivlaai it was run on (the default until 2026-11-30)
+base="--ivlaai_separable=True"
 declare -A variants=(
   [add]="--ivlaai_concat=False"
   [full]="--ivlaai_separable=False"
@@ -30,7 +32,7 @@ for seed in ${SEEDS:-1 2}; do
       [ -n "${variants[$name]+x}" ] || { echo "unknown variant $name (${!variants[*]})" >&2; exit 2; }
       python train.py --data_dir=../shared/data/dtu --exclude_subjects=[S10,S11,S12] --monitor_recordings=[$inner] \
         --split=time --model=ivlaai --seeds=[$seed] --epochs=10 --select=last --avg_epochs=5 \
-        --lr=3e-4 --threads=1 ${variants[$name]} --run_dir=bench_runs/ablate-$name/inner-${inner//,/-} --resume
+        --lr=3e-4 --threads=1 $base ${variants[$name]} --run_dir=bench_runs/ablate-$name/inner-${inner//,/-} --resume
     done
   done
 done

@@ -11,8 +11,10 @@
 set -e
 cd "$(dirname "$0")/.."
 model=$1
+# these runs used the depthwise-separable ivlaai (the default until 2026-11-30)
+opts=(); [ "$model" = ivlaai ] && opts=(--ivlaai_separable=True)
 for seed in ${2:-1}; do
   python train.py --data_dir=../shared/data/dtu --test_recordings="['*_007','*_008','*_009']" --split=time \
-    --model=$model --seeds=[$seed] --lr=3e-4 --epochs=12 --patience=4 --threads=1 \
+    --model=$model --seeds=[$seed] --lr=3e-4 --epochs=12 --patience=4 --threads=1 "${opts[@]}" \
     --run_dir=bench_runs/seen_unseen --resume
 done

@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 for seed in 1 2; do
   for inner in S7,S8,S9 S4,S5,S6; do
     for model in ivlaai vlaai; do
+      # the study ran the depthwise-separable ivlaai (the default until 2026-11-30)
+      opts=(); [ "$model" = ivlaai ] && opts=(--ivlaai_separable=True)
       python train.py --data_dir=../shared/data/dtu --exclude_subjects=[S10,S11,S12] --monitor_recordings=[$inner] \
-        --split=time --model=$model --seeds=[$seed] --epochs=30 --patience=30 --lr=3e-4 --threads=1 --keep_epochs \
+        --split=time --model=$model --seeds=[$seed] --epochs=30 --patience=30 --lr=3e-4 --threads=1 --keep_epochs "${opts[@]}" \
         --run_dir=bench_runs/select/inner-${inner//,/-} --resume
     done
   done
