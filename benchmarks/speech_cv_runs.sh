@@ -17,8 +17,9 @@ variant=$1
 pairs=${2:-"0:S1,S2,S3 2:S4,S5,S6 5:S7,S8,S9 7:S10,S11,S12"}
 case $variant in
   vlaai) model=vlaai; extra=() ;;
-  ivlaai) model=ivlaai; extra=() ;;
-  ivlaai_subj) model=ivlaai; extra=(--subject_embedding=True) ;;
+  # ivlaai and ivlaai_subj: the depthwise-separable network (the default until 2026-11-30)
+  ivlaai) model=ivlaai; extra=(--ivlaai_separable=True) ;;
+  ivlaai_subj) model=ivlaai; extra=(--ivlaai_separable=True --subject_embedding=True) ;;
   ivlaai_full) model=ivlaai; extra=(--ivlaai_separable=False) ;;
   ivlaai_full_subj) model=ivlaai; extra=(--ivlaai_separable=False --subject_embedding=True) ;;
   linear) model=linear; extra=() ;;
