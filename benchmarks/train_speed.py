@@ -7,7 +7,6 @@ A model may carry build options after colons, e.g. ``--models=ivlaai,ivlaai:ivla
 """
 from __future__ import annotations
 
-import ast
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import newmodel  # noqa: E402
+from config import literal  # noqa: E402
 from metrics import pearson_loss  # noqa: E402
 
 
@@ -31,11 +31,15 @@ def main() -> None:
         name, *opts = spec.split(":")
         cfg = {}
         for opt in opts:
-            key, _, value = opt.partition("=")
+            key, eq, value = opt.partition("=")
             if key not in newmodel.MODEL_DEFAULTS:
                 raise SystemExit(f"--models: unknown build option {key!r} in {spec!r}; "
                                  f"valid: {', '.join(newmodel.MODEL_DEFAULTS)}")
-            cfg[key] = ast.literal_eval(value)
+            default, value = newmodel.MODEL_DEFAULTS[key], literal(value)
+            if not eq or type(value) is not type(default) and not (type(default) is float and type(value) is int):
+                raise SystemExit(f"--models: build option {opt!r} in {spec!r} needs a "
+                                 f"{type(default).__name__} value, e.g. {key}={default!r}")
+            cfg[key] = value
         m = newmodel.build_model(name, **cfg)
         opt = torch.optim.Adam(m.parameters())
         m.train()

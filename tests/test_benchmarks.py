@@ -340,3 +340,7 @@ def test_train_speed_builds_models_with_options(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["train_speed.py", "--models=ivlaai:no_such_key=1"])
     with pytest.raises(SystemExit, match="unknown build option 'no_such_key'"):
         train_speed.main()
+    for bad in ("ivlaai:ivlaai_separable=Tru", "ivlaai:ivlaai_separable", "ivlaai:ivlaai_width=1.5"):
+        monkeypatch.setattr(sys, "argv", ["train_speed.py", f"--models={bad}"])
+        with pytest.raises(SystemExit, match=f"build option .* in '{bad}' needs a"):
+            train_speed.main()
