@@ -76,6 +76,11 @@ def fold_differences(runs: dict, ref_runs: dict, folds) -> dict:
             "seen": paired_differences(means["mine"][1], means["ref"][1])}
 
 
+def _diff_cell(p: dict) -> str:
+    """A paired_differences result as a table cell: '+0.0143 ± 0.0171 (6/12)', or '-' if empty."""
+    return f"{p['diff']:+.4f} ± {p['sem'] or 0:.4f} ({p['higher']}/{p['n']})" if p["n"] else "-"
+
+
 def main(argv=None) -> dict:
     args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in (sys.argv[1:] if argv is None else argv))
     if set(args) - OPTIONS:
@@ -101,8 +106,7 @@ def main(argv=None) -> dict:
             row["vs_ref"] = {"folds": common, "new": paired_differences(mine[0], theirs[0]),
                              "seen": paired_differences(mine[1], theirs[1]),
                              "per_fold": fold_differences(runs[v], runs[ref], common)}
-            cells = [f"{p['diff']:+.4f} ± {p['sem'] or 0:.4f} ({p['higher']}/{p['n']})" if p["n"] else "-"
-                     for p in (row["vs_ref"]["new"], row["vs_ref"]["seen"])]
+            cells = [_diff_cell(p) for p in (row["vs_ref"]["new"], row["vs_ref"]["seen"])]
         table[v] = row
         print(f"| {v} | {','.join(map(str, folds))} | {row['new']:.4f} ({len(new)}) | {row['seen']:.4f} ({len(seen)}) | "
               f"{row['val_r']:.4f} | {cells[0]} | {cells[1]} |")
@@ -118,7 +122,7 @@ def main(argv=None) -> dict:
         print("|---|---|---|---|")
         for v in compared:
             pf = table[v]["vs_ref"]["per_fold"]
-            cells = [f"{p['diff']:+.4f} ± {p['sem'] or 0:.4f} ({p['higher']}/{p['n']})" for p in (pf["new"], pf["seen"])]
+            cells = [_diff_cell(p) for p in (pf["new"], pf["seen"])]
             print(f"| {v} | {','.join(map(str, table[v]['vs_ref']['folds']))} | {cells[0]} | {cells[1]} |")
     print("\nper fold (tenth of the stimulus tested): r of new / seen listeners, validation r, kept epoch")
     folds = sorted({k for v in runs for k in runs[v]})
