@@ -2,6 +2,7 @@
 
     benchmarks/speech_cv_runs.sh VARIANT          # trains + scores bench_runs/speech_cv/VARIANT/tfK
     python benchmarks/speech_cv.py [--root=bench_runs/speech_cv] [--ref=vlaai] [--out=FILE.json]
+                                   [--folds=1,4,6,9] [--seeds=1,2,3]
 
 Every run (one per time fold K) trained without three listeners and without tenth K of the
 speech, and test.py scored tenth K of all listeners' trials (``eval/eval_score.json``). A
@@ -32,26 +33,51 @@ from EEG_Dataset import atomic_write_json  # noqa: E402
 from metrics import paired_differences  # noqa: E402
 from train import load_checkpoint  # noqa: E402
 
-OPTIONS = {"root", "ref", "out"}
+OPTIONS = {"root", "ref", "out", "folds", "seeds"}
 
 
-def read_runs(root: Path) -> dict:
-    """{variant: {fold: {'held_out': [subjects], 'r': {subject: r}, 'val_r': float}}} of scored runs."""
+def read_runs(root: Path, folds=None, seeds=None) -> dict:
+    """{variant: {fold: {'held_out': [subjects], 'r': {subject: r}, 'val_r': float, 'epoch': [int],
+    'seeds': {seed: {'r': {subject: r}, 'val_r': float, 'epoch': int}}}}} of scored runs.
+
+    Every seed is its own trained model, scored on its own (``eval/seed-N/eval_score.json``; a
+    single-seed ``eval/eval_score.json`` of older runs is read too). A fold's ``r`` and ``val_r``
+    are the means over its seeds, so more seeds average run-to-run noise out of a fold's figure.
+    ``folds`` / ``seeds``: keep only these (None: all)."""
     out: dict = {}
-    for score in sorted(root.glob("*/tf*/eval/eval_score.json")):
-        fold_dir = score.parents[1]
+    for score in sorted(root.glob("*/tf*/eval/eval_score.json")) + sorted(root.glob("*/tf*/eval/seed-*/eval_score.json")):
+        fold_dir = score.parents[1] if score.parent.name == "eval" else score.parents[2]
         variant, fold = fold_dir.parent.name, int(fold_dir.name[2:])
-        best = sorted(fold_dir.glob("*/seed-*/best.pt"))
-        if len(best) != 1:
-            raise SystemExit(f"{fold_dir}: expected one trained seed, found {len(best)}")
-        ck = load_checkpoint(best[0])
-        held = ck["config"]["exclude_subjects"] or []
+        if folds is not None and fold not in folds:
+            continue
         ev = json.loads(score.read_text())
-        if ev.get("time_fold") != fold or ck["config"].get("time_fold") != fold:
-            raise SystemExit(f"{score}: scored time_fold {ev.get('time_fold')}, trained "
-                             f"{ck['config'].get('time_fold')}, folder says {fold}")
-        out.setdefault(variant, {})[fold] = {"held_out": list(held), "r": ev["ensemble"]["per_subject"],
-                                             "val_r": float(ck["best_val_r"]), "epoch": int(ck["epoch"])}
+        if ev.get("time_fold") != fold:
+            raise SystemExit(f"{score}: scored time_fold {ev.get('time_fold')}, folder says {fold}")
+        for seed_key, sc in ev["per_seed"].items():
+            seed = int(seed_key.split("-", 1)[1])
+            if seeds is not None and seed not in seeds:
+                continue
+            best = sorted(fold_dir.glob(f"*/{seed_key}/best.pt"))
+            if len(best) != 1:
+                raise SystemExit(f"{score}: scores {seed_key}, but {fold_dir} holds {len(best)} trained {seed_key}")
+            ck = load_checkpoint(best[0])
+            if ck["config"].get("time_fold") != fold:
+                raise SystemExit(f"{score}: scored time_fold {fold}, trained {ck['config'].get('time_fold')}")
+            held = list(ck["config"]["exclude_subjects"] or [])
+            run = out.setdefault(variant, {}).setdefault(fold, {"held_out": held, "seeds": {}})
+            if held != run["held_out"]:
+                raise SystemExit(f"{best[0]}: held out {held}, another seed of {fold_dir} held out {run['held_out']}")
+            rec = {"r": sc["per_subject"], "val_r": float(ck["best_val_r"]), "epoch": int(ck["epoch"])}
+            prev = run["seeds"].get(seed)
+            if prev is not None and any(abs(prev["r"][s] - rec["r"].get(s, np.nan)) > 1e-6 for s in prev["r"]):
+                raise SystemExit(f"{score}: {seed_key} scored twice in {fold_dir / 'eval'} with different figures")
+            run["seeds"][seed] = rec
+    for variant in out.values():
+        for run in variant.values():
+            per = [run["seeds"][s] for s in sorted(run["seeds"])]
+            run["r"] = {s: float(np.mean([p["r"][s] for p in per])) for s in per[0]["r"]}
+            run["val_r"] = float(np.mean([p["val_r"] for p in per]))
+            run["epoch"] = [p["epoch"] for p in per]
     return out
 
 
@@ -86,13 +112,23 @@ def main(argv=None) -> dict:
     if set(args) - OPTIONS:
         raise SystemExit(__doc__ + f"\nunknown options: {sorted(set(args) - OPTIONS)}")
     root, ref = Path(args.get("root", "bench_runs/speech_cv")), args.get("ref", "vlaai")
-    runs = read_runs(root)
+    picks = {}
+    for key in ("folds", "seeds"):
+        if key in args:
+            try:
+                picks[key] = {int(x) for x in args[key].split(",")}
+            except ValueError:
+                raise SystemExit(f"--{key}={args[key]}: expected comma-separated integers, e.g. --{key}=1,4,6,9") from None
+    runs = read_runs(root, picks.get("folds"), picks.get("seeds"))
     if not runs:
-        raise SystemExit(f"{root}: no scored runs (*/tf*/eval/eval_score.json); run benchmarks/speech_cv_runs.sh")
+        raise SystemExit(f"{root}: no scored runs (*/tf*/eval/[seed-N/]eval_score.json"
+                         + (f" with folds {sorted(picks['folds'])}" if "folds" in picks else "")
+                         + (f" and seeds {sorted(picks['seeds'])}" if "seeds" in picks else "")
+                         + "); run benchmarks/speech_cv_runs.sh")
     table: dict = {}
     print(f"speech cross-validation, {root}: r on speech no model heard (one tenth of every trial per fold)")
-    print(f"| variant | folds | new listeners r | seen listeners r | val r | new: diff vs {ref} | seen: diff vs {ref} |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| variant | folds | seeds | new listeners r | seen listeners r | val r | new: diff vs {ref} | seen: diff vs {ref} |")
+    print("|---|---|---|---|---|---|---|---|")
     for v in sorted(runs, key=lambda v: (v != ref, v)):
         folds = sorted(runs[v])
         new, seen = listener_scores(runs[v], folds)
@@ -108,10 +144,13 @@ def main(argv=None) -> dict:
                              "per_fold": fold_differences(runs[v], runs[ref], common)}
             cells = [_diff_cell(p) for p in (row["vs_ref"]["new"], row["vs_ref"]["seen"])]
         table[v] = row
-        print(f"| {v} | {','.join(map(str, folds))} | {row['new']:.4f} ({len(new)}) | {row['seen']:.4f} ({len(seen)}) | "
+        row["seeds"] = {k: sorted(runs[v][k]["seeds"]) for k in folds}
+        n_seeds = sorted({len(x) for x in row["seeds"].values()})
+        print(f"| {v} | {','.join(map(str, folds))} | {'-'.join(map(str, n_seeds))} | "
+              f"{row['new']:.4f} ({len(new)}) | {row['seen']:.4f} ({len(seen)}) | "
               f"{row['val_r']:.4f} | {cells[0]} | {cells[1]} |")
-    print("(new listeners: mean over the runs that held it out; seen: mean over the runs that trained on it; "
-          "(n) listeners; diff: mean ± standard error over listeners, on the folds both variants have, (higher/n))")
+    print("(seeds: trained seeds per fold, a fold's r is their mean; new listeners: mean over the runs that held it "
+          "out; seen: mean over the runs that trained on it; (n) listeners; diff: mean ± standard error over listeners, on the folds both variants have, (higher/n))")
     compared = [v for v in table if "vs_ref" in table[v] and table[v]["vs_ref"]["folds"]]
     if compared:
         # the listeners of one fold share one trained model and one piece of speech, so the folds,
@@ -124,7 +163,8 @@ def main(argv=None) -> dict:
             pf = table[v]["vs_ref"]["per_fold"]
             cells = [_diff_cell(p) for p in (pf["new"], pf["seen"])]
             print(f"| {v} | {','.join(map(str, table[v]['vs_ref']['folds']))} | {cells[0]} | {cells[1]} |")
-    print("\nper fold (tenth of the stimulus tested): r of new / seen listeners, validation r, kept epoch")
+    print("\nper fold (tenth of the stimulus tested): r of new / seen listeners (mean over seeds), "
+          "validation r, kept epoch(s)")
     folds = sorted({k for v in runs for k in runs[v]})
     print("| variant | " + " | ".join(f"tf{k} ({'/'.join(next(runs[v][k] for v in runs if k in runs[v])['held_out'])} new)"
                                       for k in folds) + " |")
@@ -136,8 +176,15 @@ def main(argv=None) -> dict:
                 cells.append("-")
                 continue
             new, seen = listener_scores(runs[v], [k])
+            run = runs[v][k]
+            if len(run["seeds"]) == 1:
+                extra = ""
+            else:  # how far one seed's fold figure strays from another's: the run-to-run noise
+                sd = np.std([np.mean([r for s, r in rec["r"].items() if s in run["held_out"]])
+                             for rec in run["seeds"].values()], ddof=1)
+                extra = f"{len(run['seeds'])} seeds, new sd {sd:.3f}, "
             cells.append(f"{np.mean(list(new.values())):.3f} / {np.mean(list(seen.values())):.3f} "
-                         f"(val {runs[v][k]['val_r']:.3f}, ep {runs[v][k]['epoch']})")
+                         f"({extra}val {run['val_r']:.3f}, ep {','.join(map(str, run['epoch']))})")
         print(f"| {v} | " + " | ".join(cells) + " |")
     if args.get("out"):
         atomic_write_json(Path(args["out"]), table)

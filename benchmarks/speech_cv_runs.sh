@@ -6,15 +6,19 @@
 # never heard: "new listeners" (the 3 held out) and "seen listeners" (the 9 trained on, new EEG
 # and new speech). Pairs of (time fold : held-out listeners), one per subject fold, so each
 # listener is new once and seen three times, on four different pieces of the stimulus.
-# Same recipe for every network: lr 3e-4, at most 12 epochs, patience 4, seed 1, one thread.
-# Usage: benchmarks/speech_cv_runs.sh VARIANT [PAIRS]   VARIANT: vlaai | ivlaai | ivlaai_subj | ivlaai_full | ivlaai_full_subj | linear
+# Same recipe for every network: lr 3e-4, at most 12 epochs, patience 4, one thread; seed 1 unless
+# SEEDS says otherwise (each seed is its own model, scored on its own).
+# Usage: benchmarks/speech_cv_runs.sh VARIANT [PAIRS] [SEEDS]
+#   VARIANT: vlaai | ivlaai | ivlaai_subj | ivlaai_full | ivlaai_full_subj | linear
 #   PAIRS: "K:SUBJ,SUBJ,... ..." (time fold : listeners held out), default: the four pairs set below
-#   reruns resume; results: bench_runs/speech_cv/VARIANT/tfK/eval/eval_score.json
+#   SEEDS: "1 2 3" (default "1")
+#   reruns resume; results: bench_runs/speech_cv/VARIANT/tfK/eval/seed-N/eval_score.json
 #   summary: python benchmarks/speech_cv.py
 set -e
 cd "$(dirname "$0")/.."
 variant=$1
 pairs=${2:-"0:S1,S2,S3 2:S4,S5,S6 5:S7,S8,S9 7:S10,S11,S12"}
+seeds=${3:-1}
 case $variant in
   vlaai) model=vlaai; extra=() ;;
   # ivlaai and ivlaai_subj: the depthwise-separable network (the default until 2026-11-30)
@@ -29,13 +33,14 @@ for pair in $pairs; do
   fold=${pair%%:*}; held=${pair#*:}
   held_list="['${held//,/\',\'}']"
   dir=bench_runs/speech_cv/$variant/tf$fold
-  if [ ! -f "$dir/eval/eval_score.json" ]; then
-    python train.py --data_dir=../shared/data/dtu --exclude_subjects="$held_list" --split=time --time_fold=$fold \
-      --model=$model "${extra[@]}" --seeds=[1] --lr=3e-4 --epochs=12 --patience=4 --threads=1 \
-      --run_dir=$dir --resume
-  fi
-  if [ ! -f "$dir/eval/eval_score.json" ]; then
-    python test.py --run_dir=$dir --model=$model --test_dir=None --eval_dir=../shared/data/dtu --split=time \
-      --threads=1 --result_dir=$dir/eval
-  fi
+  for seed in $seeds; do
+    score=$dir/eval/seed-$seed/eval_score.json
+    if [ ! -f "$score" ]; then
+      python train.py --data_dir=../shared/data/dtu --exclude_subjects="$held_list" --split=time --time_fold=$fold \
+        --model=$model "${extra[@]}" --seeds=[$seed] --lr=3e-4 --epochs=12 --patience=4 --threads=1 \
+        --run_dir=$dir --resume
+      python test.py --run_dir=$dir --model=$model --seeds=[$seed] --test_dir=None --eval_dir=../shared/data/dtu \
+        --split=time --threads=1 --result_dir=$dir/eval/seed-$seed
+    fi
+  done
 done

@@ -305,8 +305,50 @@ def test_speech_cv_summary_scores_new_and_seen_listeners(tmp_path, decodable_npz
     d = root / "linear" / "tf3"
     ts.main([f"--run_dir={d}", "--test_dir=None", f"--eval_dir={decodable_npz}", "--split=time", "--time_fold=0",
              f"--result_dir={d / 'eval'}"])
-    with pytest.raises(SystemExit, match=r"tf3/eval/eval_score.json: scored time_fold 0, trained 3"):
+    with pytest.raises(SystemExit, match=r"tf3/eval/eval_score.json: scored time_fold 0, folder says 3"):
         speech_cv.main([f"--root={root}"])
+
+
+def test_speech_cv_averages_seeds_scored_one_by_one(tmp_path, decodable_npz):
+    """benchmarks/speech_cv.py: seeds trained into one fold's run dir and scored one by one
+    (eval/seed-N/, as speech_cv_runs.sh does) count as one fold whose r is the mean over its
+    seeds; --seeds and --folds keep only those; a score without its trained seed is refused."""
+    import speech_cv
+    import train
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
+    ts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ts)
+    root = tmp_path / "cv"
+    common = [f"--data_dir={decodable_npz}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16",
+              "--window_s=1", "--batch_size=16", "--threads=1", "--lr=1e-2", "--epochs=1", "--split=time"]
+    for fold, held in ((0, "S1"), (3, "S2")):
+        d = root / "ivlaai" / f"tf{fold}"
+        for seed in ((1, 2) if fold == 0 else (1,)):
+            train.main([*common, f"--exclude_subjects=['{held}']", f"--time_fold={fold}", f"--seeds=[{seed}]",
+                        f"--run_dir={d}", "--resume"])
+            ts.main([f"--run_dir={d}", "--model=ivlaai", f"--seeds=[{seed}]", "--test_dir=None",
+                     f"--eval_dir={decodable_npz}", "--split=time", f"--result_dir={d / 'eval' / f'seed-{seed}'}"])
+    ev = {s: json.loads((root / "ivlaai" / "tf0" / "eval" / f"seed-{s}" / "eval_score.json").read_text())
+          ["per_seed"][f"seed-{s}"]["per_subject"] for s in (1, 2)}
+    assert ev[1]["S1"] != pytest.approx(ev[2]["S1"], abs=1e-6)  # two seeds, two models
+    runs = speech_cv.read_runs(root)["ivlaai"]
+    assert sorted(runs[0]["seeds"]) == [1, 2] and sorted(runs[3]["seeds"]) == [1]
+    assert runs[0]["held_out"] == ["S1"]
+    assert runs[0]["r"] == pytest.approx({s: (ev[1][s] + ev[2][s]) / 2 for s in ev[1]})
+    assert len(runs[0]["epoch"]) == 2
+    one = speech_cv.read_runs(root, seeds={2})["ivlaai"]
+    assert sorted(one) == [0] and one[0]["r"] == pytest.approx(ev[2])  # fold 3 has no seed 2
+    table = speech_cv.main([f"--root={root}", "--ref=ivlaai", "--folds=0"])["ivlaai"]
+    assert table["folds"] == [0] and table["seeds"] == {0: [1, 2]}
+    assert table["new_per_subject"] == pytest.approx({"S1": (ev[1]["S1"] + ev[2]["S1"]) / 2})
+    with pytest.raises(SystemExit, match="no scored runs"):
+        speech_cv.main([f"--root={root}", "--folds=5"])
+    with pytest.raises(SystemExit, match="--seeds=a: expected comma-separated integers"):
+        speech_cv.main([f"--root={root}", "--seeds=a"])
+    (root / "ivlaai" / "tf0" / "ivlaai" / "seed-2" / "best.pt").unlink()
+    with pytest.raises(SystemExit, match=r"tf0/eval/seed-2/eval_score.json: scores seed-2, but .* holds 0 trained seed-2"):
+        speech_cv.read_runs(root)
 
 
 def test_speech_cv_fold_differences_pair_fold_means():
