@@ -5,7 +5,8 @@
                                    [--folds=1,4,6,9] [--seeds=1,2,3]
 
 Every run (one per time fold K) trained without three listeners and without tenth K of the
-speech, and test.py scored tenth K of all listeners' trials (``eval/eval_score.json``). A
+speech, and test.py scored tenth K of all listeners' trials, each seed on its own
+(``eval/seed-N/eval_score.json``; a fold's r is the mean over its seeds). A
 listener's score is:
 
 * **new listeners**: its r in the run(s) that held it out (a listener no model trained on, on
