@@ -18,10 +18,8 @@ files claim, because the field's split scripts save unstandardized arrays by mis
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fileio import atomic_write_json, read_json
 from metrics import pearson
 
 FS = 64  # Hz: the field's EEG and envelope rate; every format here is at 64 Hz
@@ -224,13 +223,7 @@ def read_npz_folder(folder) -> list[Recording]:
 
 
 def _read_json(path: Path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: malformed JSON ({exc})") from exc
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
+    return read_json(path, error=DataError)
 
 
 def _subject_of_json(path: Path) -> str:
@@ -703,48 +696,6 @@ def read_test_set(test_dir, n_chans: int | None = None) -> dict[str, dict[str, n
                 )
         out[_subject_of_json(p)] = segs
     return out
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be as readable as any file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj).encode())
-
-
-def json_cached(path, key, compute):
-    """(value, True) from the JSON cache ``path`` when it was written for ``key``; otherwise
-    (compute(), False), stored there atomically with its key. A missing, malformed or stale cache
-    is simply recomputed; ``key`` must be JSON data (compared after a JSON round trip)."""
-    path, key = Path(path), json.loads(json.dumps(key))
-    try:
-        kept = json.loads(path.read_text())
-        if kept.get("key") == key:
-            return kept["value"], True
-    except (OSError, ValueError, AttributeError, KeyError):
-        pass
-    value = compute()
-    atomic_write_json(path, {"key": key, "value": value})
-    return value, False
 
 
 def write_predictions(result_dir, predictions: dict[str, dict[str, np.ndarray]]) -> list[Path]:
