@@ -8,9 +8,16 @@ Formats (detected from what a folder contains, see ``detect_format``):
               ``DTU_S3_004.npz`` is subject ``S3``, recording ``DTU_S3_004``.
   challenge   a test set of ``sub-XXX.json`` files ``{segment_id: [[C floats] x T]}``, without labels;
               labels (when given) ``{segment_id: [[[e0], [e1], ...], stimulus]}``.
+  sparrkulee  SparrKULee as downloaded (the dataset root, or its ``derivatives/`` folder):
+              ``derivatives/{preprocessed_eeg|eeg}/sub-*/ses-*/..._desc-preproc-audio-<stimulus>_eeg.npy``
+              (channels-first (64, T) float64) paired by stimulus with
+              ``derivatives/{preprocessed_stimuli|stimuli}/<stimulus>_-_envelope.npy``; both cut to
+              the shorter; memory-mapped and converted per window (``LazyEEG``), never loaded whole.
+              Subject ``sub-XXX``, recording ``sub-XXX_-_ses-YYY_-_<stimulus>``.
 
 Every reader yields ``Recording(subject, rec_id, eeg (T, C) float32, envelope (T, 1) float32 or
-None, fs=64, path, split)``. ``load_corpus`` then splits each recording (split_data keeps its own
+None, fs=64, path, split)``; eeg may be a memory map or a ``LazyEEG`` view (sliced lazily, read
+with ``np.asarray``). ``load_corpus`` then splits each recording (split_data keeps its own
 train/val/test; everything else is cut in time 80/10/10) and standardizes each recording's EEG
 (per channel) and envelope with the mean and std of *that recording's train part* - whatever the
 files claim, because the field's split scripts save unstandardized arrays by mistake.
@@ -47,7 +54,8 @@ class DataError(ValueError):
 class Recording:
     """One recording (or one part of one, for split_data) as read from disk, not standardized.
 
-    eeg: (T, C) float32, possibly a read-only memory map. envelope: (T, 1) float32 or None
+    eeg: (T, C) float32, possibly a read-only memory map or a ``LazyEEG`` view of one (SparrKULee
+    derivatives). envelope: (T, 1) float32 or None
     (challenge test set without labels). split: 'train'/'val'/'test' when the files fix it.
     """
 
@@ -131,7 +139,10 @@ _NPZ_SUBJECT_RE = re.compile(r"^(?:.*?_)?(S\d+|sub-\w+?)_(\d+)$")
 
 
 def detect_format(folder) -> str:
-    """'split_data', 'npz' or 'challenge', from the files in ``folder``; DataError otherwise."""
+    """'split_data', 'npz', 'challenge' or 'sparrkulee', from what ``folder`` holds; DataError otherwise.
+
+    'sparrkulee': ``folder`` is a SparrKULee root (holds ``derivatives/``) or its derivatives
+    folder (see ``read_sparrkulee``); checked after the file-based formats."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: data folder does not exist")
@@ -142,11 +153,14 @@ def detect_format(folder) -> str:
         return "npz"
     if any(n.startswith("sub-") and n.endswith(".json") for n in names):
         return "challenge"
+    if _derivatives_folder(folder) is not None:
+        return "sparrkulee"
     shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "") if names else "nothing"
     raise DataError(
         f"{folder}: no recognizable EEG data (found {shown}). Expected split_data files "
         "'{split}_-_{subject}_-_{stimulus}_-_eeg.npy' + '..._-_envelope.npy', DTU-style "
-        "'*_S<n>_<trial>.npz' with keys eeg/envelope, or a challenge test set of 'sub-XXX.json'"
+        "'*_S<n>_<trial>.npz' with keys eeg/envelope, a challenge test set of 'sub-XXX.json', "
+        "or SparrKULee derivatives 'derivatives/preprocessed_eeg/sub-*/ses-*/*_eeg.npy'"
     )
 
 
@@ -187,6 +201,187 @@ def _load_npy(path: Path) -> np.ndarray:
         # Rare (e.g. float64 derivatives); converting loads this one file into memory.
         arr = np.asarray(arr, dtype=np.float32)
     return arr
+
+
+class LazyEEG:
+    """A read-only, lazy (time, channels) float32 view of a 2-D array on disk.
+
+    SparrKULee's derivatives store EEG channels-first (64, T) in float64. Wrapped around the
+    file's memory map, this view is the (T, C) float32 array ``Recording`` and ``SplitRecording``
+    expect, without a copy: slicing in time (``v[a:b]``, step 1) gives another view, and samples
+    are read and converted (transposed, rounded to float32) only when a view becomes an array,
+    ``np.asarray(v[a:b])``: one window in ``SplitRecording.get``, one chunk in ``_mean_std`` and
+    ``_check_finite``. Any other index (an integer, a step, channels) converts the view's time
+    span and indexes that. ``channels_first=False`` wraps a time-first (T, C) array of another
+    dtype the same way. Pickles by file name when made by ``open`` (DataLoader workers that
+    spawn re-open the memory map instead of copying it).
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, base, channels_first: bool = True, start: int = 0, stop: int | None = None,
+                 path: str | None = None):
+        if base.ndim != 2:
+            raise ValueError(f"LazyEEG needs a 2-D array, got shape {base.shape}")
+        self.base, self.channels_first, self.path = base, bool(channels_first), path
+        n = base.shape[1] if self.channels_first else base.shape[0]
+        self.start, self.stop, _ = slice(start, stop).indices(n)
+        self.stop = max(self.start, self.stop)
+
+    @classmethod
+    def open(cls, path, channels_first: bool = True) -> "LazyEEG":
+        """Memory-map the .npy file ``path`` (no data read)."""
+        return cls(np.load(path, mmap_mode="r", allow_pickle=False), channels_first, path=str(path))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.stop - self.start, self.base.shape[0] if self.channels_first else self.base.shape[1])
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __repr__(self) -> str:
+        return (f"LazyEEG(shape={self.shape}, {'channels-first' if self.channels_first else 'time-first'} "
+                f"{self.base.dtype} samples {self.start}:{self.stop} of {self.path or 'an array'})")
+
+    def __getitem__(self, key):
+        t, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
+        if isinstance(t, slice) and t.step in (None, 1) and not rest:
+            a, b, _ = t.indices(len(self))
+            return LazyEEG(self.base, self.channels_first, self.start + a, self.start + max(a, b), self.path)
+        if isinstance(t, (int, np.integer)) and not rest:  # one time sample
+            i = range(len(self))[t]
+            return np.asarray(self[i : i + 1])[0]
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError("LazyEEG: converting to an array always copies")
+        if self.channels_first:
+            block = self.base[:, self.start : self.stop].T
+        else:
+            block = self.base[self.start : self.stop]
+        out = np.ascontiguousarray(block, dtype=np.float32)  # one pass: read, transpose, round
+        return out if dtype is None or np.dtype(dtype) == out.dtype else out.astype(dtype)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.path is not None and isinstance(self.base, np.memmap):
+            state["base"] = None  # re-opened from self.path
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.base is None:
+            self.base = np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+
+# SparrKULee derivatives (as ExpORL's brain_pipe writes them and as the dataset is downloaded):
+#   <root>/derivatives/{preprocessed_eeg|eeg}/sub-*/ses-*/<...>_desc-preproc-audio-<stimulus>_eeg.npy
+#   <root>/derivatives/{preprocessed_stimuli|stimuli}/<stimulus>_-_envelope.npy (or <stimulus>_envelope.npy)
+_DERIV_EEG_DIRS = ("preprocessed_eeg", "eeg")
+_DERIV_STIM_DIRS = ("preprocessed_stimuli", "stimuli")
+_DERIV_EEG_RE = re.compile(r"^(sub-[A-Za-z0-9]+)_(?:.*?_)?desc-preproc-audio-(.+)_eeg\.npy$")
+_DERIV_ENTITY_RE = re.compile(r"(?:^|_)((?:ses|run)-[A-Za-z0-9]+)(?=_)")
+MIN_RECORDING_SAMPLES = 5 * FS  # one 5 s window, the default training window
+
+
+def _derivatives_folder(folder: Path) -> Path | None:
+    """The SparrKULee derivatives folder of ``folder`` (the dataset root holding ``derivatives/``,
+    or the derivatives folder itself): the one holding a ``preprocessed_eeg`` or ``eeg`` folder
+    with ``sub-*`` folders in it. None if there is none."""
+    for d in (folder / "derivatives", folder):
+        for name in _DERIV_EEG_DIRS:
+            eeg = d / name
+            if eeg.is_dir() and any(p.is_dir() and p.name.startswith("sub-") for p in eeg.iterdir()):
+                return d
+    return None
+
+
+def read_sparrkulee(folder, min_samples: int = MIN_RECORDING_SAMPLES) -> list[Recording]:
+    """SparrKULee derivatives: one Recording per EEG file, paired with its stimulus's envelope.
+
+    ``folder``: the dataset root (holding ``derivatives/``) or the derivatives folder. EEG files
+    ``{preprocessed_eeg|eeg}/sub-*/ses-*/..._desc-preproc-audio-<stimulus>_eeg.npy`` (channels-first
+    (C, T), any float dtype: float64 as downloaded) are memory-mapped and wrapped in a ``LazyEEG``
+    (time-first, float32, converted per window), so no copy of the corpus is held; a time-first
+    file (T, C) is read the same way. The envelope ``{preprocessed_stimuli|stimuli}/<stimulus>_-_envelope.npy``
+    (or ``<stimulus>_envelope.npy``; (T,) or (T, 1)) is loaded as float32, once per stimulus. Both
+    are cut to the shorter of the two, as SparrKULee's split script does (they differ by seconds,
+    so LENGTH_TOLERANCE does not apply). Subject ``sub-XXX``; recording id
+    ``sub-XXX_-_ses-YYY_-_<stimulus>`` (``_-_run-ZZ`` added where one session has the stimulus twice).
+    min_samples: a recording shorter than this after the cut (default one 5 s window) is an error.
+    """
+    folder = Path(folder)
+    deriv = _derivatives_folder(folder)
+    if deriv is None:
+        raise DataError(f"{folder}: no SparrKULee derivatives (expected derivatives/"
+                        f"{{{'|'.join(_DERIV_EEG_DIRS)}}}/sub-*/ses-*/*_eeg.npy)")
+    eeg_dir = next(deriv / n for n in _DERIV_EEG_DIRS if (deriv / n).is_dir())
+    stim_dir = next((deriv / n for n in _DERIV_STIM_DIRS if (deriv / n).is_dir()), None)
+    if stim_dir is None:
+        raise DataError(f"{deriv}: SparrKULee EEG in {eeg_dir.name}/ but no stimulus folder "
+                        f"({' or '.join(n + '/' for n in _DERIV_STIM_DIRS)}) with the envelopes")
+    eeg_files = sorted(p for p in eeg_dir.glob("sub-*/**/*_eeg.npy") if p.is_file())
+    if not eeg_files:
+        gz = sorted(eeg_dir.glob("sub-*/**/*_eeg.npy.gz"))
+        hint = f" (found {gz[0]}: compressed files cannot be memory-mapped; gunzip them first)" if gz else ""
+        raise DataError(f"{eeg_dir}: no EEG files 'sub-*/ses-*/*_desc-preproc-audio-<stimulus>_eeg.npy'{hint}")
+    envelopes: dict[Path, np.ndarray] = {}
+    recs: list[Recording] = []
+    ids: set[tuple[str, str]] = set()
+    for p in eeg_files:
+        m = _DERIV_EEG_RE.match(p.name)
+        if not m:
+            raise DataError(f"{p}: cannot tell the stimulus from the file name; expected "
+                            "'sub-XXX_ses-YYY_..._desc-preproc-audio-<stimulus>_eeg.npy'")
+        subject, stimulus = m.groups()
+        entities = dict(e.split("-", 1) for e in _DERIV_ENTITY_RE.findall(p.name.split("_desc-")[0] + "_"))
+        env_path = next((stim_dir / f"{stimulus}{s}" for s in ("_-_envelope.npy", "_envelope.npy")
+                         if (stim_dir / f"{stimulus}{s}").is_file()), None)
+        if env_path is None:
+            gz = stim_dir / f"{stimulus}_-_envelope.npy.gz"
+            hint = f"; found {gz.name}: gunzip it first" if gz.is_file() else ""
+            raise DataError(f"{p}: no envelope for stimulus {stimulus!r}: expected "
+                            f"{stim_dir / (stimulus + '_-_envelope.npy')}{hint}")
+        try:
+            raw = np.load(p, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+            raise DataError(f"{p}: cannot read as a .npy array ({exc})") from exc
+        if raw.ndim != 2:
+            raise DataError(f"{p}: EEG must be 2-D (channels, time), got shape {raw.shape}")
+        if raw.dtype.kind != "f":
+            raise DataError(f"{p}: EEG must hold floating-point samples, got dtype {raw.dtype}")
+        # channels-first (C, T) as SparrKULee stores it; a (T, C) file is read time-first
+        eeg = LazyEEG(raw, channels_first=raw.shape[0] <= raw.shape[1], path=str(p))
+        if env_path not in envelopes:
+            env = _as_envelope(np.load(env_path, mmap_mode="r", allow_pickle=False), env_path)
+            env = np.asarray(env, dtype=np.float32)  # small: (T, 1), shared by every listener
+            _check_finite(env, env_path, "envelope")
+            envelopes[env_path] = env
+        env = envelopes[env_path]
+        n = min(len(eeg), len(env))
+        if n < min_samples:
+            short = env_path if len(env) <= len(eeg) else p
+            other = p if short == env_path else env_path
+            raise DataError(f"{short}: {'envelope' if short == env_path else 'EEG'} has {n} samples "
+                            f"(with {other.name}), shorter than one {min_samples / FS:g} s window "
+                            f"({min_samples} samples at {FS} Hz)")
+        eeg, env = eeg[:n], env[:n]
+        _check_finite(eeg, p, "EEG")
+        rec_id = SEP.join([subject, *(["ses-" + entities["ses"]] if "ses" in entities else []), stimulus])
+        if (subject, rec_id) in ids:
+            rec_id += SEP + ("run-" + entities["run"] if "run" in entities else p.stem)
+        if (subject, rec_id) in ids:
+            raise DataError(f"{p}: a second recording of {rec_id!r}")
+        ids.add((subject, rec_id))
+        recs.append(Recording(subject, rec_id, eeg, env, FS, str(p)))
+    return recs
 
 
 def read_npz_folder(folder) -> list[Recording]:
@@ -298,16 +493,19 @@ def read_folder(folder, label_dir=None) -> tuple[str, list[Recording]]:
     """Detect the format of ``folder`` and read it. Returns (format, recordings).
 
     A folder that holds a ``split_data`` sub-folder (like the demo corpus's ``xfdata/``) is read
-    through it.
+    through it, unless it is a SparrKULee derivatives folder (its own EEG is read then).
     """
     folder = Path(folder)
-    if folder.is_dir() and not any(p.is_file() for p in folder.iterdir()) and (folder / "split_data").is_dir():
+    if (folder.is_dir() and not any(p.is_file() for p in folder.iterdir()) and (folder / "split_data").is_dir()
+            and _derivatives_folder(folder) is None):
         folder = folder / "split_data"
     fmt = detect_format(folder)
     if fmt == "split_data":
         recs = read_split_data(folder)
     elif fmt == "npz":
         recs = read_npz_folder(folder)
+    elif fmt == "sparrkulee":
+        recs = read_sparrkulee(folder)
     else:
         recs = read_challenge_folder(folder, label_dir)
     _check_channels(recs)
@@ -683,9 +881,13 @@ def read_test_set(test_dir, n_chans: int | None = None) -> dict[str, dict[str, n
     test_dir = Path(test_dir)
     if not test_dir.is_dir():
         raise DataError(f"{test_dir}: test folder does not exist")
-    files = sorted(test_dir.glob("*.json"))
+    files = sorted(test_dir.glob("sub-*.json"))
+    ignored = sorted(p.name for p in test_dir.glob("*.json") if not p.name.startswith("sub-"))
     if not files:
-        raise DataError(f"{test_dir}: no test .json files found (expected sub-XXX.json)")
+        raise DataError(f"{test_dir}: no test files sub-XXX.json found"
+                        + (f" (ignored: {', '.join(ignored)})" if ignored else ""))
+    if ignored:
+        print(f"{test_dir}: not subject files, ignored: {', '.join(ignored)}", flush=True)
     out = {}
     for p in files:
         segs = read_challenge_segments(p)

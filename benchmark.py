@@ -1,4 +1,4 @@
-"""Benchmark models on real EEG with the protocols of docs/benchmark.md (DTU-style npz folder).
+"""Benchmark models on real EEG with the field's two protocols (DTU-style npz folder).
 
     python benchmark.py --quick       # heldout fold S10-S12, 2 seeds, 6 epochs: 21 min on 2 CPU cores
     python benchmark.py               # 4 heldout folds + seen-subjects, 3 seeds: many hours on a CPU
@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import signal
 import sys
 import time
 from pathlib import Path
@@ -31,39 +30,44 @@ from pathlib import Path
 import numpy as np
 
 import config
+import runtime
 import test as test_script
-import train as train_script
-from EEG_Dataset import atomic_write_bytes, atomic_write_json, json_cached, natural_key
+from checkpoint import load_checkpoint
+from EEG_Dataset import natural_key
+from fileio import atomic_write_bytes, atomic_write_json, json_cached, sha256_file
 from metrics import paired_differences
+from runs import finished_run
+from sweep import run_pool, threads_per_job, visible_gpus
 
 ROOT = Path(__file__).resolve().parent
 DTU_DEFAULT = str(ROOT.parent / "shared" / "data" / "dtu")
 N_FOLDS = 4  # held-out-subject folds: the folder's subjects in natural order, cut into 4 runs (S1-S3 ... S10-S12)
 
-DEFAULTS = {
-    "data_dir": DTU_DEFAULT,  # DTU-style npz folder with subjects S1..S12
-    "out_dir": None,  # run folders and result tables (None: bench_runs/full, or bench_runs/quick with --quick)
-    "protocols": ["heldout", "seen"],  # which protocols to run (--quick: heldout only)
-    "models": ["linear", "vlaai", "ivlaai"],  # models (train.py --model names) to compare
-    "variants": {},  # extra named variants: {label: [train.py args]}, e.g. ablations
-    "seeds": [1, 2, 3],  # seeds per model (--quick: [1, 2])
-    # The training recipe, the same for every network. lr and patience were chosen on validation r
-    # (docs/model.md: lr 3e-4 / patience 10 beat lr 1e-3 / patience 3-5). The recipe keys take one
-    # value for every protocol or a {protocol: value} dict. Held-out subjects: the stopping-rule
-    # study (docs/model.md; inner held-out listeners of the training set, validation data only)
-    # found that 10 epochs keeping the average of epochs 6-10 decode new listeners better than
-    # early stopping on the 5 s validation pieces, for both networks. Seen subjects: validation is
-    # a whole trial of the same listeners, and early stopping on it stays.
-    "lr": 3e-4,  # Adam learning rate
-    "epochs": {"heldout": 10, "seen": 30},  # (maximum) epochs per run (--quick: 6, ~21 min on 2 CPU cores)
-    "patience": 10,  # early-stopping patience in epochs, where select is best_val (--quick: 6)
-    "select": {"heldout": "last", "seen": "best_val"},  # train.py --select: the final epoch or the best val r
-    "avg_epochs": {"heldout": 5, "seen": 1},  # train.py --avg_epochs: keep the average of the last N epochs (--quick: 3)
-    "threads": 0,  # torch CPU threads per run (0: default; with jobs > 1: the cores split between the jobs)
-    "jobs": 1,  # seeds trained at once in separate processes (train.py --jobs): 2 one-thread jobs beat one 2-thread run on a 2-core CPU (--quick: 2)
-    "quick": False,  # heldout fold S10-S12 only, 2 seeds, 6 epochs, 2 jobs: a check that ends in < 30 min
-    "folds": None,  # heldout folds to run, by index 0-3 (None: all, or [3] with --quick)
-    "extra": [],  # more train.py args for every run, e.g. ['--batch_size=32']
+# The benchmark's own keys: (default, comment). The training recipe keys take one value for every
+# protocol or a {protocol: value} dict. lr and patience were chosen on validation r (docs/model.md:
+# lr 3e-4 / patience 10 beat lr 1e-3 / patience 3-5). Held-out subjects: the stopping-rule study
+# (docs/model.md; inner held-out listeners of the training set, validation data only) found that 10
+# epochs keeping the average of epochs 6-10 decode new listeners better than early stopping on the
+# 5 s validation pieces, for both networks. Seen subjects: validation is a whole trial of the same
+# listeners, and early stopping on it stays.
+KEYS = {
+    "data_dir": (DTU_DEFAULT, "DTU-style npz folder with subjects S1..S12"),
+    "out_dir": (None, "run folders and result tables (None: bench_runs/full, or bench_runs/quick with --quick)",
+                (str, type(None))),
+    "protocols": (["heldout", "seen"], "which protocols to run (--quick: heldout only)"),
+    "models": (["linear", "vlaai", "ivlaai"], "models (train.py --model names) to compare"),
+    "variants": ({}, "extra named variants: {label: [train.py args]}, e.g. ablations"),
+    "seeds": ([1, 2, 3], "seeds per model (--quick: [1, 2])"),
+    "lr": (3e-4, "Adam learning rate", (float, int, dict)),
+    "epochs": ({"heldout": 10, "seen": 30}, "(maximum) epochs per run (--quick: 6, ~21 min on 2 CPU cores)", (int, dict)),
+    "patience": (10, "early-stopping patience in epochs, where select is best_val (--quick: 6)", (int, dict)),
+    "select": ({"heldout": "last", "seen": "best_val"}, "train.py --select: the final epoch or the best val r", (str, dict)),
+    "avg_epochs": ({"heldout": 5, "seen": 1}, "train.py --avg_epochs: keep the average of the last N epochs (--quick: 3)", (int, dict)),
+    "threads": (0, "torch CPU threads per run (0: the cores split between the jobs)"),
+    "jobs": (1, "runs trained at once in separate processes: 2 one-thread jobs beat one 2-thread run on a 2-core CPU (--quick: 2)"),
+    "quick": (False, "heldout fold S10-S12 only, 2 seeds, 6 epochs, 2 jobs: a check that ends in < 30 min"),
+    "folds": (None, "heldout folds to run, by index 0-3 (None: all, or [3] with --quick)", (list, type(None))),
+    "extra": ([], "more train.py args for every run, e.g. ['--batch_size=32']"),
 }
 QUICK = {"protocols": ["heldout"], "folds": [3], "seeds": [1, 2], "epochs": 6, "patience": 6, "avg_epochs": 3, "jobs": 2}
 RECIPE = ("lr", "epochs", "patience", "select", "avg_epochs")  # train.py options, per protocol or for all
@@ -71,17 +75,7 @@ OURS = "ivlaai"  # the project's network: the comparisons in results.md are made
 
 
 def parse_args(argv) -> dict:
-    cfg = dict(DEFAULTS)
-    given = set()
-    for arg in argv:
-        key, eq, text = arg.lstrip("-").partition("=")
-        if key not in cfg:
-            raise SystemExit(f"unknown option --{key}; valid: {', '.join(cfg)}")
-        given.add(key)
-        if not eq:
-            cfg[key] = True
-            continue
-        cfg[key] = config.literal(text)
+    cfg, given = config.parse_or_exit(argv, program=None, extra=KEYS)
     if cfg["quick"]:  # options given on the command line win over the quick settings
         cfg.update({k: v for k, v in QUICK.items() if k not in given})
         if "jobs" not in given and (os.cpu_count() or 1) < 2:
@@ -170,14 +164,13 @@ def main(argv=None) -> dict:
 
     def scores_key(g: dict) -> dict:
         """What a group's scores depend on: its seeds' best.pt (by content) and the scoring setup."""
-        return {"best_pt_sha256": {f"seed-{s}": hashlib.sha256(
-                    (g["run_dir"] / g["model"] / f"seed-{s}" / "best.pt").read_bytes()).hexdigest() for s in cfg["seeds"]},
+        return {"best_pt_sha256": {f"seed-{s}": sha256_file(g["run_dir"] / g["model"] / f"seed-{s}" / "best.pt")
+                                   for s in cfg["seeds"]},
                 "data_dir": str(cfg["data_dir"]), "eval_args": g["eval_args"], "unseen_args": g["unseen_args"]}
 
     def score(g: dict) -> dict:
         """Seed summary and test scores of a group whose seeds are all trained."""
         t0 = time.time()
-        train_script.main([*g["run_args"], f"--seeds={cfg['seeds']}", "--jobs=1"])  # trains nothing now
         evals = {}
         for name, args in (("eval", g["eval_args"]), ("eval_unseen_speech", g["unseen_args"])):
             if args is not None:
@@ -187,7 +180,7 @@ def main(argv=None) -> dict:
         val_r, train_s = {}, 0.0
         for seed in cfg["seeds"]:
             seed_dir = g["run_dir"] / g["model"] / f"seed-{seed}"
-            ck = train_script.load_checkpoint(seed_dir / "best.pt")
+            ck = load_checkpoint(seed_dir / "best.pt")
             val_r[f"seed-{seed}"] = float(ck["best_val_r"])
             val_r.setdefault("epochs", {})[f"seed-{seed}"] = len(ck["history"]) if ck["history"] else 0
             train_s += log_seconds(seed_dir / "log.csv")
@@ -204,23 +197,16 @@ def main(argv=None) -> dict:
         results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = entry
         write_results(out, results, cfg, time.time() - t_start)
 
-    if cfg["jobs"] == 1:
-        for g in groups:
-            for seed in cfg["seeds"]:
-                print(f"== {g['proto']} {g['fold']} {g['label']} seed {seed}", flush=True)
-                train_script.main([*g["run_args"], f"--seeds=[{seed}]"])
-            finish(g)
-        return results
-    # Several jobs: one pool of (group, seed) processes over all groups, so no core idles while the
-    # last seed of a model trains; a group is scored as soon as its last seed ends.
-    gpus = train_script.visible_gpus(config.parse(cfg["extra"])[0]["device"])
-    threads = cfg["threads"] or max(1, (os.cpu_count() or 1) // cfg["jobs"])
+    # One pool of (group, seed) train.py processes over all groups, so no core idles while the last
+    # seed of a model trains; a group is scored as soon as its last seed ends.
+    gpus = visible_gpus(config.parse(cfg["extra"], "train")[0]["device"])
+    threads = threads_per_job(cfg["threads"], cfg["jobs"])
     tasks, owner = [], {}
     for g in groups:
         # a model/fold whose seeds are all finished is scored now, so a resumed run's tables
         # show it at once rather than after everything queued before it
-        train_cfg = config.parse(g["run_args"])[0]
-        if all(train_script.finished_run(g["run_dir"] / g["model"] / f"seed-{s}", train_cfg, s) for s in cfg["seeds"]):
+        train_cfg = config.parse(g["run_args"], "train")[0]
+        if all(finished_run(g["run_dir"] / g["model"] / f"seed-{s}", train_cfg, s) for s in cfg["seeds"]):
             print(f"  {g['proto']} {g['fold']} {g['label']}: all seeds finished earlier", flush=True)
             finish(g)
             continue
@@ -240,7 +226,7 @@ def main(argv=None) -> dict:
 
     print(f"{len(tasks)} training runs, {cfg['jobs']} at a time, "
           + (f"one GPU each ({','.join(gpus)})" if gpus else f"{threads} CPU threads each"), flush=True)
-    failed = train_script.run_pool(tasks, cfg["jobs"], gpus, on_done)
+    failed = run_pool(tasks, cfg["jobs"], gpus, on_done)
     if failed:
         raise SystemExit(f"benchmark: {len(failed)} training runs failed ({', '.join(failed)}); see their logs. "
                          "Run the same command again to retry them; finished runs are kept.")
@@ -359,7 +345,6 @@ def comparison_lines(cmp: dict) -> list[str]:
 def stimulus_overlap(data_dir) -> dict:
     """How many distinct envelopes the recordings hold. When train and test recordings share a
     stimulus, a model can score by having learned that one piece of speech, not by decoding."""
-    import hashlib
 
     from EEG_Dataset import read_folder
 
@@ -460,7 +445,7 @@ def plot(path: Path, summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, train_script.on_sigterm)  # kill = Ctrl-C: running seeds save last.pt
+    runtime.sigterm_as_interrupt()  # kill = Ctrl-C: the running seeds stop at their last completed epoch
     try:
         main()
     except KeyboardInterrupt:

@@ -1,16 +1,21 @@
-"""Every hyperparameter, path and seed, as plain Python. Override any key on the command line.
+"""Every hyperparameter, path and seed, as plain Python, with the programs that read each key.
 
     python train.py --model=vlaai --seeds=[1,2,3] --epochs=20 --data_dir=../shared/data/dtu
     python train.py --config=my_overrides.py --lr=5e-4
+    python config.py               # every program's keys, defaults and comments
+    python train.py --help         # the keys of one program
 
 Values are Python literals (numbers, lists, booleans, None); a bare word is a string; a bare
 ``--flag`` means True. ``--config=path.py`` reads a file of ``key = literal`` lines (read as data,
-never executed). Unknown keys and values of the wrong type are rejected.
+never executed). A key the program does not read, a value of the wrong type and a value that
+cannot work (e.g. ``--lr=0``) are rejected with a one-line message naming the key.
 """
 from __future__ import annotations
 
 import ast
 import copy
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -71,7 +76,7 @@ jobs = 1  # train this many seeds at once in separate processes (one per GPU whe
 # ---- outputs --------------------------------------------------------------------------------
 run_dir = "runs"  # checkpoints and logs go to run_dir/<model>/seed-<seed>/
 resume = False  # continue an interrupted run from its last.pt
-keep_epochs = False  # also keep every epoch's weights in epochs/epoch-NNN.pt (benchmarks/selection.py studies them)
+keep_epochs = False  # also keep every epoch's weights in epochs/epoch-NNN.pt (for offline stopping-rule studies)
 overwrite = False  # allow replacing an existing run or result folder (otherwise a clash stops)
 
 # ---- test / scoring -------------------------------------------------------------------------
@@ -87,6 +92,7 @@ eval_hop_s = 1.0  # eval_dir: hop between those windows
 demo_subjects = 8  # subjects in the built-in demo corpus
 demo_minutes = 4.0  # minutes of EEG per demo subject
 demo_seed = 0  # seed of the demo corpus generator
+demo_dir = "xfdata"  # where the demo corpus is written (split_data/, test set, labels); train.py builds it here
 
 # ---- preprocess -----------------------------------------------------------------------------
 # preprocess.py: raw recordings (wav/npz audio + BDF/EDF/FIF/BrainVision EEG) -> a split_data folder
@@ -107,6 +113,28 @@ pre_env_fmin_hz = 50.0  # envelope: lowest band centre in Hz
 pre_env_fmax_hz = 5000.0  # envelope: highest band centre in Hz
 pre_env_power = 0.6  # envelope: sum over bands of |band output| ** pre_env_power
 pre_tolerance_s = 0.0625  # EEG may end up to this long before the stimulus does (both are cut); longer is an error
+
+# ---- which program reads which keys ---------------------------------------------------------
+_DATA = ("data_dir", "subjects", "exclude_subjects", "val_recordings", "test_recordings", "monitor_recordings",
+         "split", "time_fold", "window_s", "fs", "n_chans")
+_MODEL = ("model", "dropout", "subject_embedding", "ivlaai_blocks", "ivlaai_width", "ivlaai_layers", "ivlaai_kernel",
+          "ivlaai_feat", "ivlaai_context", "ivlaai_concat", "ivlaai_separable", "ivlaai_shared",
+          "ivlaai_chan_dropout", "ivlaai_subject_dropout", "linear_lags", "linear_conv_taps")
+_TRAINING = ("seeds", "epochs", "patience", "batch_size", "lr", "weight_decay", "ema_decay", "avg_epochs", "select",
+             "grad_clip", "num_workers", "device", "deterministic", "threads", "amp", "compile", "jobs")
+_DEMO = ("demo_subjects", "demo_minutes", "demo_seed", "demo_dir")
+PROGRAMS = {
+    "train": (*_DATA, *_MODEL, *_TRAINING, "run_dir", "resume", "keep_epochs", "overwrite", *_DEMO),
+    "test": ("run_dir", "model", "seeds", "device", "threads", "test_dir", "label_dir", "result_dir", "seen_subjects",
+             "eval_dir", "eval_window_s", "eval_hop_s", "overwrite", "fs", "subjects", "exclude_subjects",
+             "val_recordings", "test_recordings", "split", "time_fold"),
+    "preprocess": ("pairs", "out_dir", "fs", "overwrite", "pre_channels", "pre_highpass_hz", "pre_artifact_k",
+                   "pre_artifact_uv", "pre_artifact_pad_s", "pre_align", "pre_trigger_source", "pre_trigger_code",
+                   "pre_stim_channel", "pre_env_bands", "pre_env_fmin_hz", "pre_env_fmax_hz", "pre_env_power",
+                   "pre_tolerance_s"),
+    "demo": _DEMO,
+}
+MODEL_KEYS = _MODEL[1:]  # what newmodel.build_model reads (besides n_chans and n_subjects)
 
 # Keys whose default is None (or whose type may vary) accept these types.
 _TYPES = {
@@ -136,11 +164,29 @@ _CHOICES = {
     "pre_align": ("auto", "trigger", "onset"),
     "pre_trigger_source": ("auto", "stim", "annotations"),
 }
+# Numeric keys and the values that can work: (lowest, highest, lowest allowed itself, highest allowed itself).
+_POSITIVE, _AT_LEAST_1, _NON_NEGATIVE, _RATE = (0, math.inf, False, False), (1, math.inf, True, False), \
+    (0, math.inf, True, False), (0, 1, True, False)
+_RANGES = {
+    "fs": _POSITIVE, "lr": _POSITIVE, "window_s": _POSITIVE, "eval_hop_s": _POSITIVE, "demo_minutes": _POSITIVE,
+    "eval_window_s": _NON_NEGATIVE, "weight_decay": _NON_NEGATIVE, "grad_clip": _NON_NEGATIVE,
+    "threads": _NON_NEGATIVE, "num_workers": _NON_NEGATIVE, "pre_highpass_hz": _NON_NEGATIVE,
+    "pre_artifact_k": _NON_NEGATIVE, "pre_artifact_uv": _NON_NEGATIVE, "pre_artifact_pad_s": _NON_NEGATIVE,
+    "pre_tolerance_s": _NON_NEGATIVE, "pre_env_fmin_hz": _POSITIVE, "pre_env_fmax_hz": _POSITIVE,
+    "pre_env_power": _POSITIVE, "demo_seed": _NON_NEGATIVE,
+    "dropout": _RATE, "ivlaai_chan_dropout": _RATE, "ivlaai_subject_dropout": _RATE, "ema_decay": _RATE,
+    **{k: _AT_LEAST_1 for k in ("epochs", "patience", "batch_size", "avg_epochs", "jobs", "n_chans", "ivlaai_blocks",
+                                "ivlaai_width", "ivlaai_layers", "ivlaai_kernel", "ivlaai_feat", "ivlaai_context",
+                                "linear_lags", "linear_conv_taps", "demo_subjects", "pre_env_bands")},
+}
+MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
-def defaults() -> dict:
-    """All keys with their default values."""
-    return {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, str, list, bool, type(None)))}
+def defaults(program: str | None = None) -> dict:
+    """Every key with its default value (``program``: only the keys that program reads)."""
+    every = {k: v for k, v in globals().items()
+             if not k.startswith("_") and k.islower() and isinstance(v, (int, float, str, list, bool, type(None)))}
+    return every if program is None else {k: every[k] for k in PROGRAMS[program]}
 
 
 class ConfigError(ValueError):
@@ -158,23 +204,37 @@ def literal(text: str):
     return text  # a bare word is a string
 
 
-def _check(key: str, value, base: dict):
+def _kind(types) -> str:
+    return "/".join("None" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_range(key: str, value) -> None:
+    if key == "seeds":
+        bad = [s for s in value if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ConfigError(f"--seeds: each seed must be in 0 .. 2**32 - 1, got {bad[0]}")
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"--{key}: must be a finite number, got {value!r}")
+    if key not in _RANGES or not isinstance(value, (int, float)):
+        return
+    lo, hi, lo_ok, hi_ok = _RANGES[key]
+    if value < lo or value > hi or (value == lo and not lo_ok) or (value == hi and not hi_ok):
+        want = {_POSITIVE: "> 0", _AT_LEAST_1: ">= 1", _NON_NEGATIVE: ">= 0", _RATE: "in [0, 1)"}[_RANGES[key]]
+        raise ConfigError(f"--{key}: must be {want}, got {value!r}")
+
+
+def _check(key: str, value, base: dict, types: dict):
     if key not in base:
-        valid = ", ".join(sorted(base))
-        raise ConfigError(f"unknown config key {key!r}. Valid keys: {valid}")
+        raise ConfigError(f"unknown config key {key!r} for this program. It accepts: {', '.join(sorted(base))}")
     default = base[key]
-    allowed = _TYPES.get(key, (type(default),))
-    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    allowed = types.get(key, (type(default),))
+    if (float in allowed or isinstance(default, float)) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(value, bool) and bool not in allowed:
-        raise ConfigError(f"--{key}: expected {'/'.join(t.__name__ for t in allowed)}, got {value!r} (bool)")
+        raise ConfigError(f"--{key}: expected {_kind(allowed)}, got {value!r} (a boolean)")
     if not isinstance(value, allowed):
-        raise ConfigError(
-            f"--{key}: expected {'/'.join(t.__name__ for t in allowed)}, got {value!r} "
-            f"({type(value).__name__}). Valid keys: {', '.join(sorted(base))}"
-        )
+        raise ConfigError(f"--{key}: expected {_kind(allowed)}, got {value!r} ({type(value).__name__})")
     if key == "seeds":
         value = [value] if isinstance(value, int) else value
         if not value or not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
@@ -183,6 +243,7 @@ def _check(key: str, value, base: dict):
             raise ConfigError(f"--seeds: each seed once, got {value!r}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ConfigError(f"--{key}: expected one of {_CHOICES[key]}, got {value!r}")
+    _check_range(key, value)
     return value
 
 
@@ -191,7 +252,7 @@ def read_config_file(path) -> dict:
     path = Path(path)
     try:
         tree = ast.parse(path.read_text(), filename=str(path))
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from exc
     except SyntaxError as exc:
         raise ConfigError(f"{path}: not valid Python syntax (line {exc.lineno}: {exc.msg})") from exc
@@ -201,45 +262,103 @@ def read_config_file(path) -> dict:
             continue  # a docstring
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             raise ConfigError(f"{path}:{node.lineno}: only 'key = value' lines are allowed in a config file")
+        key = node.targets[0].id
+        if key in out:
+            raise ConfigError(f"{path}:{node.lineno}: {key!r} is set twice")
         try:
-            out[node.targets[0].id] = ast.literal_eval(node.value)
+            out[key] = ast.literal_eval(node.value)
         except (ValueError, TypeError, MemoryError, RecursionError) as exc:
             raise ConfigError(f"{path}:{node.lineno}: the value must be a Python literal ({exc})") from exc
     return out
 
 
-def parse(argv=None, base: dict | None = None) -> tuple[dict, set]:
-    """Resolve the config from defaults, ``--config=file.py`` and ``--key=value`` arguments.
+def _program_keys(program: str | None, extra: dict | None) -> tuple[dict, dict]:
+    """(defaults, accepted types) of a program's keys plus its ``extra`` {key: (default, comment)}."""
+    if program is not None and program not in PROGRAMS:
+        raise ValueError(f"unknown program {program!r}; known: {', '.join(PROGRAMS)}")
+    base = defaults(program) if program else {}
+    types = {k: v for k, v in _TYPES.items() if k in base}
+    for key, (default, _comment, *given_types) in (extra or {}).items():
+        base[key] = default
+        types[key] = (object,) if default is None else (type(default),)
+        if given_types:  # a script may name the types a key accepts: (default, comment, (types...))
+            types[key] = given_types[0]
+            continue
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            types[key] = (int, float) if isinstance(default, float) else (int,)
+        elif isinstance(default, (list, dict)) and key not in ("variants", "extra"):
+            types[key] = (list, dict, int, float, str, type(None))  # e.g. a per-protocol dict or one value
+    return base, types
 
-    Returns (config, keys the user set explicitly).
+
+def parse(argv=None, program: str | None = "train", extra: dict | None = None) -> tuple[dict, set]:
+    """Resolve a program's config from defaults, ``--config=file.py`` and ``--key=value`` arguments.
+
+    ``extra``: keys a script declares itself, {key: (default, comment[, accepted types])}; they are added to the
+    program's keys (or are all the keys, with ``program=None``). Returns (config, keys the user set).
     """
     argv = sys.argv[1:] if argv is None else argv
-    base = copy.deepcopy(defaults() if base is None else base)  # callers may mutate lists in cfg
-    cfg, given = copy.deepcopy(base), set()
+    base, types = _program_keys(program, extra)
+    cfg, given = copy.deepcopy(base), set()  # callers may mutate lists in cfg
     for arg in argv:
         if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; use --key=value. Valid keys: {', '.join(sorted(base))}")
+            raise ConfigError(f"unexpected argument {arg!r}; use --key=value. It accepts: {', '.join(sorted(base))}")
         key, eq, text = arg[2:].partition("=")
         if key == "config":
             if not eq:
                 raise ConfigError("--config needs a file: --config=path.py")
             for k, v in read_config_file(text).items():
-                cfg[k] = _check(k, v, base)
+                cfg[k] = _check(k, v, base, types)
                 given.add(k)
             continue
         value = literal(text) if eq else True
         if isinstance(value, tuple):  # --seeds=1,2 reads as a tuple
             value = list(value)
-        allowed = _TYPES.get(key, (type(base.get(key)),))
+        allowed = types.get(key, (type(base.get(key)),))
         if eq and str in allowed and not isinstance(value, allowed):
             value = text  # e.g. --run_dir=2024 is a folder name, not a number
-        cfg[key] = _check(key, value, base)
+        cfg[key] = _check(key, value, base, types)
         given.add(key)
     return cfg, given
 
 
-def parse_or_exit(argv=None) -> tuple[dict, set]:
+def comments() -> dict:
+    """{key: comment} read from this file's ``key = value  # comment`` lines (and their ``#   ...``
+    continuation lines), so that --help and the README cannot drift from the defaults."""
+    out, last = {}, None
+    for line in Path(__file__).read_text().splitlines():
+        m = re.match(r"^([a-z_][a-z0-9_]*) = .*?  # (.*)$", line)
+        if m:
+            last = m.group(1)
+            out[last] = m.group(2).strip()
+        elif last and line.startswith("#   "):
+            out[last] += " " + line[4:].strip()
+        else:
+            last = None
+    return out
+
+
+def help_text(program: str | None, extra: dict | None = None, title: str = "") -> str:
+    base, _ = _program_keys(program, extra)
+    notes = dict(comments(), **{k: (v[1] if len(v) > 1 else "") for k, v in (extra or {}).items()})
+    lines = [title or f"{program}: keys (--key=value), defaults and what they do"]
+    lines += [f"  --{k}={base[k]!r}\n      {notes.get(k, '')}" for k in base]
+    return "\n".join(lines)
+
+
+def parse_or_exit(argv=None, program: str | None = "train", extra: dict | None = None) -> tuple[dict, set]:
+    """``parse``, with ``--help`` printing the keys and a config error ending the program in one line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        print(help_text(program, extra))
+        sys.exit(0)
     try:
-        return parse(argv)
+        return parse(argv, program, extra)
     except ConfigError as exc:
         sys.exit(f"config error: {exc}")
+
+
+if __name__ == "__main__":
+    for name in PROGRAMS:
+        print(help_text(name, title=f"python {'demo_corpus' if name == 'demo' else name}.py: keys and defaults"), end="\n\n")
+    print("python benchmark.py --help: the benchmark's own keys")

@@ -26,34 +26,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import config as config_module
 from metrics import pearson
 
 __all__ = [
     "VLAAI", "RidgeDecoder", "LinearConv", "ImprovedVLAAI",
-    "build_model", "receptive_field", "MODEL_NAMES", "DEFAULT_MODEL", "MODEL_DEFAULTS",
+    "build_model", "model_args", "receptive_field", "MODEL_NAMES", "DEFAULT_MODEL",
+    "vlaai_from_keras", "KerasWeightsError", "VLAAI_N_PARAMS",
 ]
 
 DEFAULT_MODEL = "ivlaai"
-
-# Config keys read by build_model / receptive_field, with their defaults.
-MODEL_DEFAULTS = {
-    "n_chans": 64,                # EEG channels (input width of every model)
-    "dropout": 0.2,               # dropout rate inside ivlaai (other models have none)
-    "n_subjects": 0,              # ivlaai: learned per-subject vectors (0 = no subject embedding)
-    "linear_lags": 26,            # 'linear' ridge: EEG lags 0..lags-1 samples after t (26 = 0-400 ms at 64 Hz)
-    "linear_conv_taps": 32,       # 'linear_conv': Conv1D taps looking forward (32 = 500 ms at 64 Hz)
-    "ivlaai_blocks": 4,           # ivlaai: number of blocks
-    "ivlaai_concat": True,        # ivlaai: block input = concat(EEG, earlier block outputs) (False: EEG + previous output)
-    "ivlaai_separable": False,    # ivlaai: depthwise-separable convs in the extractor (False: full convs)
-    "ivlaai_shared": True,        # ivlaai: one extractor + output-context module shared by all blocks (as VLAAI)
-    "ivlaai_width": 128,          # ivlaai: channels of every extractor conv layer
-    "ivlaai_layers": 5,           # ivlaai: conv layers in the extractor
-    "ivlaai_kernel": 8,           # ivlaai: extractor kernel (each layer looks kernel-1 samples ahead)
-    "ivlaai_feat": 64,            # ivlaai: width of each block's output (per-block dense layer)
-    "ivlaai_context": 32,         # ivlaai: output-context kernel (looks context-1 samples back)
-    "ivlaai_subject_dropout": 0.1,  # ivlaai: training-time prob. of replacing a subject by 'unknown'
-    "ivlaai_chan_dropout": 0.0,   # ivlaai: training-time prob. of zeroing each whole EEG input channel
-}
 
 _LEAK = 0.3      # Keras LeakyReLU default slope
 _LN_EPS = 1e-3   # Keras LayerNormalization default epsilon
@@ -169,6 +151,151 @@ class VLAAI(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# Loading the reference's Keras VLAAI weights (.h5)
+# ----------------------------------------------------------------------------------------------
+VLAAI_N_PARAMS = 1_740_289  # VLAAI with 64 EEG channels, as in the Keras reference
+
+
+class KerasWeightsError(ValueError):
+    """A Keras .h5 file that cannot be loaded as a VLAAI; the one-line message names the file."""
+
+
+def _h5_strings(values) -> list[str]:
+    """An HDF5 string-array attribute (str or bytes items, possibly empty float array) -> [str]."""
+    if values is None:
+        return []
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in np.asarray(values).reshape(-1)]
+
+
+def _keras_weighted_layers(f, path) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
+    """[(layer name, [(weight name, array), ...]), ...] in the file's ``layer_names`` order,
+    layers without weights left out. Reads a full-model save (``model_weights/``) or a
+    weights-only save (layers at the root); each layer's weights in its ``weight_names`` order."""
+    root = f["model_weights"] if "model_weights" in f else f
+    if "layer_names" not in root.attrs:
+        raise KerasWeightsError(f"{path}: no 'layer_names' attribute; not a Keras HDF5 model or weights file")
+    layers = []
+    for name in _h5_strings(root.attrs["layer_names"]):
+        if name not in root:
+            raise KerasWeightsError(f"{path}: layer {name!r} is listed in layer_names but missing from the file")
+        group = root[name]
+        weights = []
+        for wname in _h5_strings(group.attrs.get("weight_names")):
+            if wname not in group:
+                raise KerasWeightsError(f"{path}: weight {wname!r} of layer {name!r} is missing from the file")
+            weights.append((wname, np.asarray(group[wname])))
+        if weights:
+            layers.append((name, weights))
+    return layers
+
+
+def _vlaai_keras_order(model: "VLAAI") -> dict[str, list[tuple[str, str]]]:
+    """Per Keras layer role, the torch parameters in Keras ``weight_names`` order, with their kind
+    ('conv' kernel (k, in, out), 'dense' kernel (in, out), or 'vector')."""
+    extractor = []
+    for i in range(len(model.extractor.convs)):
+        extractor += [(f"extractor.convs.{i}.weight", "conv"), (f"extractor.convs.{i}.bias", "vector"),
+                      (f"extractor.norms.{i}.weight", "vector"), (f"extractor.norms.{i}.bias", "vector")]
+    roles = {
+        "extractor": extractor,
+        "output context": [("output_context.conv.weight", "conv"), ("output_context.conv.bias", "vector"),
+                           ("output_context.norm.weight", "vector"), ("output_context.norm.bias", "vector")],
+    }
+    for i in range(len(model.dense)):
+        roles[f"dense of block {i + 1}"] = [(f"dense.{i}.weight", "dense"), (f"dense.{i}.bias", "vector")]
+    roles["final dense"] = [("final.weight", "dense"), ("final.bias", "vector")]
+    return roles
+
+
+def _to_keras_shape(shape, kind) -> tuple:
+    """A torch parameter shape -> the shape Keras stores: Conv1D (out, in, k) -> (k, in, out);
+    Dense (out, in) -> (in, out); vectors unchanged."""
+    return tuple(reversed(shape)) if kind in ("conv", "dense") else tuple(shape)
+
+
+def _to_torch(arr: np.ndarray, kind) -> torch.Tensor:
+    arr = np.asarray(arr, dtype=np.float32)
+    if kind == "conv":
+        arr = arr.transpose(2, 1, 0)        # (k, in, out) -> (out, in, k)
+    elif kind == "dense":
+        arr = arr.T                          # (in, out) -> (out, in)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def vlaai_from_keras(path) -> "VLAAI":
+    """A ``VLAAI`` (64 channels) holding the weights of a Keras VLAAI saved as HDF5 (.h5).
+
+    Reads, with h5py only, both a full-model save (``model.save('x.h5')``, weights under
+    ``model_weights/``; the layout of the published ``vlaai.h5``) and a weights-only save
+    (``model.save_weights('x.h5')``, layers at the root). Layers are matched by structure and
+    order, never by their (automatic) names: in ``layer_names`` order, the layer holding 5 x
+    [Conv1D kernel, bias, LayerNorm gamma, beta] is the shared extractor, the one holding one such
+    set the shared output context, and the five Dense layers are the per-block ones in block order
+    followed by the final Dense(1). Conv1D kernels (k, in, out) become torch (out, in, k), Dense
+    kernels (in, out) become (out, in). Every shape and the total parameter count (1,740,289)
+    are checked; anything else raises KerasWeightsError (a ValueError) with a one-line message
+    naming the file and the first mismatch. Returns the model in eval mode.
+    """
+    try:
+        import h5py
+    except ImportError as exc:  # pragma: no cover - h5py is in requirements.txt
+        raise ImportError("vlaai_from_keras needs h5py (pip install 'h5py>=3.8')") from exc
+    path = str(path)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise KerasWeightsError(f"{path}: cannot read as an HDF5 file ({' '.join(str(exc).split())})") from exc
+    with f:
+        layers = _keras_weighted_layers(f, path)
+
+    model = VLAAI(n_chans=64)
+    roles = _vlaai_keras_order(model)
+    total = sum(a.size for _, ws in layers for _, a in ws)
+    expected_ranks = {
+        "extractor": [3, 1, 1, 1] * len(model.extractor.convs),
+        "output context": [3, 1, 1, 1],
+        "dense": [2, 1],
+    }
+    found: dict[str, list] = {"extractor": [], "output context": [], "dense": []}
+
+    def fail(detail: str):
+        raise KerasWeightsError(
+            f"{path}: not a Keras VLAAI ({VLAAI_N_PARAMS:,} parameters, 64 channels): {detail} "
+            f"[file holds {total:,} parameters]")
+
+    for name, ws in layers:
+        ranks = [a.ndim for _, a in ws]
+        kind = next((k for k, r in expected_ranks.items() if r == ranks), None)
+        if kind is None:
+            fail(f"layer {name!r} holds {len(ws)} weights of shapes {[a.shape for _, a in ws]}, "
+                 "which is no VLAAI layer (extractor, output context or Dense)")
+        found[kind].append((name, ws))
+    n_dense = len(model.dense) + 1
+    for kind, want in (("extractor", 1), ("output context", 1), ("dense", n_dense)):
+        if len(found[kind]) != want:
+            names = [n for n, _ in found[kind]]
+            fail(f"found {len(found[kind])} {kind} layer(s) {names}, expected {want}"
+                 + (f" ({len(model.dense)} per-block + the final Dense)" if kind == "dense" else ""))
+    assigned = [("extractor", found["extractor"][0]), ("output context", found["output context"][0])]
+    assigned += [(role, layer) for role, layer in zip(list(roles)[2:], found["dense"])]
+
+    params = dict(model.named_parameters())
+    state = {}
+    for role, (name, ws) in assigned:
+        for (tname, kind), (wname, arr) in zip(roles[role], ws):
+            want = _to_keras_shape(params[tname].shape, kind)
+            if tuple(arr.shape) != want:
+                fail(f"weight {wname!r} of layer {name!r} ({role}) has shape {tuple(arr.shape)}, expected {want}")
+            if not np.isfinite(arr).all():
+                fail(f"weight {wname!r} of layer {name!r} ({role}) holds NaN or Inf")
+            state[tname] = _to_torch(arr, kind)
+    if total != VLAAI_N_PARAMS:
+        fail(f"the weights hold {total:,} parameters, expected {VLAAI_N_PARAMS:,}")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
 # Linear decoders
 # ----------------------------------------------------------------------------------------------
 def _forward_lag_conv(eeg: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -187,7 +314,7 @@ class RidgeDecoder(nn.Module):
 
     closed_form = True
 
-    def __init__(self, n_chans: int = 64, lags: int = 26):
+    def __init__(self, n_chans: int, lags: int):
         super().__init__()
         self.n_chans, self.lags = n_chans, lags
         self.weight = nn.Parameter(torch.zeros(1, n_chans, lags))
@@ -302,7 +429,7 @@ class LinearConv(nn.Module):
 
     closed_form = False
 
-    def __init__(self, n_chans: int = 64, taps: int = 32):
+    def __init__(self, n_chans: int, taps: int):
         super().__init__()
         self.n_chans, self.taps = n_chans, taps
         self.conv = nn.Conv1d(n_chans, 1, taps)
@@ -393,10 +520,10 @@ class ImprovedVLAAI(nn.Module):
 
     closed_form = False
 
-    def __init__(self, n_chans: int = 64, n_blocks: int = 4, concat: bool = True,
-                 separable: bool = False, shared: bool = True, width: int = 128, layers: int = 5,
-                 kernel: int = 8, feat: int = 64, context: int = 32, dropout: float = 0.2,
-                 n_subjects: int = 0, subject_dropout: float = 0.1, chan_dropout: float = 0.0):
+    def __init__(self, n_chans: int, *, n_blocks: int, concat: bool, separable: bool, shared: bool, width: int,
+                 layers: int, kernel: int, feat: int, context: int, dropout: float, n_subjects: int,
+                 subject_dropout: float, chan_dropout: float):
+        # No defaults here: config.py holds them (build_model / model_args), written once.
         super().__init__()
         if n_blocks < 1 or layers < 1 or kernel < 1 or context < 1:
             raise ValueError("ImprovedVLAAI: n_blocks, layers, kernel and context must be >= 1")
@@ -476,60 +603,48 @@ class ImprovedVLAAI(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Factory
 # ----------------------------------------------------------------------------------------------
-def _get(config: dict, key: str):
-    v = config.get(key)
-    return MODEL_DEFAULTS[key] if v is None else v
+def model_args(name: str, config: dict) -> dict:
+    """The constructor arguments of model ``name`` from a config dict.
+
+    ``config`` may be a whole run config: only the model's keys (config.MODEL_KEYS, plus
+    ``n_chans`` and ``n_subjects``) are read; a missing key takes its default from config.py, the
+    one place model defaults are written. A checkpoint stores the result, so a model is rebuilt
+    from its own arguments, whatever config.py says later.
+    """
+    base = config_module.defaults()
+
+    def get(key):
+        v = config.get(key)
+        return base.get(key, 0) if v is None else v
+
+    if name == "vlaai":
+        return {"n_chans": int(get("n_chans"))}
+    if name == "linear":
+        return {"n_chans": int(get("n_chans")), "lags": int(get("linear_lags"))}
+    if name == "linear_conv":
+        return {"n_chans": int(get("n_chans")), "taps": int(get("linear_conv_taps"))}
+    if name == "ivlaai":
+        return {"n_chans": int(get("n_chans")), "n_blocks": int(get("ivlaai_blocks")),
+                "concat": bool(get("ivlaai_concat")), "separable": bool(get("ivlaai_separable")),
+                "shared": bool(get("ivlaai_shared")), "width": int(get("ivlaai_width")),
+                "layers": int(get("ivlaai_layers")), "kernel": int(get("ivlaai_kernel")),
+                "feat": int(get("ivlaai_feat")), "context": int(get("ivlaai_context")),
+                "dropout": float(get("dropout")), "n_subjects": int(get("n_subjects")),
+                "subject_dropout": float(get("ivlaai_subject_dropout")),
+                "chan_dropout": float(get("ivlaai_chan_dropout"))}
+    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
 
 
-def _build_vlaai(c):
-    return VLAAI(n_chans=int(_get(c, "n_chans")))
-
-
-def _build_linear(c):
-    return RidgeDecoder(n_chans=int(_get(c, "n_chans")), lags=int(_get(c, "linear_lags")))
-
-
-def _build_linear_conv(c):
-    return LinearConv(n_chans=int(_get(c, "n_chans")), taps=int(_get(c, "linear_conv_taps")))
-
-
-def _build_ivlaai(c):
-    return ImprovedVLAAI(
-        n_chans=int(_get(c, "n_chans")),
-        n_blocks=int(_get(c, "ivlaai_blocks")),
-        concat=bool(_get(c, "ivlaai_concat")),
-        separable=bool(_get(c, "ivlaai_separable")),
-        shared=bool(_get(c, "ivlaai_shared")),
-        width=int(_get(c, "ivlaai_width")),
-        layers=int(_get(c, "ivlaai_layers")),
-        kernel=int(_get(c, "ivlaai_kernel")),
-        feat=int(_get(c, "ivlaai_feat")),
-        context=int(_get(c, "ivlaai_context")),
-        dropout=float(_get(c, "dropout")),
-        n_subjects=int(_get(c, "n_subjects")),
-        subject_dropout=float(_get(c, "ivlaai_subject_dropout")),
-        chan_dropout=float(_get(c, "ivlaai_chan_dropout")),
-    )
-
-
-_BUILDERS = {
-    "vlaai": _build_vlaai,
-    "linear": _build_linear,
-    "linear_conv": _build_linear_conv,
-    "ivlaai": _build_ivlaai,
-}
-MODEL_NAMES = tuple(_BUILDERS)
+MODELS = {"vlaai": VLAAI, "linear": RidgeDecoder, "linear_conv": LinearConv, "ivlaai": ImprovedVLAAI}
+MODEL_NAMES = tuple(MODELS)
 
 
 def build_model(name: str, /, **config) -> nn.Module:
     """Build model ``name`` ('vlaai', 'linear', 'linear_conv', 'ivlaai') from a config dict.
 
-    ``config`` may be the whole project config: only the keys in MODEL_DEFAULTS are read
-    (missing or None -> default), everything else is ignored.
+    ``config`` may be the whole project config: see ``model_args``.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
-    return _BUILDERS[name](config)
+    return MODELS[name](**model_args(name, config))
 
 
 def receptive_field(model_or_name, /, **config) -> tuple[int, int]:

@@ -4,29 +4,33 @@
     python test.py --run_dir=runs --model=vlaai --seeds=[1,2]
     python test.py --test_dir=DIR --label_dir=LABELS --result_dir=OUT
     python test.py --eval_dir=../shared/data/dtu       # also score a labelled folder's test split
+    python test.py --help                              # every key this script reads
 
 Loads ``best.pt`` of every seed in ``run_dir/<model>/`` (or the ``--seeds`` given), z-scores each
 test segment per channel (as the reference inference does), predicts it with every seed and
 averages the seeds' z-scored predictions into an ensemble. Writes ``result_dir/sub-XXX.json``
 ({segment_id: [floats]}) for the ensemble and ``result_dir/per_seed/seed-N/`` for each seed.
 When ``label_dir`` exists, scores them with the official rules, prints per-subject scores and
-the total, also for each seed alone, and writes ``result_dir/score.json``.
+the total, also for each seed alone, and writes ``result_dir/score.json``. Every file it writes
+is listed in ``result_dir/manifest.json``; ``--overwrite`` removes only files listed there.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import config as config_module
-from EEG_Dataset import (DataError, atomic_write_json, load_corpus, mean_by_subject, read_challenge_labels,
-                         read_test_set, score, write_predictions, zscore)
+import runtime
+from checkpoint import CheckpointError, load_model
+from EEG_Dataset import DataError, mean_by_subject, read_challenge_labels, read_test_set, score, write_predictions, zscore
+from evaluation import predict, zscore_prediction
+from fileio import FileError, atomic_write_json, read_json, sha256_file
 from metrics import pearson
-from train import load_model, pick_device
+from runs import corpus_from_config, lock_holder
 
 MANIFEST = "manifest.json"
 
@@ -39,60 +43,70 @@ def find_checkpoints(cfg: dict, given: set) -> tuple[str, list[Path]]:
     if not run_dir.is_dir():
         raise SystemExit(f"no trained model: {run_dir} does not exist. {hint}")
     models = sorted(p.name for p in run_dir.iterdir() if p.is_dir() and any(p.glob("seed-*/best.pt")))
-    if "model" in given or len(models) != 1:
-        model = cfg["model"]
-        if model not in models:
-            found = f" It holds: {', '.join(models)}; choose one with --model=NAME." if models else ""
-            raise SystemExit(f"no trained '{model}' model in {run_dir}.{found} {hint}")
-    else:
-        model = models[0]
-    seed_dirs = sorted((run_dir / model).glob("seed-*"), key=lambda p: int(p.name.split("-", 1)[1]))
+    model = models[0] if "model" not in given and len(models) == 1 else cfg["model"]
+    if model not in models:
+        found = f" It holds: {', '.join(models)}; choose one with --model=NAME." if models else ""
+        raise SystemExit(f"no trained '{model}' model in {run_dir}.{found} {hint}")
+    seed_dirs = sorted((p for p in (run_dir / model).glob("seed-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
     if "seeds" in given:
         wanted = {f"seed-{s}" for s in cfg["seeds"]}
         missing = wanted - {p.name for p in seed_dirs}
         if missing:
             raise SystemExit(f"{run_dir / model}: no run for {', '.join(sorted(missing))}. {hint}")
         seed_dirs = [p for p in seed_dirs if p.name in wanted]
+    for p in seed_dirs:
+        pid = lock_holder(p)
+        if pid is not None:
+            raise SystemExit(f"{p}: a training process (pid {pid}) is writing this seed folder; test it when it ends")
     paths = [p / "best.pt" for p in seed_dirs if (p / "best.pt").exists()]
     if not paths:
         raise SystemExit(f"no best.pt under {run_dir / model}. {hint}")
     return model, paths
 
 
-@torch.no_grad()
 def predict_segments(model, segments: dict, subject_idx: int, device) -> dict:
     """{segment_id: eeg (T, C)} -> {segment_id: z-scored prediction (T,)}."""
-    out = {}
-    for key, eeg in segments.items():
-        x = torch.from_numpy(zscore(eeg))[None].to(device)
-        y = model(x, subject=torch.tensor([subject_idx], device=device)).float().cpu().numpy()[0, :, 0]
-        out[key] = (y - y.mean()) / (y.std() + 1e-12)  # equal weight per seed in the ensemble
-    return out
+    return {key: zscore_prediction(predict(model, zscore(eeg), subject_idx, device).numpy())
+            for key, eeg in segments.items()}
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def check_result_dir(result_dir: Path, cfg: dict) -> None:
+    """result_dir may not be, hold or sit inside a folder test.py reads."""
+    res = result_dir.resolve()
+    for key in ("test_dir", "label_dir", "eval_dir"):
+        if cfg.get(key) and Path(cfg[key]).exists():
+            src = Path(cfg[key]).resolve()
+            if res == src or src in res.parents or res in src.parents:
+                raise SystemExit(f"result_dir {result_dir} and {key} {cfg[key]} overlap: predictions would be written "
+                                 "among the inputs; choose another --result_dir")
 
 
-def claim_result_dir(result_dir: Path, manifest: dict, overwrite: bool) -> None:
-    """Never replace another run's predictions: a result folder written from other checkpoints
-    or another test set is only replaced with --overwrite."""
-    old = result_dir / MANIFEST
-    has_files = result_dir.is_dir() and any(result_dir.glob("sub-*.json"))
-    if not has_files:
-        return
-    if overwrite:  # replace: no stale subject files, per-seed folders or scores of the old run stay behind
-        for p in [*result_dir.glob("sub-*.json"), *result_dir.glob("per_seed/seed-*/sub-*.json"),
-                  result_dir / "score.json", old]:
-            p.unlink(missing_ok=True)
-        return
-    try:
-        same = json.loads(old.read_text()) == manifest
-    except (OSError, json.JSONDecodeError):
-        same = False
-    if not same:
-        raise SystemExit(f"{result_dir} already holds predictions from other checkpoints or another test set. "
-                         "Choose another --result_dir or pass --overwrite.")
+def claim_result_dir(result_dir: Path, inputs: dict, files: list[str], overwrite: bool) -> None:
+    """Never replace another run's results, nor a file test.py did not write. ``files`` (relative
+    to result_dir) are about to be written from ``inputs``; they are listed in the manifest first,
+    so even a killed run leaves its files accounted for."""
+    path = result_dir / MANIFEST
+    old = {}
+    if path.is_file():
+        try:
+            old = read_json(path, error=DataError)
+        except DataError:
+            old = {}
+    owned = set(old.get("files", [])) if isinstance(old, dict) else set()
+    present = [f for f in files if (result_dir / f).exists()]
+    foreign = [f for f in present if f not in owned]
+    if foreign:
+        raise SystemExit(f"{result_dir}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+                         "which test.py did not write; choose another --result_dir")
+    stale = [f for f in owned if (result_dir / f).exists()]
+    if stale and old.get("inputs") != inputs:
+        if not overwrite:
+            raise SystemExit(f"{result_dir} already holds results from other checkpoints or data. "
+                             "Choose another --result_dir or pass --overwrite.")
+        for f in stale:  # only what an earlier test.py listed as its own
+            (result_dir / f).unlink()
+        owned = set()
+    atomic_write_json(path, {"inputs": inputs, "files": sorted(owned | set(files))})
 
 
 def print_scores(title: str, s: dict) -> None:
@@ -101,77 +115,96 @@ def print_scores(title: str, s: dict) -> None:
     print(f"{title}: total {s['total']:.4f}{extra}\n    {subj}")
 
 
-def main(argv=None) -> dict:
-    cfg, given = config_module.parse_or_exit(argv)
-    device = pick_device(cfg["device"])
-    model_name, ckpts = find_checkpoints(cfg, given)
-    loaded = [load_model(p, device) for p in ckpts]
-    seeds = [ck["seed"] for _, ck in loaded]
-    n_chans = loaded[0][1]["n_chans"]
-    train_subjects = loaded[0][1]["subjects"]
-    print(f"{model_name}: {len(loaded)} seed(s) {seeds} from {cfg['run_dir']}", flush=True)
-    result: dict = {"model": model_name, "seeds": seeds, "checkpoints": [str(p) for p in ckpts]}
+def score_labels(cfg: dict, result: dict, ensemble: dict, per_seed: list, seeds: list, train_subjects: list) -> None:
+    labels = read_challenge_labels(cfg["label_dir"])
+    flat = lambda preds: {k: v for segs in preds.values() for k, v in segs.items()}  # noqa: E731
+    matched = len(set(labels) & set(flat(ensemble)))
+    if matched == 0:
+        raise DataError(f"{cfg['label_dir']}: none of its {len(labels)} labels matches a predicted segment of "
+                        f"{cfg['test_dir']}")
+    if matched < len(labels):
+        print(f"warning: {matched} of {len(labels)} labels match a predicted segment; the other "
+              f"{len(labels) - matched} score 0, as the official rules do", flush=True)
+    seen = train_subjects if cfg["seen_subjects"] == "auto" else cfg["seen_subjects"]
+    result["ensemble"] = score(flat(ensemble), labels, seen)
+    result["per_seed"] = {f"seed-{s}": score(flat(p), labels, seen) for s, p in zip(seeds, per_seed)}
+    if len(seeds) > 1:
+        for s, sc in result["per_seed"].items():
+            print_scores(s, sc)
+        singles = [sc["total"] for sc in result["per_seed"].values()]
+        print(f"single seeds: mean {np.mean(singles):.4f} sd {np.std(singles, ddof=1):.4f} "
+              f"(min {min(singles):.4f}, max {max(singles):.4f})")
+    title = f"ensemble of {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
+    print_scores(f"score ({title})", result["ensemble"])
+    for sc in [result["ensemble"], *result["per_seed"].values()]:
+        sc.pop("per_segment", None)
 
-    result_dir = Path(cfg["result_dir"])
+
+def test_set(cfg: dict, loaded, inputs: dict, result: dict, device) -> None:
+    """Predict the challenge test set (and score it when labels exist)."""
+    result_dir, test_dir = Path(cfg["result_dir"]), Path(cfg["test_dir"])
+    data = read_test_set(test_dir, n_chans=loaded[0][1]["n_chans"])
+    seeds = [ck["seed"] for _, ck in loaded]
+    label_dir = Path(cfg["label_dir"]) if cfg["label_dir"] else None
+    scored = label_dir is not None and label_dir.is_dir()
+    files = [f"{s}.json" for s in data] + ([f"per_seed/seed-{k}/{s}.json" for k in seeds for s in data]
+                                           if len(seeds) > 1 else []) + (["score.json"] if scored else [])
+    claim_result_dir(result_dir, dict(inputs, test_dir=str(test_dir.resolve()),
+                                      label_dir=str(label_dir.resolve()) if scored else None), files, cfg["overwrite"])
+    per_seed = []
+    for model, ck in loaded:
+        index = {s: i for i, s in enumerate(ck["subjects"])}
+        per_seed.append({subj: predict_segments(model, segs, index.get(subj, -1), device) for subj, segs in data.items()})
+    ensemble = {subj: {k: np.mean([p[subj][k] for p in per_seed], axis=0) for k in segs} for subj, segs in data.items()}
+    if len(per_seed) > 1:
+        for seed, preds in zip(seeds, per_seed):
+            write_predictions(result_dir / "per_seed" / f"seed-{seed}", preds)
+    write_predictions(result_dir, ensemble)
+    print(f"wrote {len(ensemble)} prediction files ({sum(len(s) for s in data.values())} segments) to {result_dir}/")
+    if not scored:
+        print(f"no labels at {label_dir}: predictions written, not scored")
+        return
+    score_labels(cfg, result, ensemble, per_seed, seeds, loaded[0][1]["subjects"])
+    atomic_write_json(result_dir / "score.json", {k: result[k] for k in ("model", "seeds", "checkpoints", "ensemble",
+                                                                         "per_seed")})
+    print(f"scores written to {result_dir / 'score.json'}")
+
+
+def _main(argv) -> dict:
+    t0 = time.time()
+    cfg, given = config_module.parse_or_exit(argv, "test")
+    runtime.set_threads(cfg["threads"])
+    device = runtime.pick_device(cfg["device"])
+    model_name, ckpts = find_checkpoints(cfg, given)
+    loaded = [load_model(p, device, model_name) for p in ckpts]
+    print(f"{model_name}: {len(loaded)} seed(s) {[ck['seed'] for _, ck in loaded]} from {cfg['run_dir']}", flush=True)
+    result: dict = {"model": model_name, "seeds": [ck["seed"] for _, ck in loaded], "checkpoints": [str(p) for p in ckpts]}
+    inputs = {"checkpoints": {str(p.resolve()): sha256_file(p, 16) for p in ckpts}}
+    check_result_dir(Path(cfg["result_dir"]), cfg)
     test_dir = Path(cfg["test_dir"]) if cfg["test_dir"] else None
     if test_dir is not None and test_dir.is_dir():
-        try:
-            test_set = read_test_set(test_dir, n_chans=n_chans)
-        except DataError as exc:
-            raise SystemExit(f"test data error: {exc}") from exc
-        manifest = {"test_dir": str(test_dir.resolve()), "checkpoints": {str(p): file_digest(p) for p in ckpts}}
-        claim_result_dir(result_dir, manifest, cfg["overwrite"])
-        per_seed = []
-        for model, ck in loaded:
-            index = {s: i for i, s in enumerate(ck["subjects"])}
-            per_seed.append({subj: predict_segments(model, segs, index.get(subj, -1), device)
-                             for subj, segs in test_set.items()})
-        ensemble = {subj: {k: np.mean([p[subj][k] for p in per_seed], axis=0) for k in segs}
-                    for subj, segs in test_set.items()}
-        if len(per_seed) > 1:
-            for seed, preds in zip(seeds, per_seed):
-                write_predictions(result_dir / "per_seed" / f"seed-{seed}", preds)
-        write_predictions(result_dir, ensemble)
-        atomic_write_json(result_dir / MANIFEST, manifest)
-        n_seg = sum(len(s) for s in test_set.values())
-        print(f"wrote {len(ensemble)} prediction files ({n_seg} segments) to {result_dir}/", flush=True)
-
-        label_dir = Path(cfg["label_dir"]) if cfg["label_dir"] else None
-        if label_dir is not None and label_dir.is_dir():
-            try:
-                labels = read_challenge_labels(label_dir)
-            except DataError as exc:
-                raise SystemExit(f"label data error: {exc}") from exc
-            seen = train_subjects if cfg["seen_subjects"] == "auto" else cfg["seen_subjects"]
-            flat = lambda preds: {k: v for segs in preds.values() for k, v in segs.items()}  # noqa: E731
-            result["ensemble"] = score(flat(ensemble), labels, seen)
-            result["per_seed"] = {f"seed-{s}": score(flat(p), labels, seen) for s, p in zip(seeds, per_seed)}
-            if len(seeds) > 1:
-                for s, sc in result["per_seed"].items():
-                    print_scores(f"{s}", sc)
-            singles = [sc["total"] for sc in result["per_seed"].values()]
-            if len(singles) > 1:
-                print(f"single seeds: mean {np.mean(singles):.4f} sd {np.std(singles, ddof=1):.4f} "
-                      f"(min {min(singles):.4f}, max {max(singles):.4f})")
-            print_scores(f"score ({'ensemble of ' + str(len(seeds)) + ' seeds' if len(seeds) > 1 else 'seed ' + str(seeds[0])})",
-                         result["ensemble"])
-            for sc in [result["ensemble"], *result["per_seed"].values()]:
-                sc.pop("per_segment", None)
-            atomic_write_json(result_dir / "score.json", result)
-            print(f"scores written to {result_dir / 'score.json'}")
-        else:
-            print(f"no labels at {label_dir}: predictions written, not scored")
+        test_set(cfg, loaded, inputs, result, device)
     elif test_dir is not None and "test_dir" in given:
         raise SystemExit(f"test_dir {test_dir} does not exist")
-
     if cfg["eval_dir"]:
         cfg["time_fold"] = eval_time_fold(cfg, given, loaded)
+        claim_result_dir(Path(cfg["result_dir"]), dict(inputs, eval=[str(Path(cfg["eval_dir"]).resolve()), argv]),
+                         ["eval_score.json"], cfg["overwrite"])
         result["eval"] = evaluate_folder(cfg, loaded, device)
-        atomic_write_json(result_dir / "eval_score.json", result["eval"])
-        print(f"scores written to {result_dir / 'eval_score.json'}")
+        atomic_write_json(Path(cfg["result_dir"]) / "eval_score.json", result["eval"])
+        print(f"scores written to {Path(cfg['result_dir']) / 'eval_score.json'}")
     if "ensemble" not in result and "eval" not in result and not (test_dir and test_dir.is_dir()):
         raise SystemExit(f"nothing to test: test_dir {test_dir} does not exist and no --eval_dir was given")
+    print(f"test.py: {time.time() - t0:.1f} s")
     return result
+
+
+def main(argv=None) -> dict:
+    """Predict and score; a bad checkpoint, data file or disk error ends it with one line naming the file."""
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except (DataError, CheckpointError, FileError, config_module.ConfigError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 def eval_time_fold(cfg: dict, given: set, loaded) -> int:
@@ -190,60 +223,49 @@ def eval_time_fold(cfg: dict, given: set, loaded) -> int:
     return next(iter(folds.values()))
 
 
+def _summarize(recs, data, preds, wpreds, win: int, hop: int) -> dict:
+    """Recording r (and window r) per subject, then the mean over subjects."""
+    def subject_means(values) -> dict:
+        per_subject = mean_by_subject((rec.subject for rec in recs), values)
+        return {"r": float(np.mean(list(per_subject.values()))), "per_subject": per_subject}
+
+    out = subject_means([float(pearson(p, env[:, 0], dim=0)) for (_, env), p in zip(data, preds)])
+    if wpreds:
+        wr = [float(pearson(torch.from_numpy(w).double(), torch.from_numpy(env[:, 0]).unfold(0, win, hop).double(),
+                            dim=1).mean()) for (_, env), w in zip(data, wpreds)]
+        wins = subject_means(wr)
+        out["window_r"], out["window_per_subject"] = wins["r"], wins["per_subject"]
+    return out
+
+
 def evaluate_folder(cfg: dict, loaded, device) -> dict:
     """Score the test split of a labelled folder (any format EEG_Dataset reads), for each seed and
     for the ensemble: Pearson r of each whole test part, mean per subject, then over subjects."""
-    try:
-        corpus = load_corpus(cfg["eval_dir"], subjects=cfg["subjects"], exclude_subjects=cfg["exclude_subjects"],
-                             val_recordings=cfg["val_recordings"], test_recordings=cfg["test_recordings"],
-                             split=cfg["split"], time_fold=cfg["time_fold"] if cfg["split"] == "time" else 0,
-                             n_chans=loaded[0][1]["n_chans"])
-    except DataError as exc:
-        raise SystemExit(f"eval data error: {exc}") from exc
+    cfg = dict(cfg, time_fold=cfg["time_fold"] if cfg["split"] == "time" else 0)
+    corpus = corpus_from_config(cfg, folder=cfg["eval_dir"], n_chans=loaded[0][1]["n_chans"])
     recs = [r for r in corpus.with_part("test") if r.parts["test"][1] is not None]
     if not recs:
         raise SystemExit(f"{cfg['eval_dir']}: no labelled test part to evaluate")
     data = [rec.get("test") for rec in recs]
     win, hop = int(round(cfg["eval_window_s"] * cfg["fs"])), max(1, int(round(cfg["eval_hop_s"] * cfg["fs"])))
     per_seed, per_seed_win = [], []  # z-scored predictions of whole recordings / of each window
-    with torch.no_grad():
-        for model, ck in loaded:
-            index = {s: i for i, s in enumerate(ck["subjects"])}
-            preds, wpreds = [], []
-            for rec, (eeg, _) in zip(recs, data):
-                subj = torch.tensor([index.get(rec.subject, -1)], device=device)
-                x = torch.from_numpy(eeg).to(device)
-                y = model(x[None], subject=subj).float()[0, :, 0]
-                preds.append(((y - y.mean()) / (y.std() + 1e-12)).cpu().numpy())
-                if win > 0 and len(eeg) >= win:
-                    # each window is predicted on its own, as a model sees a 5 s test window
-                    xw = x.unfold(0, win, hop).transpose(1, 2)  # (n_windows, win, C)
-                    yw = model(xw, subject=subj.expand(len(xw))).float()[:, :, 0]
-                    wpreds.append(((yw - yw.mean(1, keepdim=True)) / (yw.std(1, keepdim=True) + 1e-12)).cpu().numpy())
-            per_seed.append(preds)
-            per_seed_win.append(wpreds)
-
-    def subject_means(values) -> dict:
-        per_subject = mean_by_subject((rec.subject for rec in recs), values)
-        return {"r": float(np.mean(list(per_subject.values()))), "per_subject": per_subject}
-
-    def summarize(preds, wpreds) -> dict:
-        out = subject_means([float(pearson(p, env[:, 0], dim=0)) for (_, env), p in zip(data, preds)])
-        if wpreds:
-            wr = []
-            for (_, env), w in zip(data, wpreds):
-                lab = torch.from_numpy(env[:, 0]).unfold(0, win, hop).double()
-                wr.append(float(pearson(torch.from_numpy(w).double(), lab, dim=1).mean()))
-            wins = subject_means(wr)
-            out["window_r"], out["window_per_subject"] = wins["r"], wins["per_subject"]
-        return out
-
+    for model, ck in loaded:
+        index = {s: i for i, s in enumerate(ck["subjects"])}
+        preds, wpreds = [], []
+        for rec, (eeg, _) in zip(recs, data):
+            preds.append(zscore_prediction(predict(model, eeg, index.get(rec.subject, -1), device)).numpy())
+            if win > 0 and len(eeg) >= win:  # each window predicted on its own, as a model sees a 5 s test window
+                xw = torch.from_numpy(eeg).unfold(0, win, hop).transpose(1, 2)  # (n_windows, win, C)
+                wpreds.append(zscore_prediction(predict(model, xw, index.get(rec.subject, -1), device), dim=1).numpy())
+        per_seed.append(preds)
+        per_seed_win.append(wpreds)
     ens_win = [np.mean(ws, axis=0) for ws in zip(*per_seed_win)] if per_seed_win[0] else []
     out = {"eval_dir": str(cfg["eval_dir"]), "n_recordings": len(recs), "split": cfg["split"],
            "time_fold": cfg["time_fold"] if cfg["split"] == "time" else None, "window_s": cfg["eval_window_s"],
            "hop_s": cfg["eval_hop_s"],
-           "per_seed": {f"seed-{ck['seed']}": summarize(p, w) for (_, ck), p, w in zip(loaded, per_seed, per_seed_win)},
-           "ensemble": summarize([np.mean(ps, axis=0) for ps in zip(*per_seed)], ens_win)}
+           "per_seed": {f"seed-{ck['seed']}": _summarize(recs, data, p, w, win, hop)
+                        for (_, ck), p, w in zip(loaded, per_seed, per_seed_win)},
+           "ensemble": _summarize(recs, data, [np.mean(ps, axis=0) for ps in zip(*per_seed)], ens_win, win, hop)}
     for s, sc in [*out["per_seed"].items(), (f"ensemble of {len(loaded)}", out["ensemble"])]:
         wtxt = f"  {cfg['eval_window_s']:g} s window r {sc['window_r']:.4f}" if "window_r" in sc else ""
         print(f"eval {s}: recording r {sc['r']:.4f}{wtxt}")

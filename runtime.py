@@ -1,0 +1,103 @@
+"""Where and how a process computes: device, threads, seeds, autocast, DDP, and SIGTERM."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' (CUDA when torch sees a GPU), 'cpu' or 'cuda'."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("device=cuda but torch sees no CUDA GPU (install a CUDA build of torch, see README)")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> None:
+    """``threads`` > 0: use that many torch CPU threads (0: torch's default, one per core)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; with ``deterministic``, one seed gives one model on one machine."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also fills every new tensor with NaN, a debugging aid that cost up to
+        # ~18 % of an ivlaai training step (benchmarks/throughput.py); it changes no result.
+        torch.utils.deterministic.fill_uninitialized_memory = False
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def autocast(device: torch.device, amp: str):
+    """bfloat16 autocast for ``amp='bf16'`` (the loss is still computed in float32)."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- DDP (torchrun)
+
+
+def dist_setup(device_name: str) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank). Under torchrun (WORLD_SIZE > 1) this starts the process
+    group: nccl when training on CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = pick_device(device_name).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, world, local
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def dist_teardown() -> None:
+    """Every rank done with every collective before any tears its group down: a rank that exits
+    early can make the other ranks' gloo threads abort at exit."""
+    if world_size() > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- signals
+
+TERMINATED = False  # set when SIGTERM arrived, so a process pool passes it on to its children
+
+
+def _on_sigterm(signum, frame) -> None:
+    global TERMINATED
+    TERMINATED = True
+    raise KeyboardInterrupt
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (``kill``, a job scheduler) acts as Ctrl-C: the program stops the way it does on
+    Ctrl-C, and a process pool tells its children too."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
