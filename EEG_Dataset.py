@@ -83,9 +83,17 @@ def _check_finite(arr: np.ndarray, path, what: str, chunk: int = 1 << 16) -> Non
             )
 
 
+def _check_dtype(arr: np.ndarray, path, what: str) -> None:
+    """Real numbers only: a complex array would lose its imaginary part, a boolean one is no signal."""
+    if arr.dtype.kind not in "fiu":
+        raise DataError(f"{path}: {what} must hold real numbers, got dtype {arr.dtype}")
+
+
 def _as_eeg(arr: np.ndarray, path) -> np.ndarray:
     if arr.ndim != 2:
         raise DataError(f"{path}: EEG must be 2-D (time, channels), got shape {arr.shape}")
+    if min(arr.shape) < 2:
+        raise DataError(f"{path}: EEG too short ({arr.shape[0]} samples x {arr.shape[1]} channels)")
     if arr.shape[1] > arr.shape[0]:
         raise DataError(
             f"{path}: EEG of shape {arr.shape} looks channels-first; expected (time, channels). "
@@ -194,9 +202,17 @@ def read_split_data(folder) -> list[Recording]:
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if magic != b"\x93NUMPY":
+        raise DataError(f"{path}: not a .npy file")
+    try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file named
         raise DataError(f"{path}: cannot read as a .npy array ({exc})") from exc
+    _check_dtype(arr, path, "array")
     if arr.dtype != np.float32:
         # Rare (e.g. float64 derivatives); converting loads this one file into memory.
         arr = np.asarray(arr, dtype=np.float32)
@@ -400,6 +416,8 @@ def read_npz_folder(folder) -> list[Recording]:
                 missing = {"eeg", "envelope"} - set(z.files)
                 if missing:
                     raise DataError(f"{p}: missing key(s) {sorted(missing)}; found {z.files}")
+                _check_dtype(z["eeg"], p, "eeg")
+                _check_dtype(z["envelope"], p, "envelope")
                 eeg = np.asarray(z["eeg"], dtype=np.float32)
                 env = np.asarray(z["envelope"], dtype=np.float32)
         except DataError:
@@ -418,7 +436,7 @@ def read_npz_folder(folder) -> list[Recording]:
 
 
 def _read_json(path: Path):
-    return read_json(path, error=DataError)
+    return read_json(path, error=DataError, no_booleans=True)
 
 
 def _subject_of_json(path: Path) -> str:

@@ -93,14 +93,17 @@ def _no_duplicate_keys(path):
     return hook
 
 
-def read_json(path, error=ValueError):
+def read_json(path, error=ValueError, no_booleans: bool = False):
     """Parse a JSON file strictly: malformed JSON, a duplicate key or an unreadable file raises
-    ``error`` with a one-line message naming the file."""
+    ``error`` with a one-line message naming the file. ``no_booleans``: the file holds numbers
+    where values go, so a ``true``/``false`` (which numpy would read as 1/0) is an error too."""
     path = Path(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
+    if no_booleans and re.search(r"\b(true|false)\b", re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)):
+        raise error(f"{path}: holds a JSON boolean (true/false) where numbers belong")
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys(path))
     except json.JSONDecodeError as exc:
