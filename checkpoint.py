@@ -91,11 +91,33 @@ def model_from_checkpoint(ck: dict, path="checkpoint") -> torch.nn.Module:
     return model
 
 
+def is_keras(path) -> bool:
+    return Path(path).suffix.lower() in (".h5", ".hdf5", ".keras")
+
+
+def keras_checkpoint(path) -> dict:
+    """A published (or any) Keras VLAAI .h5 as a checkpoint of this schema: no training state, no
+    known training listeners (every listener is 'unseen' to it)."""
+    try:
+        model = newmodel.vlaai_from_keras(path)
+    except (ValueError, OSError) as exc:
+        text = str(exc)
+        raise CheckpointError(text if text.startswith(str(path)) else f"{path}: {text}") from exc
+    return {"version": FORMAT_VERSION, "model_name": "vlaai", "model_args": {"n_chans": model.n_chans},
+            "model": model.state_dict(), "subjects": [], "seed": 0, "n_chans": model.n_chans,
+            "n_params": sum(p.numel() for p in model.parameters()), "config": {}, "source": str(path)}
+
+
+def load_weights_file(path) -> dict:
+    """A best.pt / last.pt, or a Keras VLAAI .h5 converted, as a checkpoint dict."""
+    return keras_checkpoint(path) if is_keras(path) else load_checkpoint(path)
+
+
 def load_model(path, device, model_name: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode on ``device``, checkpoint) from a best.pt / last.pt.
+    """(model in eval mode on ``device``, checkpoint) from a best.pt / last.pt or a Keras VLAAI .h5.
 
     ``model_name``: the model the caller expects (e.g. the folder's name); another is refused."""
-    ck = load_checkpoint(path)
+    ck = load_weights_file(path)
     if model_name is not None and ck["model_name"] != model_name:
         raise CheckpointError(f"{path}: holds a {ck['model_name']} model, not {model_name}")
     return model_from_checkpoint(ck, path).to(device).eval(), ck

@@ -71,6 +71,7 @@ deterministic = True  # use deterministic kernels, so one seed gives the same mo
 threads = 0  # torch CPU threads (0: torch's default)
 amp = "none"  # mixed precision: 'none' (float32) or 'bf16' (bfloat16 autocast; fast on recent GPUs)
 compile = False  # torch.compile the model (pays a one-off compile time; worth it for long GPU runs)
+init = None  # start from these weights (fine-tuning): a best.pt/last.pt or a Keras VLAAI .h5; None: random init
 jobs = 1  # train this many seeds at once in separate processes (one per GPU when several are visible)
 
 # ---- outputs --------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ overwrite = False  # allow replacing an existing run or result folder (otherwise
 # ---- test / scoring -------------------------------------------------------------------------
 test_dir = "xfdata/auditory-eeg-test-dataset"  # challenge-format test set (sub-XXX.json); None: skip
 label_dir = "xfdata/test_labels"  # labels of test_dir; scored when this folder exists
+checkpoint = None  # test.py: use this one best.pt or Keras VLAAI .h5 instead of the seeds in run_dir
 result_dir = "prediction_result"  # predictions sub-XXX.json and score.json are written here
 seen_subjects = None  # scoring: None = plain mean over subjects; 'auto' = the training subjects; or a list
 eval_dir = None  # test.py: also score the test split of this labelled data folder (any readable format)
@@ -124,8 +126,8 @@ _TRAINING = ("seeds", "epochs", "patience", "batch_size", "lr", "weight_decay", 
              "grad_clip", "num_workers", "device", "deterministic", "threads", "amp", "compile", "jobs")
 _DEMO = ("demo_subjects", "demo_minutes", "demo_seed", "demo_dir")
 PROGRAMS = {
-    "train": (*_DATA, *_MODEL, *_TRAINING, "run_dir", "resume", "keep_epochs", "overwrite", *_DEMO),
-    "test": ("run_dir", "model", "seeds", "device", "threads", "test_dir", "label_dir", "result_dir", "seen_subjects",
+    "train": (*_DATA, *_MODEL, *_TRAINING, "init", "run_dir", "resume", "keep_epochs", "overwrite", *_DEMO),
+    "test": ("run_dir", "checkpoint", "model", "seeds", "device", "threads", "test_dir", "label_dir", "result_dir", "seen_subjects",
              "eval_dir", "eval_window_s", "eval_hop_s", "overwrite", "fs", "subjects", "exclude_subjects",
              "val_recordings", "test_recordings", "split", "time_fold"),
     "preprocess": ("pairs", "out_dir", "fs", "overwrite", "pre_channels", "pre_highpass_hz", "pre_artifact_k",
@@ -145,6 +147,8 @@ _TYPES = {
     "monitor_recordings": (list, str, type(None)),
     "seen_subjects": (list, str, type(None)),
     "eval_dir": (str, type(None)),
+    "init": (str, type(None)),
+    "checkpoint": (str, type(None)),
     "test_dir": (str, type(None)),
     "label_dir": (str, type(None)),
     "seeds": (list, int),
@@ -341,7 +345,7 @@ def comments() -> dict:
 def help_text(program: str | None, extra: dict | None = None, title: str = "") -> str:
     base, _ = _program_keys(program, extra)
     notes = dict(comments(), **{k: (v[1] if len(v) > 1 else "") for k, v in (extra or {}).items()})
-    lines = [title or f"{program}: keys (--key=value), defaults and what they do"]
+    lines = [title or f"{program or Path(sys.argv[0]).name}: keys (--key=value), defaults and what they do"]
     lines += [f"  --{k}={base[k]!r}\n      {notes.get(k, '')}" for k in base]
     return "\n".join(lines)
 

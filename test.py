@@ -4,6 +4,7 @@
     python test.py --run_dir=runs --model=vlaai --seeds=[1,2]
     python test.py --test_dir=DIR --label_dir=LABELS --result_dir=OUT
     python test.py --eval_dir=../shared/data/dtu       # also score a labelled folder's test split
+    python test.py --checkpoint=vlaai.h5 --test_dir=None --eval_dir=../shared/data/dtu   # published VLAAI weights
     python test.py --help                              # every key this script reads
 
 Loads ``best.pt`` of every seed in ``run_dir/<model>/`` (or the ``--seeds`` given), z-scores each
@@ -175,9 +176,15 @@ def _main(argv) -> dict:
     cfg, given = config_module.parse_or_exit(argv, "test")
     runtime.set_threads(cfg["threads"])
     device = runtime.pick_device(cfg["device"])
-    model_name, ckpts = find_checkpoints(cfg, given)
-    loaded = [load_model(p, device, model_name) for p in ckpts]
-    print(f"{model_name}: {len(loaded)} seed(s) {[ck['seed'] for _, ck in loaded]} from {cfg['run_dir']}", flush=True)
+    if cfg["checkpoint"]:  # one given file, e.g. the published VLAAI weights: no training run needed
+        ckpts = [Path(cfg["checkpoint"])]
+        loaded = [load_model(ckpts[0], device)]
+        model_name = loaded[0][1]["model_name"]
+        print(f"{model_name}: {ckpts[0]}", flush=True)
+    else:
+        model_name, ckpts = find_checkpoints(cfg, given)
+        loaded = [load_model(p, device, model_name) for p in ckpts]
+        print(f"{model_name}: {len(loaded)} seed(s) {[ck['seed'] for _, ck in loaded]} from {cfg['run_dir']}", flush=True)
     result: dict = {"model": model_name, "seeds": [ck["seed"] for _, ck in loaded], "checkpoints": [str(p) for p in ckpts]}
     inputs = {"checkpoints": {str(p.resolve()): sha256_file(p, 16) for p in ckpts}}
     check_result_dir(Path(cfg["result_dir"]), cfg)

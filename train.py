@@ -5,6 +5,7 @@
     python train.py --resume                          # continue an interrupted run
     python train.py --seeds=[1,2,3,4] --jobs=2        # seed sweep: 2 seeds at a time, in parallel processes
     torchrun --nproc_per_node=2 train.py --batch_size=64   # data-parallel (DDP): 32 windows per rank
+    python train.py --model=vlaai --init=vlaai.h5     # fine-tune the published VLAAI weights
     python train.py --help                            # every key this script reads
 
 For each seed: Adam on -Pearson over seeded, non-overlapping windows; validation Pearson r (whole
@@ -33,10 +34,10 @@ import config as config_module
 import newmodel
 import runtime
 from averaging import WeightAverage
-from checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from checkpoint import CheckpointError, load_checkpoint, load_model, load_weights_file, save_checkpoint
 from EEG_Dataset import DataError, WindowDataset, natural_key
 from evaluation import ensemble_r, evaluate, predict
-from fileio import FileError, atomic_write_json
+from fileio import FileError, atomic_write_json, sha256_file
 from metrics import pearson_loss
 from runs import (RunError, RunLock, corpus_from_config, ensure_data, finished_run, prepare_run_dir, seed_dir,
                   write_log)
@@ -57,6 +58,13 @@ def build(cfg: dict, corpus, seed: int, device) -> tuple[torch.nn.Module, dict]:
     model = newmodel.MODELS[cfg["model"]](**args).to(device)
     meta = {"seed": seed, "model_name": cfg["model"], "model_args": args, "subjects": subjects,
             "n_chans": corpus.n_chans, "n_params": sum(p.numel() for p in model.parameters()), "config": cfg}
+    if cfg["init"]:  # fine-tuning: start from these weights, recorded with their digest
+        src = load_weights_file(cfg["init"])
+        if src["model_name"] != cfg["model"] or src["model_args"] != args:
+            raise CheckpointError(f"{cfg['init']}: holds {src['model_name']} {src['model_args']}, but this run builds "
+                                  f"{cfg['model']} {args}; the architectures must match to start from it")
+        model.load_state_dict(src["model"])
+        meta["init"] = {"path": str(Path(cfg["init"]).resolve()), "sha256": sha256_file(cfg["init"])}
     return model, meta
 
 

@@ -1,9 +1,11 @@
 """Training and inference throughput, FLOPs, fraction of the machine's dense rate and data-wait share.
 
-    python benchmarks/throughput.py                                  # vlaai + ivlaai, float32, current device
-    python benchmarks/throughput.py --amp=none,bf16 --json=tp.json   # also bfloat16 autocast
-    python benchmarks/throughput.py --compile                        # torch.compile (compile time shown apart)
-    python benchmarks/throughput.py --models=vlaai --profile         # + torch.profiler top ops of one step
+    python -m benchmarks.throughput                                  # vlaai + ivlaai, float32, current device
+    python -m benchmarks.throughput --amp=none,bf16 --json=tp.json   # also bfloat16 autocast
+    python -m benchmarks.throughput --compile                        # torch.compile (compile time shown apart)
+    python -m benchmarks.throughput --models=vlaai --profile         # + torch.profiler top ops of one step
+
+Run it from the repository root.
 
 Samples are EEG time steps: one step of batch 64 x 320 samples counts 20,480 samples.
 
@@ -47,20 +49,19 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+import newmodel
+from metrics import pearson_loss
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
-
-import newmodel  # noqa: E402
-from metrics import pearson_loss  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dtu"
 TRAINABLE = ("vlaai", "ivlaai", "linear_conv")
 
-# The issue's reference figures (measured by the issue's author on this 2-core CPU).
+# Reference figures, measured on the 2-core development CPU (docs/performance.md).
 REFERENCE = {
     "tf_vlaai_train": 4000.0,     # samples/s, TensorFlow VLAAI (tf-keras 2.21), batch 64 x 320 x 64
     "tf_vlaai_infer": 24600.0,
@@ -139,10 +140,18 @@ def git_commit() -> str:
         return "?"
 
 
+def command_line() -> str:
+    """This process's command line, as typed from the repo root (``python -m benchmarks.X ...``)."""
+    prog = Path(sys.argv[0]).resolve()
+    if prog.parent == REPO / "benchmarks":
+        return shlex.join(["python", "-m", f"benchmarks.{prog.stem}", *sys.argv[1:]])
+    return shlex.join([Path(sys.executable).name, *sys.argv])
+
+
 def machine_info(device: torch.device) -> dict:
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "command": command_line(),
         "host": platform.node(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -451,7 +460,7 @@ def data_wait(name: str, device, *, data_dir, steps: int, warmup: int, batch: in
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="vlaai,ivlaai", help="comma list of vlaai, ivlaai, linear_conv")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -467,7 +476,7 @@ def parse_args(argv=None):
                    help="1: torch.use_deterministic_algorithms like train.py's default (0: off)")
     p.add_argument("--fill_uninitialized_memory", type=int, default=0,
                    help="with --deterministic=1: torch.utils.deterministic.fill_uninitialized_memory (0, as "
-                        "train.py sets it since c36e7f4; 1 = torch's default, NaN-fills every new tensor)")
+                        "train.py sets it; 1 = torch's default, NaN-fills every new tensor)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dense_repeats", type=int, default=3, help="timings of the dense reference ops (best taken)")
     p.add_argument("--skip_dense", action="store_true")
@@ -520,7 +529,7 @@ def main(argv=None) -> dict:
           f"{args.steps} timed steps, amp {args.amp}, compile {args.compile}, deterministic {bool(args.deterministic)} "
           f"(fill_uninitialized_memory {torch.utils.deterministic.fill_uninitialized_memory}), "
           f"num_workers {args.num_workers}")
-    print("reference (issue 7): TensorFlow VLAAI (tf-keras 2.21) on this 2-core CPU: ~4,000 training and "
+    print("reference: TensorFlow VLAAI (tf-keras 2.21) on the 2-core development CPU: ~4,000 training and "
           "~24,600 inference samples/s (batch 64 x 320 x 64); dense rates: 256->256 kernel-8 conv1d "
           "~258 GFLOP/s, 4096^2 matmul ~181 GFLOP/s", flush=True)
     result = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "reference": REFERENCE}
@@ -623,7 +632,7 @@ def main(argv=None) -> dict:
     if dense:
         d = dense["none"]
         print(f"dense fp32: matmul {d['matmul_flops'] / 1e9:.1f}, conv1d {d['conv1d_flops'] / 1e9:.1f} GFLOP/s "
-              f"(issue: ~{REFERENCE['matmul_gflops']:.0f} and ~{REFERENCE['conv1d_gflops']:.0f})"
+              f"(reference: ~{REFERENCE['matmul_gflops']:.0f} and ~{REFERENCE['conv1d_gflops']:.0f})"
               + "".join(f"; dense {v['dtype']}: matmul {v['matmul_flops'] / 1e9:.1f}, conv1d "
                         f"{v['conv1d_flops'] / 1e9:.1f}" for k, v in dense.items() if k != "none"))
     hdr = (f"{'model':12s} {'amp':4s} {'compiled':8s} {'MFLOP/sample fwd | train':>24s} {'train samples/s':>16s} "

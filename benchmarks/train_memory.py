@@ -1,8 +1,10 @@
 """Peak memory (RSS) of TRAINING on a data folder, and how it grows with 1x, 2x, 4x that data.
 
-    python benchmarks/train_memory.py                                  # ivlaai; 1x, 2x, 4x the DTU data; + 2.5 s windows
-    python benchmarks/train_memory.py --models=ivlaai,vlaai --json=mem.json
-    python benchmarks/train_memory.py --child --repeat=2 --model=ivlaai  # one measurement (what the driver runs)
+    python -m benchmarks.train_memory                                  # ivlaai; 1x, 2x, 4x the DTU data; + 2.5 s windows
+    python -m benchmarks.train_memory --models=ivlaai,vlaai --json=mem.json
+    python -m benchmarks.train_memory --child --repeat=2 --model=ivlaai  # one measurement (what the driver runs)
+
+Run it from the repository root.
 
 Every measurement runs in a fresh Python process, so peaks do not mix:
 
@@ -18,7 +20,7 @@ Every measurement runs in a fresh Python process, so peaks do not mix:
   Python + torch + model + Adam state + the activations of a training step, with almost no data.
 
 "Above baseline" = data peak - baseline peak (+ the baseline's own small data): what the data
-costs. The issue's target: at most 1.5 x the on-disk data size (on top of model and optimizer).
+costs. The target: at most 1.5 x the on-disk data size (on top of model and optimizer).
 A run with 2.5 s windows at 1x data (2x the windows, ``--extra_windows``) shows that memory follows
 the data, not the number of windows (windows are sliced on access, never materialised).
 
@@ -103,7 +105,6 @@ def disk_mib(folder: Path) -> float:
 
 def repeated_folder(data_dir: Path, repeat: int, out: Path) -> Path:
     """Fill ``out`` with ``repeat`` sets of symlinks to the npz trials of ``data_dir``, subjects renamed."""
-    sys.path.insert(0, str(REPO))
     from EEG_Dataset import _NPZ_SUBJECT_RE
 
     files = sorted(Path(data_dir).glob("*.npz"))
@@ -136,7 +137,6 @@ def baseline_folder(data_dir: Path, copies: int, out: Path) -> Path:
 
 def saved_tensors_mib(model_name: str, batch: int, window: int) -> float:
     """MiB of tensors autograd keeps for backward in one training forward (+ loss), from shapes (meta device)."""
-    sys.path.insert(0, str(REPO))
     import torch
 
     import newmodel
@@ -163,7 +163,6 @@ def saved_tensors_mib(model_name: str, batch: int, window: int) -> float:
 
 def child(args) -> dict:
     t_start = time.time()
-    sys.path.insert(0, str(REPO))
     import torch
 
     import newmodel
@@ -238,7 +237,7 @@ def child(args) -> dict:
 
 
 def run_child(args, model: str, repeat: int, window_s: float, mmap_threshold: int) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", f"--model={model}", f"--repeat={repeat}",
+    cmd = [sys.executable, "-m", "benchmarks.train_memory", "--child", f"--model={model}", f"--repeat={repeat}",
            f"--window_s={window_s}", f"--batch_size={args.batch_size}", f"--threads={args.threads}",
            f"--data_dir={args.data_dir}", f"--baseline_copies={args.baseline_copies}",
            f"--baseline_epochs={args.baseline_epochs}", f"--num_workers={args.num_workers}", f"--device={args.device}"]
@@ -253,14 +252,14 @@ def run_child(args, model: str, repeat: int, window_s: float, mmap_threshold: in
         if line.startswith("RESULT "):
             r = json.loads(line[len("RESULT "):])
             pre = f"MALLOC_MMAP_THRESHOLD_={mmap_threshold} " if mmap_threshold > 0 else ""
-            r["cmd"] = pre + shlex.join(["python", "benchmarks/train_memory.py", *cmd[2:]])
+            r["cmd"] = pre + shlex.join(["python", *cmd[1:]])
             r["mmap_threshold"] = mmap_threshold
             return r
     raise SystemExit(f"child failed (rc {p.returncode}): {' '.join(cmd)}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_memory", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", default=str(DEFAULT_DATA))
     p.add_argument("--models", default="ivlaai", help="comma list (driver)")
@@ -291,8 +290,7 @@ def main(argv=None) -> dict:
         print("RESULT " + json.dumps(res), flush=True)
         return res
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from throughput import LoadMeter, machine_info  # noqa: E402 - shared machine description
+    from benchmarks.throughput import LoadMeter, machine_info  # the shared machine description
 
     import torch
 

@@ -1,40 +1,45 @@
 """ivlaai variants under the held-out recipe, judged on inner held-out listeners (validation data only).
 
-    benchmarks/ablation_runs.sh                   # trains bench_runs/ablate-<variant>/inner-*/ivlaai/seed-*
-    python benchmarks/ablation.py [--runs='bench_runs/ablate-*/*/*/seed-*'] [--baseline='bench_runs/select/*/*/seed-*']
-                                  [--out=bench_runs/ablate.json]
+    experiments/ablation_runs.sh                  # trains bench_runs/ablate-<variant>/inner-*/ivlaai/seed-*
+    python -m experiments.ablation [--runs='bench_runs/ablate-*/*/*/seed-*'] [--baseline='bench_runs/select/*/*/seed-*']
+                                   [--epochs=10] [--avg=5] [--judge=monitor|unseen] [--out=bench_runs/ablate.json]
 
 Every ablation run trains with the recipe (10 epochs, average of epochs 6-10 kept), so the monitor
 r logged for its last epoch is the inner listeners' whole-trial r of the weights the benchmark
 keeps. The baseline is the stopping-rule study's runs (trained 30 epochs with every epoch kept):
 their "epoch 10, average of 5" weights are what a 10-epoch recipe run trains (there is no learning
-rate schedule), read from their selection.json cache (benchmarks/selection.py). Variants are
+rate schedule), read from their selection.json cache (experiments/selection.py). Variants are
 compared with base ivlaai run by run (same inner listeners, same seed), the comparison that
 cancels the large differences between listener groups.
 
 ``--judge=unseen`` compares the same runs on the inner listeners' unseen speech instead (the last
-10 % of each of their trials, which no model trained on; see benchmarks/selection.py): the recipe
+10 % of each of their trials, which no model trained on; see experiments/selection.py): the recipe
 weights (best.pt) are scored there, and the baseline's from its ``unseen.json`` cache.
 """
 from __future__ import annotations
 
 import csv
 import glob
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import config
+from checkpoint import load_checkpoint, load_model
+from evaluation import evaluate
+from experiments.selection import JUDGES, inner_unseen, study_run, unseen_run
+from fileio import atomic_write_json
+from metrics import paired_differences
 
-from EEG_Dataset import atomic_write_json  # noqa: E402
-from metrics import paired_differences  # noqa: E402
-from selection import JUDGES, inner_unseen, study_run, unseen_run  # noqa: E402
-from train import evaluate, load_checkpoint, load_model  # noqa: E402
-
-OPTIONS = {"runs", "baseline", "out", "epochs", "avg", "judge"}
+OPTIONS = {
+    "runs": ("bench_runs/ablate-*/*/*/seed-*", "glob pattern of the recipe runs' seed directories"),
+    "baseline": ("bench_runs/select/*/*/seed-*", "glob pattern of the stopping-rule study's seed directories"),
+    "epochs": (10, "the recipe's epoch count"),
+    "avg": (5, "the recipe's K: it keeps the average of the last K epochs' weights"),
+    "judge": ("monitor", "'monitor': inner listeners' whole trials; 'unseen': their last 10 % (new speech)"),
+    "out": ("", "also write the table to this JSON file ('': do not)"),
+}
 
 
 @torch.no_grad()
@@ -88,17 +93,14 @@ def baseline_run(seed_dir: Path, epochs: int, avg: int, judge: str = "monitor") 
 
 
 def main(argv=None) -> dict:
-    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in (sys.argv[1:] if argv is None else argv))
-    if set(args) - OPTIONS:
-        raise SystemExit(__doc__ + f"\nunknown options: {sorted(set(args) - OPTIONS)}")
-    epochs, avg = int(args.get("epochs", "10")), int(args.get("avg", "5"))
-    judge = args.get("judge", "monitor")
+    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    epochs, avg, judge = cfg["epochs"], cfg["avg"], cfg["judge"]
     if judge not in JUDGES:
         raise SystemExit(f"--judge={judge}: use 'monitor' (whole trials) or 'unseen' (their last 10 %)")
     torch.set_num_threads(1)
     runs = [baseline_run(Path(d), epochs, avg, judge)
-            for d in sorted(glob.glob(args.get("baseline", "bench_runs/select/*/*/seed-*")))]
-    runs += [r for d in sorted(glob.glob(args.get("runs", "bench_runs/ablate-*/*/*/seed-*")))
+            for d in sorted(glob.glob(cfg["baseline"]))]
+    runs += [r for d in sorted(glob.glob(cfg["runs"]))
              if (r := recipe_run(Path(d), epochs, judge)) is not None]
     if not runs:
         raise SystemExit("no runs found")
@@ -120,9 +122,9 @@ def main(argv=None) -> dict:
         cells = " | ".join(f"{mine[k]['monitor_r']:.4f}" if k in mine else "-" for k in keys)
         print(f"| {v} | {next(iter(mine.values()))['params']:,} | {cells} | {t['mean']:.4f} | {diff} | "
               + (f"{np.mean(sec):.0f} |" if sec else "- |"))
-    if args.get("out"):
-        atomic_write_json(Path(args["out"]), {"judge": judge, "epochs": epochs, "avg": avg, "variants": table})
-        print(f"written to {args['out']}")
+    if cfg["out"]:
+        atomic_write_json(Path(cfg["out"]), {"judge": judge, "epochs": epochs, "avg": avg, "variants": table})
+        print(f"written to {cfg['out']}")
     return table
 
 

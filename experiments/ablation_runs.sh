@@ -1,16 +1,16 @@
 #!/bin/bash
-# ivlaai ablation under the held-out recipe, judged like the stopping-rule study (docs/model.md):
-# validation data only. Inner held-out listeners come from fold 4's training set (S1-S9); S10-S12
-# are never used. Each variant trains with the recipe itself (10 epochs, keep the average of
-# epochs 6-10), so the monitor r train.py logs for epoch 10 is the inner listeners' r of the
-# weights the benchmark would keep. Then:
-#   python benchmarks/ablation.py      # table against the study's own runs (bench_runs/select)
-# Usage: benchmarks/ablation_runs.sh [variant ...] (default: the first ablation's four); seeds with
+# ivlaai ablation under the held-out recipe, judged like the stopping-rule study
+# (experiments/README.md): validation data only. Inner held-out listeners come from fold 4's
+# training set (S1-S9); S10-S12 are never used. Each variant trains with the recipe itself
+# (10 epochs, keep the average of epochs 6-10), so the monitor r train.py logs for epoch 10 is the
+# inner listeners' r of the weights the benchmark would keep. Then, from the repo root:
+#   python -m experiments.ablation     # table against the study's own runs (bench_runs/select)
+# Usage: experiments/ablation_runs.sh [variant ...] (default: add full nodrop unshared); seeds with
 # SEEDS="1 2", inner listener groups with INNERS="S7,S8,S9 S4,S5,S6".
 # Two shells with different variants use both cores. Rerunning skips finished runs, resumes others.
 set -e
 cd "$(dirname "$0")/.."
-# the ablation's base is the depthwise-separable ivlaai it was run on (the default until 2026-11-30)
+# every variant is a switch away from the depthwise-separable ivlaai the study measured
 base="--ivlaai_separable=True"
 declare -A variants=(
   [add]="--ivlaai_concat=False"
@@ -18,7 +18,7 @@ declare -A variants=(
   [nodrop]="--dropout=0.0"
   [unshared]="--ivlaai_shared=False"
   [base]=""
-  # new ideas (2026-11-25, session 15); variant options come last, so they override the recipe's
+  # variant options come last, so they override the recipe's
   [chandrop]="--ivlaai_chan_dropout=0.2"
   [drop3]="--dropout=0.3"
   [bs32]="--batch_size=32"

@@ -1,6 +1,6 @@
 """Peak memory of loading a data folder and iterating one epoch of training windows.
 
-    python benchmarks/dataset_memory.py [--data_dir=../shared/data/dtu] [--window_s=5] [--batch_size=64]
+    python -m experiments.dataset_memory [--data_dir=../shared/data/dtu] [--window_s=5] [--batch_size=64]
 
 Prints the on-disk size, the RSS after imports (Python + torch, before any data), and the peak
 RSS while loading and iterating one epoch (every train window once through a DataLoader).
@@ -8,16 +8,20 @@ RSS while loading and iterating one epoch (every train window once through a Dat
 from __future__ import annotations
 
 import resource
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch.utils.data import DataLoader
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+import config
+from EEG_Dataset import WindowDataset, load_corpus
 
-from EEG_Dataset import WindowDataset, load_corpus  # noqa: E402
+OPTIONS = {
+    "data_dir": ("../shared/data/dtu", "the data folder to load (any format load_corpus reads)"),
+    "window_s": (5.0, "training window length in seconds"),
+    "batch_size": (64, "windows per batch"),
+}
 
 
 def rss_mb() -> float:
@@ -32,11 +36,11 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
-    args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
-    data_dir = Path(args.get("data_dir", Path(__file__).resolve().parents[2] / "shared" / "data" / "dtu"))
-    window = int(float(args.get("window_s", 5)) * 64)
-    bs = int(args.get("batch_size", 64))
+def main(argv=None) -> None:
+    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    data_dir = Path(cfg["data_dir"])
+    window = int(cfg["window_s"] * 64)
+    bs = cfg["batch_size"]
     disk_mb = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file()) / 2**20
     base = rss_mb()
     t0 = time.time()

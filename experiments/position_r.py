@@ -1,7 +1,7 @@
 """Where in the trial does each model decode? Seed-ensemble r of each 5 s piece of the test trials.
 
-    python benchmarks/position_r.py --fold_dir=bench_runs/full/heldout/fold1-S1-S3 --subjects=S1,S2,S3 \
-        [--data_dir=../shared/data/dtu] [--models=linear,vlaai,ivlaai] [--seeds=1,2,3] [--window_s=5] \
+    python -m experiments.position_r --fold_dir=bench_runs/full/heldout/fold1-S1-S3 --subjects=[S1,S2,S3] \
+        [--data_dir=../shared/data/dtu] [--models=[linear,vlaai,ivlaai]] [--seeds=[1,2,3]] [--window_s=5] \
         [--checkpoint=best|last]
 
 Every trial of the DTU folder carries the same 50 s envelope, and the time split puts seconds
@@ -14,18 +14,26 @@ last epoch trained instead of the epoch early stopping chose.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import config
+from checkpoint import load_model
+from EEG_Dataset import load_corpus
+from experiments import as_list
+from metrics import pearson
 
-from EEG_Dataset import load_corpus  # noqa: E402
-from metrics import pearson  # noqa: E402
-from train import load_model  # noqa: E402
-
+OPTIONS = {
+    "fold_dir": ("", "a benchmark fold folder holding MODEL/MODEL/seed-N runs (required)"),
+    "subjects": ([], "the fold's held-out subjects, e.g. [S1,S2,S3] (required)"),
+    "data_dir": ("../shared/data/dtu", "the DTU-style npz folder the runs trained on"),
+    "models": (["linear", "vlaai", "ivlaai"], "models to score"),
+    "seeds": ([1, 2, 3], "seeds of each model, ensembled"),
+    "window_s": (5.0, "length of each scored piece in seconds"),
+    "checkpoint": ("best", "'best' (the kept weights) or 'last' (the last epoch trained)"),
+}
 
 @torch.no_grad()
 def position_r(models, recordings, window: int) -> np.ndarray:
@@ -48,28 +56,26 @@ def position_r(models, recordings, window: int) -> np.ndarray:
 
 
 def main(argv=None) -> None:
-    args = dict(a[2:].split("=", 1) for a in (argv if argv is not None else sys.argv[1:]))
-    unknown = set(args) - {"fold_dir", "subjects", "data_dir", "models", "seeds", "window_s", "checkpoint"}
-    if unknown or "fold_dir" not in args or "subjects" not in args:
-        raise SystemExit(__doc__ + (f"\nunknown options: {sorted(unknown)}" if unknown else ""))
-    fold_dir = Path(args["fold_dir"])
-    data_dir = args.get("data_dir", str(Path(__file__).resolve().parents[2] / "shared/data/dtu"))
+    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    subjects, models, seeds = (as_list(cfg[k]) for k in ("subjects", "models", "seeds"))
+    if not cfg["fold_dir"] or not subjects:
+        raise SystemExit(__doc__ + "\n--fold_dir and --subjects are required")
+    if cfg["checkpoint"] not in ("best", "last"):
+        raise SystemExit(f"--checkpoint must be best or last, got {cfg['checkpoint']!r}")
+    fold_dir, data_dir = Path(cfg["fold_dir"]), cfg["data_dir"]
     torch.set_num_threads(1)
-    corpus = load_corpus(data_dir, subjects=args["subjects"].split(","), test_recordings=["*"], split="whole")
+    corpus = load_corpus(data_dir, subjects=[str(s) for s in subjects], test_recordings=["*"], split="whole")
     recs = [r.get("test") for r in corpus.with_part("test")]
     recs = [(x, y[:, 0]) for x, y in recs]
-    window = int(round(float(args.get("window_s", 5)) * corpus.fs))
+    window = int(round(cfg["window_s"] * corpus.fs))
     n_pos = min(len(x) for x, _ in recs) // window
     recs = [(x[: n_pos * window], y[: n_pos * window]) for x, y in recs]
-    print(f"{len(recs)} test trials of {args['subjects']} from {data_dir}; r of each {window / corpus.fs:g} s piece "
+    print(f"{len(recs)} test trials of {','.join(map(str, subjects))} from {data_dir}; r of each {window / corpus.fs:g} s piece "
           "(seed ensemble, mean over trials; equal trials per subject make it the mean over subjects)")
     header = " ".join(f"{k * window / corpus.fs:>5.0f}s" for k in range(n_pos))
     print(f"{'model':<8} {header}   0-40 s  40-45 s  45-50 s")
-    for name in args.get("models", "linear,vlaai,ivlaai").split(","):
-        ck = args.get("checkpoint", "best")
-        if ck not in ("best", "last"):
-            raise SystemExit(f"--checkpoint must be best or last, got {ck!r}")
-        paths = [fold_dir / name / name / f"seed-{s}" / f"{ck}.pt" for s in args.get("seeds", "1,2,3").split(",")]
+    for name in models:
+        paths = [fold_dir / name / name / f"seed-{s}" / f"{cfg['checkpoint']}.pt" for s in seeds]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             print(f"{name:<8} missing {', '.join(missing)}")

@@ -1,8 +1,8 @@
 """Which stopping rule picks the weights that decode new listeners best? An offline study.
 
-    python train.py --data_dir=../shared/data/dtu --exclude_subjects=[S10,S11,S12] --monitor_recordings=[S7,S8,S9] \
-        --epochs=30 --patience=30 --keep_epochs --seeds=[1,2] --run_dir=bench_runs/select/inner-S7-S9
-    python benchmarks/selection.py --runs=bench_runs/select/*/*/seed-* [--patience=10] [--avg=1,3,5] [--fixed=10,20,30]
+    experiments/selection_runs.sh            # trains bench_runs/select/inner-*/{ivlaai,vlaai}/seed-*
+    python -m experiments.selection [--runs='bench_runs/select/*/*/seed-*'] [--patience=10] [--avg=[1,3,5]]
+                                    [--fixed=[10,20,30]] [--judge=monitor|unseen] [--out=FILE.json]
 
 Each run must have been trained with ``--keep_epochs`` (the weights of every epoch) and
 ``--monitor_recordings`` (whole recordings of listeners it never trains on, e.g. inner held-out
@@ -16,8 +16,8 @@ epoch file), then applies the stopping rules:
 - ``epoch N, avg K``: a fixed number of epochs.
 
 ``--judge=unseen`` judges the same rules by the inner listeners' unseen speech instead of their
-whole trials: the last 10 % of each of their recordings, the one part of ../shared/data/dtu that is
-a new listener *and* speech no model trained on (every trial there carries the same envelope).
+whole trials: the last 10 % of each of their recordings, the one part of the DTU folder that is a
+new listener *and* speech no model trained on (every trial there carries the same envelope).
 Those curves are cached in ``<run>/unseen.json``.
 
 It prints, per rule, the monitor r of the weights the rule keeps (mean per monitor subject, then
@@ -31,20 +31,29 @@ can be scored as they finish and the final table only reads the caches.
 from __future__ import annotations
 
 import glob
-import hashlib
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import config
+from averaging import average_state_dicts
+from checkpoint import load_checkpoint, load_model
+from evaluation import evaluate
+from experiments import as_list
+from fileio import atomic_write_json, json_cached, sha256_file
+from runs import corpus_from_config
 
-from EEG_Dataset import atomic_write_json, json_cached  # noqa: E402
-from train import average_state_dicts, corpus_from_config, evaluate, load_checkpoint, load_model  # noqa: E402
-
-OPTIONS = {"runs", "patience", "avg", "fixed", "out", "threads", "judge"}
 JUDGES = ("monitor", "unseen")
+OPTIONS = {
+    "runs": ("bench_runs/select/*/*/seed-*", "seed directories: a glob pattern, or several joined by commas"),
+    "patience": (10, "patience of the 'best val' rules, in epochs"),
+    "avg": ([1, 3, 5], "K values: rules keep the average of the last K epochs' weights"),
+    "fixed": ([10, 20, 30], "epoch counts of the 'epoch N' rules"),
+    "judge": ("monitor", "'monitor': inner listeners' whole trials; 'unseen': their last 10 % (new speech)"),
+    "threads": (1, "torch CPU threads"),
+    "out": ("", "also write the whole table to this JSON file ('': do not)"),
+}
 
 
 def early_stop(val: list[float], patience: int) -> int:
@@ -74,7 +83,7 @@ def kept_epochs(seed_dir: Path, avgs: list[int]) -> tuple[list[Path], dict]:
     files = sorted((seed_dir / "epochs").glob("epoch-*.pt"))
     if not files:
         raise SystemExit(f"{seed_dir}: no epochs/epoch-*.pt; train with --keep_epochs")
-    return files, {"avg": avgs, "epoch_sha256": [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]}
+    return files, {"avg": avgs, "epoch_sha256": [sha256_file(f) for f in files]}
 
 
 def study_run(seed_dir: Path, avgs: list[int]) -> dict:
@@ -116,7 +125,7 @@ def study_run_uncached(seed_dir: Path, files: list[Path], avgs: list[int]) -> di
 
 def inner_unseen(cfg: dict) -> list:
     """The inner listeners' unseen speech: the last 10 % (time split's test part) of each of their
-    recordings. In ../shared/data/dtu every trial carries the same 50 s of speech and training
+    recordings. In the DTU folder every trial carries the same 50 s of speech and training
     sees seconds 0-40 of it, so a whole monitor trial is 80 % speech the model was trained on;
     this part is both a new listener and new speech (validation data only: the inner listeners
     belong to the training set, the test subjects are never read)."""
@@ -161,26 +170,27 @@ def apply_rules(run: dict, patience: int, fixed: list[int]) -> dict:
     return out
 
 
+def int_list(cfg: dict, key: str, empty_ok: bool = False) -> list[int]:
+    """cfg[key] as a list of integers >= 1 (a single integer is a list of one), or exit."""
+    v = as_list(cfg[key])
+    if not (v or empty_ok) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
+        raise SystemExit(f"--{key}={cfg[key]!r}: expected a list of integers >= 1, e.g. --{key}=[1,3,5]")
+    return v
+
+
 def main(argv=None) -> dict:
-    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in (sys.argv[1:] if argv is None else argv))
-    unknown = set(args) - OPTIONS
-    if unknown or "runs" not in args:
-        raise SystemExit(__doc__ + (f"\nunknown options: {sorted(unknown)}" if unknown else ""))
-    try:
-        patience = int(args.get("patience", "10"))
-        avgs = sorted({int(k) for k in args.get("avg", "1,3,5").split(",")})
-        fixed = [int(n) for n in args.get("fixed", "10,20,30").split(",") if n]
-    except ValueError as exc:
-        raise SystemExit(f"--patience, --avg and --fixed take integers: {exc}") from exc
-    if patience < 1 or min(avgs) < 1:
-        raise SystemExit("--patience and every --avg must be >= 1")
-    torch.set_num_threads(int(args.get("threads", "1")))
-    dirs = sorted({Path(p) for pat in args["runs"].split(",") for p in glob.glob(pat)})
-    if not dirs:
-        raise SystemExit(f"--runs={args['runs']}: no such run directories")
-    judge = args.get("judge", "monitor")
+    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    patience = cfg["patience"]
+    if patience < 1:
+        raise SystemExit(f"--patience={patience}: must be >= 1")
+    avgs, fixed = sorted(set(int_list(cfg, "avg"))), int_list(cfg, "fixed", empty_ok=True)
+    judge = cfg["judge"]
     if judge not in JUDGES:
         raise SystemExit(f"--judge={judge}: use one of {JUDGES}")
+    torch.set_num_threads(cfg["threads"])
+    dirs = sorted({Path(p) for pat in cfg["runs"].split(",") for p in glob.glob(pat)})
+    if not dirs:
+        raise SystemExit(f"--runs={cfg['runs']}: no such run directories")
     runs = [study_run(d, avgs) for d in dirs]
     if judge == "unseen":  # judge the same rules by the inner listeners' unseen speech instead
         for d, r in zip(dirs, runs):
@@ -212,9 +222,9 @@ def main(argv=None) -> dict:
               f"sd {np.std(half, ddof=1) if len(half) > 1 else 0.0:.4f}")
     result = {"judge": judge, "patience": patience, "avg": avgs, "fixed": fixed, "runs": runs,
               "rules": [{k: list(v) for k, v in x.items()} for x in rules], "summary": summary}
-    if args.get("out"):
-        atomic_write_json(Path(args["out"]), result)
-        print(f"written to {args['out']}")
+    if cfg["out"]:
+        atomic_write_json(Path(cfg["out"]), result)
+        print(f"written to {cfg['out']}")
     return result
 
 

@@ -1,8 +1,8 @@
 """Summarize speech cross-validation runs: decoding of speech no model heard, new and seen listeners.
 
-    benchmarks/speech_cv_runs.sh VARIANT          # trains + scores bench_runs/speech_cv/VARIANT/tfK
-    python benchmarks/speech_cv.py [--root=bench_runs/speech_cv] [--ref=vlaai] [--out=FILE.json]
-                                   [--folds=1,4,6,9] [--seeds=1,2,3]
+    experiments/speech_cv_runs.sh VARIANT         # trains + scores bench_runs/speech_cv/VARIANT/tfK
+    python -m experiments.speech_cv [--root=bench_runs/speech_cv] [--ref=vlaai] [--out=FILE.json]
+                                    [--folds=[1,4,6,9]] [--seeds=[1,2,3]]
 
 Every run (one per time fold K) trained without three listeners and without tenth K of the
 speech, and test.py scored tenth K of all listeners' trials, each seed on its own
@@ -22,28 +22,33 @@ the per-fold error bar is the one that counts the independent repeats.
 """
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
+import config
+from checkpoint import load_checkpoint
+from experiments import as_list
+from fileio import atomic_write_json, read_json
+from metrics import paired_differences
 
-from EEG_Dataset import atomic_write_json  # noqa: E402
-from metrics import paired_differences  # noqa: E402
-from train import load_checkpoint  # noqa: E402
-
-OPTIONS = {"root", "ref", "out", "folds", "seeds"}
+OPTIONS = {
+    "root": ("bench_runs/speech_cv", "folder of VARIANT/tfK run folders (experiments/speech_cv_runs.sh)"),
+    "ref": ("vlaai", "the variant every other one is compared with"),
+    "folds": ([], "time folds to summarize, e.g. [1,4,6,9] ([]: all)"),
+    "seeds": ([], "seeds to summarize, e.g. [1,2,3] ([]: all)"),
+    "out": ("", "also write the table to this JSON file ('': do not)"),
+}
 
 
 def read_runs(root: Path, folds=None, seeds=None) -> dict:
     """{variant: {fold: {'held_out': [subjects], 'r': {subject: r}, 'val_r': float, 'epoch': [int],
     'seeds': {seed: {'r': {subject: r}, 'val_r': float, 'epoch': int}}}}} of scored runs.
 
-    Every seed is its own trained model, scored on its own (``eval/seed-N/eval_score.json``; a
-    single-seed ``eval/eval_score.json`` of older runs is read too). A fold's ``r`` and ``val_r``
-    are the means over its seeds, so more seeds average run-to-run noise out of a fold's figure.
+    Every seed is its own trained model, scored on its own (``eval/seed-N/eval_score.json``; an
+    ``eval/eval_score.json`` that scores a run's seeds in one test.py call is read too). A fold's
+    ``r`` and ``val_r`` are the means over its seeds, so more seeds average run-to-run noise out
+    of a fold's figure.
     ``folds`` / ``seeds``: keep only these (None: all)."""
     out: dict = {}
     for score in sorted(root.glob("*/tf*/eval/eval_score.json")) + sorted(root.glob("*/tf*/eval/seed-*/eval_score.json")):
@@ -51,7 +56,7 @@ def read_runs(root: Path, folds=None, seeds=None) -> dict:
         variant, fold = fold_dir.parent.name, int(fold_dir.name[2:])
         if folds is not None and fold not in folds:
             continue
-        ev = json.loads(score.read_text())
+        ev = read_json(score, SystemExit)
         if ev.get("time_fold") != fold:
             raise SystemExit(f"{score}: scored time_fold {ev.get('time_fold')}, folder says {fold}")
         for seed_key, sc in ev["per_seed"].items():
@@ -109,23 +114,21 @@ def _diff_cell(p: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in (sys.argv[1:] if argv is None else argv))
-    if set(args) - OPTIONS:
-        raise SystemExit(__doc__ + f"\nunknown options: {sorted(set(args) - OPTIONS)}")
-    root, ref = Path(args.get("root", "bench_runs/speech_cv")), args.get("ref", "vlaai")
+    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    root, ref = Path(cfg["root"]), cfg["ref"]
     picks = {}
     for key in ("folds", "seeds"):
-        if key in args:
-            try:
-                picks[key] = {int(x) for x in args[key].split(",")}
-            except ValueError:
-                raise SystemExit(f"--{key}={args[key]}: expected comma-separated integers, e.g. --{key}=1,4,6,9") from None
+        v = as_list(cfg[key])
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise SystemExit(f"--{key}={cfg[key]!r}: expected a list of integers, e.g. --{key}=[1,4,6,9]")
+        if v:
+            picks[key] = set(v)
     runs = read_runs(root, picks.get("folds"), picks.get("seeds"))
     if not runs:
         raise SystemExit(f"{root}: no scored runs (*/tf*/eval/[seed-N/]eval_score.json"
                          + (f" with folds {sorted(picks['folds'])}" if "folds" in picks else "")
                          + (f" and seeds {sorted(picks['seeds'])}" if "seeds" in picks else "")
-                         + "); run benchmarks/speech_cv_runs.sh")
+                         + "); run experiments/speech_cv_runs.sh")
     table: dict = {}
     print(f"speech cross-validation, {root}: r on speech no model heard (one tenth of every trial per fold)")
     print(f"| variant | folds | seeds | new listeners r | seen listeners r | val r | new: diff vs {ref} | seen: diff vs {ref} |")
@@ -187,9 +190,9 @@ def main(argv=None) -> dict:
             cells.append(f"{np.mean(list(new.values())):.3f} / {np.mean(list(seen.values())):.3f} "
                          f"({extra}val {run['val_r']:.3f}, ep {','.join(map(str, run['epoch']))})")
         print(f"| {v} | " + " | ".join(cells) + " |")
-    if args.get("out"):
-        atomic_write_json(Path(args["out"]), table)
-        print(f"written to {args['out']}")
+    if cfg["out"]:
+        atomic_write_json(Path(cfg["out"]), table)
+        print(f"written to {cfg['out']}")
     return table
 
 

@@ -1,12 +1,12 @@
 #!/bin/bash
-# The confirmation of 2026-11-30: VLAAI against the default ivlaai (full convs) on the four time
-# folds that had never been a test piece (1, 4, 6, 9; each with three listeners held out, every
-# listener new once), seeds 1, 2 and 3, through benchmarks/speech_cv_runs.sh. Two runs at a time,
-# one thread each (a 2-core CPU); seed by seed, so an interrupted session leaves whole seeds done.
+# The confirmation: VLAAI against the default ivlaai (full convs) on the four time folds that the
+# choice of the default never tested on (1, 4, 6, 9; each with three listeners held out, every
+# listener new once), seeds 1, 2 and 3, through experiments/speech_cv_runs.sh. Two runs at a time,
+# one thread each (a 2-core CPU); seed by seed, so an interrupted run leaves whole seeds done.
 # Reruns skip what is scored and resume what was interrupted. Logs: bench_runs/logs/confirm_*.log
 # Decision rule, fixed before the runs: ivlaai is better if its seed-mean r on new listeners is
 # higher than VLAAI's on at least 3 of the 4 folds and higher on average.
-# Summary: python benchmarks/speech_cv.py --folds=1,4,6,9
+# Summary: python -m experiments.speech_cv --folds=[1,4,6,9]
 set -e
 cd "$(dirname "$0")/.."
 mkdir -p bench_runs/logs
@@ -15,4 +15,4 @@ for seed in 1 2 3; do
     for variant in vlaai ivlaai_full; do echo "$variant $pair $seed"; done
   done
 done | xargs -P 2 -L 1 sh -c \
-  'benchmarks/speech_cv_runs.sh "$0" "$1" "$2" > "bench_runs/logs/confirm_$0_${1%%:*}_s$2.log" 2>&1'
+  'experiments/speech_cv_runs.sh "$0" "$1" "$2" > "bench_runs/logs/confirm_$0_${1%%:*}_s$2.log" 2>&1'

@@ -8,12 +8,12 @@
 # listener is new once and seen three times, on four different pieces of the stimulus.
 # Same recipe for every network: lr 3e-4, at most 12 epochs, patience 4, one thread; seed 1 unless
 # SEEDS says otherwise (each seed is its own model, scored on its own).
-# Usage: benchmarks/speech_cv_runs.sh VARIANT [PAIRS] [SEEDS]
+# Usage: experiments/speech_cv_runs.sh VARIANT [PAIRS] [SEEDS]
 #   VARIANT: vlaai | ivlaai | ivlaai_subj | ivlaai_full | ivlaai_full_subj | linear
 #   PAIRS: "K:SUBJ,SUBJ,... ..." (time fold : listeners held out), default: the four pairs set below
 #   SEEDS: "1 2 3" (default "1")
 #   reruns resume; results: bench_runs/speech_cv/VARIANT/tfK/eval/seed-N/eval_score.json
-#   summary: python benchmarks/speech_cv.py
+#   summary (from the repo root): python -m experiments.speech_cv
 set -e
 cd "$(dirname "$0")/.."
 variant=$1
@@ -21,7 +21,7 @@ pairs=${2:-"0:S1,S2,S3 2:S4,S5,S6 5:S7,S8,S9 7:S10,S11,S12"}
 seeds=${3:-1}
 case $variant in
   vlaai) model=vlaai; extra=() ;;
-  # ivlaai and ivlaai_subj: the depthwise-separable network (the default until 2026-11-30)
+  # ivlaai and ivlaai_subj: the depthwise-separable network; ivlaai_full: the default full convolutions
   ivlaai) model=ivlaai; extra=(--ivlaai_separable=True) ;;
   ivlaai_subj) model=ivlaai; extra=(--ivlaai_separable=True --subject_embedding=True) ;;
   ivlaai_full) model=ivlaai; extra=(--ivlaai_separable=False) ;;

@@ -1,46 +1,52 @@
 """Training and inference throughput of each model on this machine (samples = EEG time steps).
 
-    python benchmarks/train_speed.py [--models=vlaai,ivlaai] [--batch_size=64] [--window=320] [--steps=5]
+    python -m experiments.train_speed [--models=[vlaai,ivlaai]] [--batch_size=64] [--window=320] [--steps=5]
 
-A model may carry build options after colons, e.g. ``--models=ivlaai,ivlaai:ivlaai_separable=True``
-(keys of newmodel.MODEL_DEFAULTS, values as Python literals).
+A model may carry build options after colons, e.g. ``--models=[ivlaai,ivlaai:ivlaai_separable=True]``
+(the model keys of config.py, config.MODEL_KEYS; values as Python literals).
+``python -m benchmarks.throughput`` measures the same rates with the machine's load, FLOPs and the
+dense rate beside them.
 """
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
+import config
+import newmodel
+from experiments import as_list
+from metrics import pearson_loss
 
-import newmodel  # noqa: E402
-from config import literal  # noqa: E402
-from metrics import pearson_loss  # noqa: E402
+OPTIONS = {
+    "models": (["vlaai", "ivlaai", "linear_conv"], "models to time; 'name:key=value' adds a build option"),
+    "batch_size": (64, "windows per step"),
+    "window": (320, "samples per window"),
+    "steps": (5, "timed steps (training and inference each), after one untimed step"),
+}
 
 
-def main() -> None:
-    args = dict(a[2:].split("=", 1) for a in sys.argv[1:])
-    models = args.get("models", "vlaai,ivlaai,linear_conv").split(",")
-    bs, win, steps = int(args.get("batch_size", 64)), int(args.get("window", 320)), int(args.get("steps", 5))
+def main(argv=None) -> None:
+    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    models = [str(m) for m in as_list(cfg["models"])]
+    bs, win, steps = cfg["batch_size"], cfg["window"], cfg["steps"]
     torch.manual_seed(0)
     x, y = torch.randn(bs, win, 64), torch.randn(bs, win, 1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {bs} x {win} samples x 64 channels")
     for spec in models:
         name, *opts = spec.split(":")
-        cfg = {}
+        build = {}
         for opt in opts:
             key, eq, value = opt.partition("=")
-            if key not in newmodel.MODEL_DEFAULTS:
+            if key not in config.MODEL_KEYS:
                 raise SystemExit(f"--models: unknown build option {key!r} in {spec!r}; "
-                                 f"valid: {', '.join(newmodel.MODEL_DEFAULTS)}")
-            default, value = newmodel.MODEL_DEFAULTS[key], literal(value)
+                                 f"valid: {', '.join(config.MODEL_KEYS)}")
+            default, value = config.defaults()[key], config.literal(value)
             if not eq or type(value) is not type(default) and not (type(default) is float and type(value) is int):
                 raise SystemExit(f"--models: build option {opt!r} in {spec!r} needs a "
                                  f"{type(default).__name__} value, e.g. {key}={default!r}")
-            cfg[key] = value
-        m = newmodel.build_model(name, **cfg)
+            build[key] = value
+        m = newmodel.build_model(name, **build)
         opt = torch.optim.Adam(m.parameters())
         m.train()
         for i in range(steps + 1):
