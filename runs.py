@@ -188,7 +188,8 @@ def ensure_data(cfg: dict, given: set) -> None:
     if usable:
         return
     if "data_dir" in given:
-        what = "does not exist" if not d.exists() else ("is not a folder" if not d.is_dir() else "is empty")
+        what = ("is a symlink that loops or points nowhere" if d.is_symlink() and not d.exists() else
+                "does not exist" if not d.exists() else "is not a folder" if not d.is_dir() else "is empty")
         raise DataError(f"data_dir {d} {what}")
     import demo_corpus
 

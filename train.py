@@ -283,6 +283,9 @@ def check_setup(cfg: dict, corpus) -> None:
         raise config_module.ConfigError(f"--time_fold={cfg['time_fold']} needs --split=time (got --split={cfg['split']})")
     if cfg["ema_decay"] > 0 and cfg["avg_epochs"] > 1:
         raise config_module.ConfigError("--avg_epochs and --ema_decay both average the weights: use one of them")
+    run_dir = Path(cfg["run_dir"])
+    if run_dir.exists() and not run_dir.is_dir():
+        raise config_module.ConfigError(f"--run_dir={cfg['run_dir']}: is a file, not a folder")
     world = runtime.world_size()
     if world > 1 and (cfg["jobs"] > 1 or cfg["batch_size"] % world or cfg["model"] == "linear"):
         raise config_module.ConfigError(f"torchrun with {world} ranks: batch_size ({cfg['batch_size']}) must be a "
