@@ -371,13 +371,12 @@ def read_sparrkulee(folder, min_samples: int = MIN_RECORDING_SAMPLES) -> list[Re
             raise DataError(f"{p}: cannot read as a .npy array ({exc})") from exc
         if raw.ndim != 2:
             raise DataError(f"{p}: EEG must be 2-D (channels, time), got shape {raw.shape}")
-        if raw.dtype.kind != "f":
-            raise DataError(f"{p}: EEG must hold floating-point samples, got dtype {raw.dtype}")
+        _check_dtype(raw, p, "EEG")
         # channels-first (C, T) as SparrKULee stores it; a (T, C) file is read time-first
         eeg = LazyEEG(raw, channels_first=raw.shape[0] <= raw.shape[1], path=str(p))
         if env_path not in envelopes:
-            env = _as_envelope(np.load(env_path, mmap_mode="r", allow_pickle=False), env_path)
-            env = np.asarray(env, dtype=np.float32)  # small: (T, 1), shared by every listener
+            # small: (T, 1) float32 in memory, one per stimulus, shared by its listeners
+            env = np.asarray(_as_envelope(_load_npy(env_path), env_path), dtype=np.float32)
             _check_finite(env, env_path, "envelope")
             envelopes[env_path] = env
         env = envelopes[env_path]

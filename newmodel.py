@@ -160,11 +160,22 @@ class KerasWeightsError(ValueError):
     """A Keras .h5 file that cannot be loaded as a VLAAI; the one-line message names the file."""
 
 
-def _h5_strings(values) -> list[str]:
-    """An HDF5 string-array attribute (str or bytes items, possibly empty float array) -> [str]."""
-    if values is None:
-        return []
-    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in np.asarray(values).reshape(-1)]
+def _h5_strings(obj, name: str) -> list[str] | None:
+    """A Keras HDF5 string-list attribute -> [str] (items str or bytes; an empty list may be stored
+    as an empty float array). Keras splits a list too long for one HDF5 attribute into ``name0``,
+    ``name1``, ...; those are joined. None when the attribute is absent."""
+    attrs = obj.attrs
+    if name in attrs:
+        chunks = [attrs[name]]
+    elif f"{name}0" in attrs:
+        chunks, k = [], 0
+        while f"{name}{k}" in attrs:
+            chunks.append(attrs[f"{name}{k}"])
+            k += 1
+    else:
+        return None
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v)
+            for chunk in chunks for v in np.asarray(chunk).reshape(-1)]
 
 
 def _keras_weighted_layers(f, path) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
@@ -172,15 +183,16 @@ def _keras_weighted_layers(f, path) -> list[tuple[str, list[tuple[str, np.ndarra
     layers without weights left out. Reads a full-model save (``model_weights/``) or a
     weights-only save (layers at the root); each layer's weights in its ``weight_names`` order."""
     root = f["model_weights"] if "model_weights" in f else f
-    if "layer_names" not in root.attrs:
+    layer_names = _h5_strings(root, "layer_names")
+    if layer_names is None:
         raise KerasWeightsError(f"{path}: no 'layer_names' attribute; not a Keras HDF5 model or weights file")
     layers = []
-    for name in _h5_strings(root.attrs["layer_names"]):
+    for name in layer_names:
         if name not in root:
             raise KerasWeightsError(f"{path}: layer {name!r} is listed in layer_names but missing from the file")
         group = root[name]
         weights = []
-        for wname in _h5_strings(group.attrs.get("weight_names")):
+        for wname in _h5_strings(group, "weight_names") or []:
             if wname not in group:
                 raise KerasWeightsError(f"{path}: weight {wname!r} of layer {name!r} is missing from the file")
             weights.append((wname, np.asarray(group[wname])))
