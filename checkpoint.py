@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -55,24 +54,35 @@ def load_checkpoint(path) -> dict:
     a checkpoint at all, raises CheckpointError naming the file."""
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not head:
+        raise CheckpointError(f"{path}: empty file")
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CheckpointError(f"{path}: not a torch checkpoint")
+    try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: no such file") from exc
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: holds objects other than tensors and plain values; not loaded") from exc
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        what = "empty file" if path.is_file() and path.stat().st_size == 0 else "truncated or not a torch checkpoint"
-        raise CheckpointError(f"{path}: {what}") from exc
-    if not isinstance(ck, dict) or "model_name" not in ck or "model" not in ck:
+    except Exception as exc:  # noqa: BLE001 - any other failure of the loader: a damaged file
+        raise CheckpointError(f"{path}: truncated or damaged torch checkpoint ({type(exc).__name__})") from exc
+    if not isinstance(ck, dict) or not isinstance(ck.get("model_name"), str) or not isinstance(ck.get("model"), dict):
         raise CheckpointError(f"{path}: not a checkpoint of this project (no model_name/model entries)")
+    if ck["model_name"] not in newmodel.MODELS:
+        raise CheckpointError(f"{path}: unknown model {ck['model_name']!r}")
     version = ck.get("version", 1)
     if version == 1:
-        ck = _upgrade_v1(ck)
+        try:
+            ck = _upgrade_v1(ck)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: an unversioned checkpoint without its config/subjects entries") from exc
     elif version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r}; this code reads versions 1 and "
                               f"{FORMAT_VERSION}")
-    if ck["model_name"] not in newmodel.MODELS:
-        raise CheckpointError(f"{path}: unknown model {ck['model_name']!r}")
+    if not isinstance(ck.get("model_args"), dict):
+        raise CheckpointError(f"{path}: no model_args entry")
     return ck
 
 

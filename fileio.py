@@ -59,7 +59,9 @@ def atomic_write_bytes(path, data: bytes) -> None:
         if isinstance(exc, FileError):
             raise
         what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise FileError(exc.errno, f"{path}: cannot write ({what})") from exc
+        err = FileError(f"{path}: cannot write ({what})")
+        err.errno = exc.errno
+        raise err from exc
     except BaseException:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

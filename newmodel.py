@@ -656,7 +656,8 @@ def build_model(name: str, /, **config) -> nn.Module:
 
     ``config`` may be the whole project config: see ``model_args``.
     """
-    return MODELS[name](**model_args(name, config))
+    args = model_args(name, config)  # an unknown name is a ValueError listing the valid ones
+    return MODELS[name](**args)
 
 
 def receptive_field(model_or_name, /, **config) -> tuple[int, int]:

@@ -1,17 +1,19 @@
 """Tests of config.py: command-line literals, config files read as data, validation."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 
 
-def parse(*args):
-    cfg, given = config.parse(list(args))
+def parse(*args, program="train"):
+    cfg, given = config.parse(list(args), program)
     return cfg, given
 
 
@@ -25,8 +27,9 @@ def test_documented_keys_exist_with_sane_defaults():
     # module internals (imports, helpers) are not config keys
     for internal in ("ast", "sys", "Path", "annotations", "parse", "defaults"):
         assert internal not in d
-    cfg, given = parse()
-    assert cfg == d and given == set()
+    cfg, given = parse()  # the default program is train
+    assert cfg == config.defaults("train") and given == set()
+    assert config.parse([]) == (cfg, given)
 
 
 def test_parsed_config_does_not_alias_the_defaults():
@@ -38,8 +41,8 @@ def test_parsed_config_does_not_alias_the_defaults():
 
 # --------------------------------------------------------------------------------------- literals
 @pytest.mark.parametrize(
-    "arg, key, value",
-    [
+    "arg, key, value, program",
+    [c if len(c) == 4 else (*c, "train") for c in [
         ("--epochs=7", "epochs", 7),
         ("--lr=5e-4", "lr", 5e-4),
         ("--lr=1", "lr", 1.0),  # an int where a float is expected is widened
@@ -50,7 +53,6 @@ def test_parsed_config_does_not_alias_the_defaults():
         ("--seeds=1,2", "seeds", [1, 2]),  # a tuple literal becomes a list
         ("--resume=True", "resume", True),
         ("--deterministic=False", "deterministic", False),
-        ("--test_dir=None", "test_dir", None),
         ("--subjects=None", "subjects", None),
         ("--model=linear", "model", "linear"),  # bare word -> string
         ("--data_dir=../shared/data/dtu", "data_dir", "../shared/data/dtu"),
@@ -61,18 +63,23 @@ def test_parsed_config_does_not_alias_the_defaults():
         ("--val_recordings=[*_007]", "val_recordings", ["*_007"]),
         ("--test_recordings=[*_008, *_009]", "test_recordings", ["*_008", "*_009"]),
         ("--exclude_subjects=S4", "exclude_subjects", "S4"),
-        ("--seen_subjects=auto", "seen_subjects", "auto"),
-    ],
+        ("--test_dir=None", "test_dir", None, "test"),
+        ("--seen_subjects=auto", "seen_subjects", "auto", "test"),
+        ("--seen_subjects=[S1,S2]", "seen_subjects", ["S1", "S2"], "test"),
+        ("--pre_channels=[Fz,Cz]", "pre_channels", ["Fz", "Cz"], "preprocess"),
+        ("--pre_trigger_code=7", "pre_trigger_code", 7, "preprocess"),
+        ("--demo_minutes=1", "demo_minutes", 1.0, "demo"),
+    ]],
 )
-def test_key_value_literals(arg, key, value):
-    cfg, given = parse(arg)
+def test_key_value_literals(arg, key, value, program):
+    cfg, given = parse(arg, program=program)
     assert cfg[key] == value
     assert type(cfg[key]) is type(value)
     if isinstance(value, list):
         assert [type(v) for v in cfg[key]] == [type(v) for v in value]
     assert given == {key}
     # everything else keeps its default
-    d = config.defaults()
+    d = config.defaults(program)
     assert {k: v for k, v in cfg.items() if k != key} == {k: v for k, v in d.items() if k != key}
 
 
@@ -90,8 +97,43 @@ def test_unknown_key_lists_valid_keys():
         parse("--epoch=3")
     msg = str(exc.value)
     assert "epoch" in msg and "unknown" in msg.lower()
-    for key in ("data_dir", "epochs", "model", "seeds", "run_dir", "result_dir"):
+    for key in ("data_dir", "epochs", "model", "seeds", "run_dir", "demo_dir"):
         assert key in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("arg, program, other", [
+    ("--pre_highpass_hz=1", "train", "preprocess"),  # a preprocess key given to train
+    ("--result_dir=out", "train", "test"),
+    ("--lr=1", "test", "train"),  # a training key given to test
+    ("--epochs=3", "test", "train"),
+    ("--lr=1", "preprocess", "train"),
+    ("--model=vlaai", "demo", "train"),
+])
+def test_a_key_of_another_program_is_rejected_listing_the_accepted_keys(arg, program, other):
+    key = arg[2:].split("=")[0]
+    assert key in config.defaults(other)  # a real key, just not this program's
+    with pytest.raises(config.ConfigError) as exc:
+        parse(arg, program=program)
+    msg = str(exc.value)
+    assert repr(key) in msg and "\n" not in msg
+    accepted = msg.split("accepts:")[1]
+    assert sorted(k.strip() for k in accepted.split(",")) == sorted(config.PROGRAMS[program])
+    assert key in parse(arg, program=other)[1]  # the program that reads it takes it
+
+
+def test_a_key_of_another_program_in_a_config_file_is_rejected(tmp_path):
+    f = tmp_path / "over.py"
+    f.write_text("epochs = 3\npre_highpass_hz = 1.0\n")
+    with pytest.raises(config.ConfigError, match="pre_highpass_hz"):
+        parse(f"--config={f}")
+    f.write_text("pre_highpass_hz = 1.0\n")
+    assert parse(f"--config={f}", program="preprocess")[0]["pre_highpass_hz"] == 1.0
+
+
+def test_unknown_program_is_refused():
+    with pytest.raises(ValueError, match="unknown program"):
+        config.parse([], "tran")
 
 
 def test_unknown_key_through_parse_or_exit_is_a_clean_exit():
@@ -156,14 +198,14 @@ def test_config_file_overrides(tmp_path):
         "epochs = 3  # trailing comment\n"
         "lr = 1  # int widened to float\n"
         "subjects = ['S1', 'S2']\n"
-        "test_dir = None\n"
+        "val_recordings = None\n"
         "weight_decay = -0.0\n"
     )
     cfg, given = parse(f"--config={f}")
     assert cfg["model"] == "vlaai" and cfg["seeds"] == [7, 8] and cfg["epochs"] == 3
     assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float)
-    assert cfg["subjects"] == ["S1", "S2"] and cfg["test_dir"] is None
-    assert given == {"model", "seeds", "epochs", "lr", "subjects", "test_dir", "weight_decay"}
+    assert cfg["subjects"] == ["S1", "S2"] and cfg["val_recordings"] is None
+    assert given == {"model", "seeds", "epochs", "lr", "subjects", "val_recordings", "weight_decay"}
     # command-line arguments after --config win; before it, the file wins
     cfg, _ = parse(f"--config={f}", "--epochs=9")
     assert cfg["epochs"] == 9
@@ -234,34 +276,195 @@ def test_config_file_errors(tmp_path):
         parse("--config")  # no file given
 
 
-def test_the_defaults_section_of_config_py_reads_as_a_config_file(tmp_path):
-    """config.py's own key = literal lines are a valid config file and give the defaults."""
-    src = Path(config.__file__).read_text()
-    section = src[src.index("# ---- data") : src.index("# Keys whose default is None")]
-    f = tmp_path / "copy_of_defaults.py"
-    f.write_text(section)
-    values = config.read_config_file(f)
-    assert values == config.defaults()
-    cfg, given = parse(f"--config={f}")
-    assert cfg == config.defaults() and given == set(values)
+def test_a_key_set_twice_in_a_config_file_is_an_error(tmp_path):
+    f = tmp_path / "twice.py"
+    f.write_text("epochs = 3\nlr = 1e-3\nepochs = 5\n")
+    with pytest.raises(config.ConfigError) as exc:
+        parse(f"--config={f}")
+    msg = str(exc.value)
+    assert msg.startswith(f"{f}:3:") and "'epochs'" in msg and "twice" in msg and "\n" not in msg
 
 
-def test_every_model_key_is_a_config_key_with_the_same_default():
-    """build_model reads these keys from the config: a missing or renamed key would be ignored silently."""
+# --------------------------------------------------------------------------------------- values that cannot work
+@pytest.mark.parametrize("arg, program", [
+    ("--fs=0", "train"),
+    ("--fs=-64", "test"),
+    ("--fs=0", "preprocess"),
+    ("--lr=0", "train"),
+    ("--lr=-1", "train"),
+    ("--lr=1e999", "train"),  # reads as inf
+    ("--lr=-1e999", "train"),
+    ("--lr=True", "train"),  # a boolean is not a number here
+    ("--dropout=2", "train"),
+    ("--dropout=1", "train"),  # a rate of 1 drops everything
+    ("--dropout=-0.1", "train"),
+    ("--ema_decay=1.0", "train"),
+    ("--seeds=[4294967296]", "train"),  # 2**32: outside numpy's seed range
+    ("--seeds=4294967296", "test"),
+    ("--seeds=[1,-1]", "train"),
+    ("--epochs=0", "train"),
+    ("--batch_size=0", "train"),
+    ("--window_s=0", "train"),
+    ("--weight_decay=-1", "train"),
+    ("--n_chans=0", "train"),
+    ("--demo_subjects=0", "demo"),
+    ("--pre_env_bands=0", "preprocess"),
+    ("--pre_highpass_hz=-0.5", "preprocess"),
+    ("--eval_hop_s=0", "test"),
+])
+def test_values_that_cannot_work_are_one_line_errors_naming_the_key(arg, program):
+    key = arg[2:].split("=")[0]
+    with pytest.raises(config.ConfigError) as exc:
+        parse(arg, program=program)
+    msg = str(exc.value)
+    assert msg.startswith(f"--{key}:") and "\n" not in msg
+    with pytest.raises(SystemExit) as exit_:  # and the program stops with that one line
+        config.parse_or_exit([arg], program)
+    assert f"--{key}" in str(exit_.value.code) and "\n" not in str(exit_.value.code)
+
+
+def test_value_errors_say_what_is_wanted():
+    for arg, want in (("--fs=0", "> 0"), ("--lr=1e999", "finite"), ("--dropout=2", "[0, 1)"),
+                      ("--seeds=[4294967296]", "2**32"), ("--lr=True", "boolean"), ("--epochs=0", ">= 1")):
+        with pytest.raises(config.ConfigError) as exc:
+            parse(arg)
+        assert want in str(exc.value), (arg, str(exc.value))
+
+
+def test_values_that_cannot_work_in_a_config_file(tmp_path):
+    f = tmp_path / "bad.py"
+    for text, key in (("lr = 1e999\n", "lr"), ("fs = 0\n", "fs"), ("dropout = 2\n", "dropout"),
+                      ("seeds = [1, 2**32]\n", None), ("seeds = [4294967296]\n", "seeds")):
+        f.write_text(text)
+        with pytest.raises(config.ConfigError) as exc:
+            parse(f"--config={f}")
+        assert "\n" not in str(exc.value)
+        if key:
+            assert f"--{key}" in str(exc.value)
+
+
+@pytest.mark.parametrize("arg, key, value", [
+    ("--fs=1", "fs", 1),
+    ("--lr=1e-12", "lr", 1e-12),
+    ("--dropout=0", "dropout", 0.0),
+    ("--dropout=0.999", "dropout", 0.999),
+    ("--seeds=[0,4294967295]", "seeds", [0, 2**32 - 1]),  # the ends of the seed range
+    ("--weight_decay=0", "weight_decay", 0.0),
+    ("--grad_clip=0", "grad_clip", 0.0),
+    ("--epochs=1", "epochs", 1),
+])
+def test_values_at_the_edge_of_their_range_are_accepted(arg, key, value):
+    assert parse(arg)[0][key] == value
+
+
+# --------------------------------------------------------------------------------------- programs
+def test_each_programs_keys_are_config_keys_once():
+    d = config.defaults()
+    assert set(config.PROGRAMS) >= {"train", "test", "preprocess", "demo"}
+    for program, keys in config.PROGRAMS.items():
+        assert len(set(keys)) == len(keys), program
+        for key in keys:
+            assert key in d, (program, key)
+        assert config.defaults(program) == {k: d[k] for k in keys}
+        assert parse(program=program) == (config.defaults(program), set())
+
+
+def test_every_config_key_is_read_by_some_program():
+    read = {k for keys in config.PROGRAMS.values() for k in keys}
+    assert set(config.defaults()) == read
+
+
+def test_every_model_key_is_read_by_train_and_build_model():
+    """build_model reads these keys from the config: a key train does not accept could never be set."""
     import newmodel
 
+    train = set(config.PROGRAMS["train"])
+    assert set(config.MODEL_KEYS) <= train and "n_chans" in train and "model" in train
+    # each model key changes what model_args gives for some model (none is dead)
     d = config.defaults()
-    for key, default in newmodel.MODEL_DEFAULTS.items():
-        if key == "n_subjects":  # derived from the data and subject_embedding by train.py
+    for key in config.MODEL_KEYS:
+        if key == "subject_embedding":  # train.py turns it into n_subjects
             continue
-        assert key in d, key
-        assert d[key] == default, key
+        v = d[key]
+        other = (not v) if isinstance(v, bool) else (v + 1 if isinstance(v, int) else min(v + 0.1, 0.5) or 0.3)
+        changed = [m for m in newmodel.MODELS
+                   if newmodel.model_args(m, dict(d, **{key: other})) != newmodel.model_args(m, d)]
+        assert changed, key
+
+
+def test_comments_document_every_key():
+    notes = config.comments()
+    for key in config.defaults():
+        assert notes.get(key), key
+    assert "monitor set" in notes["monitor_recordings"] and "log.csv" in notes["monitor_recordings"]  # continued line
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_python_config_py_prints_every_programs_keys_with_comments():
+    out = _run("config.py")
+    assert out.returncode == 0, out.stderr
+    notes = config.comments()
+    for program, keys in config.PROGRAMS.items():
+        for key in keys:
+            assert f"--{key}=" in out.stdout, key
+    for key in ("lr", "pre_highpass_hz", "result_dir", "demo_seed"):
+        assert notes[key] in out.stdout
+    assert f"--lr={config.lr!r}\n      {notes['lr']}" in out.stdout
+
+
+def test_train_help_prints_train_keys_with_comments_only():
+    out = _run("train.py", "--help")
+    assert out.returncode == 0, out.stderr
+    notes = config.comments()
+    for key in config.PROGRAMS["train"]:
+        assert f"--{key}=" in out.stdout and notes[key] in out.stdout, key
+    for key in ("pre_highpass_hz", "result_dir", "label_dir"):  # other programs' keys
+        assert f"--{key}=" not in out.stdout, key
+
+
+def test_help_text_of_extra_keys():
+    extra = {"protocols": (["seen"], "which protocols to run"), "limit": (None, "a cap", (int, type(None)))}
+    text = config.help_text(None, extra)
+    assert "--protocols=['seen']\n      which protocols to run" in text
+    assert "--limit=None\n      a cap" in text
+    assert "--lr=" not in text
+
+
+# --------------------------------------------------------------------------------------- extra keys
+def test_extra_keys_with_a_types_tuple():
+    extra = {"limit": (None, "a cap", (int, type(None))),
+             "rate": (0.5, "a float"),
+             "label": ("x", "a string"),
+             "where": (None, "anything")}
+    cfg, given = config.parse([], None, extra)
+    assert cfg == {"limit": None, "rate": 0.5, "label": "x", "where": None} and given == set()
+    cfg, given = config.parse(["--limit=3", "--rate=2", "--label=7"], None, extra)
+    assert cfg["limit"] == 3 and cfg["rate"] == 2.0 and isinstance(cfg["rate"], float) and cfg["label"] == "7"
+    assert given == {"limit", "rate", "label"}
+    assert config.parse(["--limit=None"], None, extra)[0]["limit"] is None
+    for bad in ("--limit=abc", "--limit=2.5", "--limit=True", "--rate=fast"):
+        with pytest.raises(config.ConfigError) as exc:
+            config.parse([bad], None, extra)
+        assert str(exc.value).startswith(bad.split("=")[0] + ":"), bad
+    with pytest.raises(config.ConfigError, match="accepts: label, limit, rate, where"):
+        config.parse(["--lr=1"], None, extra)  # program=None: only the extra keys
+
+
+def test_extra_keys_add_to_a_programs_keys():
+    extra = {"limit": (None, "a cap", (int, type(None)))}
+    cfg, given = config.parse(["--limit=4", "--epochs=2"], "train", extra)
+    assert cfg["limit"] == 4 and cfg["epochs"] == 2 and given == {"limit", "epochs"}
+    assert set(cfg) == set(config.PROGRAMS["train"]) | {"limit"}
+    assert "limit" not in config.parse([], "train")[0]  # not kept for later calls
 
 
 def test_time_fold_range_matches_the_dataset_and_is_checked():
     from EEG_Dataset import TIME_FOLDS
-    assert parse("--time_fold=9")[0]["time_fold"] == 9
-    assert config._CHOICES["time_fold"] == tuple(range(TIME_FOLDS))
-    for bad in ("--time_fold=10", "--time_fold=-1"):
+    assert parse(f"--time_fold={TIME_FOLDS - 1}")[0]["time_fold"] == TIME_FOLDS - 1
+    assert parse("--time_fold=0")[0]["time_fold"] == 0
+    for bad in (f"--time_fold={TIME_FOLDS}", "--time_fold=-1"):
         with pytest.raises(config.ConfigError, match="time_fold: expected one of"):
             parse(bad)

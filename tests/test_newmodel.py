@@ -9,10 +9,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import config  # noqa: E402
 import newmodel  # noqa: E402
 from metrics import paired_differences, pearson, pearson_loss  # noqa: E402
 from newmodel import (  # noqa: E402
-    DEFAULT_MODEL, MODEL_DEFAULTS, ImprovedVLAAI, LinearConv, RidgeDecoder, VLAAI,
+    DEFAULT_MODEL, ImprovedVLAAI, LinearConv, RidgeDecoder, VLAAI,
     build_model, receptive_field,
 )
 
@@ -97,9 +98,57 @@ def test_build_model_ignores_unrelated_keys_and_reads_its_own():
     assert build_model("linear", linear_lags=10).weight.shape == (1, 64, 10)
     assert DEFAULT_MODEL == "ivlaai" and isinstance(build_model(DEFAULT_MODEL), ImprovedVLAAI)
     assert RidgeDecoder.closed_form is True
-    for key in ("n_chans", "dropout", "n_subjects", "ivlaai_concat", "ivlaai_separable",
-                "ivlaai_blocks", "ivlaai_width"):
-        assert key in MODEL_DEFAULTS
+
+
+def _n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_build_model_without_config_uses_config_py_defaults(monkeypatch):
+    """Model defaults live only in config.py: build_model with no keys reads them from there."""
+    assert _n_params(build_model("ivlaai")) == 797_505
+    d = config.defaults()
+    assert _n_params(build_model("ivlaai")) == _n_params(build_model("ivlaai", **d))
+    m = build_model("ivlaai")
+    assert m.n_chans == d["n_chans"] and m.n_blocks == d["ivlaai_blocks"] and m.concat == d["ivlaai_concat"]
+    assert build_model("linear").weight.shape == (1, d["n_chans"], d["linear_lags"])
+    # a changed default in config.py is what build_model uses (no second copy of the defaults)
+    monkeypatch.setattr(config, "ivlaai_blocks", 2)
+    monkeypatch.setattr(config, "linear_lags", 7)
+    assert build_model("ivlaai").n_blocks == 2
+    assert build_model("linear").weight.shape == (1, d["n_chans"], 7)
+
+
+def test_every_model_argument_comes_from_a_config_key():
+    """model_args reads only config.MODEL_KEYS, n_chans and n_subjects: each exists in config.py."""
+    d = config.defaults()
+    for key in config.MODEL_KEYS + ("n_chans",):
+        assert key in d, key
+    assert "n_subjects" not in d  # derived from the data by train.py, default 0
+    assert newmodel.model_args("ivlaai", {})["n_subjects"] == 0
+
+
+@pytest.mark.parametrize("name, cfg", [
+    ("ivlaai", {}),
+    ("ivlaai", dict(n_chans=32, ivlaai_blocks=2, ivlaai_concat=False, ivlaai_separable=True, ivlaai_width=16,
+                    n_subjects=4, dropout=0.1)),
+    ("ivlaai", dict(ivlaai_shared=False, ivlaai_blocks=2, ivlaai_width=16, ivlaai_feat=8, ivlaai_context=5)),
+    ("vlaai", dict(n_chans=20)),
+    ("linear", dict(n_chans=10, linear_lags=5)),
+    ("linear_conv", dict(n_chans=10, linear_conv_taps=7)),
+])
+def test_model_args_round_trips(name, cfg):
+    """A checkpoint stores model_args: the class built from them is the model build_model gives."""
+    full = dict(config.defaults(), **cfg)  # a whole run config; unrelated keys are ignored
+    args = newmodel.model_args(name, full)
+    rebuilt = newmodel.MODELS[name](**args)
+    built = build_model(name, **full)
+    assert type(rebuilt) is type(built)
+    assert _n_params(rebuilt) == _n_params(built)
+    assert [(k, v.shape) for k, v in rebuilt.state_dict().items()] == \
+        [(k, v.shape) for k, v in built.state_dict().items()]
+    rebuilt.load_state_dict(built.state_dict())  # weights of one fit the other
+    assert all(isinstance(v, (int, float, bool)) for v in args.values())  # plain values, safe in a checkpoint
 
 
 def test_unknown_model_name():
