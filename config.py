@@ -124,7 +124,7 @@ _MODEL = ("model", "dropout", "subject_embedding", "ivlaai_blocks", "ivlaai_widt
           "ivlaai_chan_dropout", "ivlaai_subject_dropout", "linear_lags", "linear_conv_taps")
 _TRAINING = ("seeds", "epochs", "patience", "batch_size", "lr", "weight_decay", "ema_decay", "avg_epochs", "select",
              "grad_clip", "num_workers", "device", "deterministic", "threads", "amp", "compile", "jobs")
-_DEMO = ("demo_subjects", "demo_minutes", "demo_seed", "demo_dir")
+_DEMO = ("demo_subjects", "demo_minutes", "demo_seed", "demo_dir")  # train.py builds the demo from these too
 PROGRAMS = {
     "train": (*_DATA, *_MODEL, *_TRAINING, "init", "run_dir", "resume", "keep_epochs", "overwrite", *_DEMO),
     "test": ("run_dir", "checkpoint", "model", "seeds", "device", "threads", "test_dir", "label_dir", "result_dir", "seen_subjects",
@@ -134,7 +134,7 @@ PROGRAMS = {
                    "pre_artifact_uv", "pre_artifact_pad_s", "pre_align", "pre_trigger_source", "pre_trigger_code",
                    "pre_stim_channel", "pre_env_bands", "pre_env_fmin_hz", "pre_env_fmax_hz", "pre_env_power",
                    "pre_tolerance_s"),
-    "demo": _DEMO,
+    "demo": (*_DEMO, "overwrite"),
 }
 MODEL_KEYS = _MODEL[1:]  # what newmodel.build_model reads (besides n_chans and n_subjects)
 

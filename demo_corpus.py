@@ -20,30 +20,30 @@ Files written under ``out_dir`` (formats of ``docs/reference.md``, "Data formats
 API: ``make_demo_corpus(...)``, ``linear_reference_r(out_dir)`` (a pooled ridge backward model
 scored on the challenge-format test set of any corpus on disk), ``model_ceiling_r(out_dir)``
 (a subject-specific ridge trained on ``factor`` x more data generated from the same model).
-CLI: ``python demo_corpus.py [--out_dir=xfdata] [--n_subjects=8] [--seed=0] [--overwrite=True] ...``
+CLI: ``python demo_corpus.py [--demo_dir=xfdata] [--demo_subjects=8] [--demo_minutes=4.0] [--demo_seed=0]
+[--overwrite]`` (the keys of program "demo" in config.py; ``--help`` lists them).
 """
 from __future__ import annotations
 
-import ast
-import contextlib
-import ctypes
 import io
 import itertools
 import json
 import math
-import os
-import re
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+import torch
 from scipy.signal import resample_poly
 
+import config as config_module
+from EEG_Dataset import (SEP, SPLIT_FRACTIONS, SPLITS, read_challenge_labels, read_split_data, read_test_set,
+                         score, segment_subject, zscore)
+from fileio import atomic_write_bytes, read_json
 from metrics import pearson
+from newmodel import RidgeDecoder
 
 GENERATOR_VERSION = 1
 
@@ -55,60 +55,9 @@ SPLIT_DIR = "split_data"
 TEST_DIR = "auditory-eeg-test-dataset"
 LABEL_DIR = "test_labels"
 INFO_FILE = "demo_info.json"
-SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train / val / test, in time
 RECORDING_MINUTES = 1.5  # typical length of one training recording
 TEST_PREROLL_S = 2.0  # a test segment is cut from a longer listening period: 2 s of context before it
 LAGS_S = 0.4  # linear decoder: EEG lags 0-400 ms after the envelope sample
-_RIDGE_GRID = tuple(10.0 ** k for k in range(-3, 4))  # x mean diagonal of X'X
-
-_OPENBLAS = []  # cached list of (set_num_threads, get_num_threads) of the loaded OpenBLAS libraries
-
-
-def _openblas():
-    """[(set_num_threads, get_num_threads)] of every OpenBLAS loaded in this process (Linux)."""
-    if _OPENBLAS:
-        return _OPENBLAS[0]
-    found = []
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = sorted({ln.split()[-1] for ln in fh if "openblas" in ln and ln.split()[-1].startswith("/")})
-        for path in paths:
-            lib = ctypes.CDLL(path)
-            for name in ("scipy_openblas_%s_num_threads64_", "scipy_openblas_%s_num_threads",
-                         "openblas_%s_num_threads64_", "openblas_%s_num_threads"):
-                try:
-                    s, g = getattr(lib, name % "set"), getattr(lib, name % "get")
-                except AttributeError:
-                    continue
-                s.argtypes, s.restype, g.restype = [ctypes.c_int], None, ctypes.c_int
-                found.append((s, g))
-                break
-    except OSError:
-        pass
-    _OPENBLAS.append(found)
-    return found
-
-
-@contextlib.contextmanager
-def single_thread_blas():
-    """Run numpy's BLAS on one thread inside the block (restored after).
-
-    The matrices here are small (64 x 64 blocks, a 1664-dim ridge); multi-threaded OpenBLAS on a
-    busy machine makes them ~50x slower, one thread is fast everywhere. No-op where OpenBLAS
-    cannot be found.
-    """
-    libs = _openblas()
-    old = [g() for _, g in libs]
-    for s, _ in libs:
-        s(1)
-    try:
-        yield
-    finally:
-        for (s, _), n in zip(libs, old):
-            s(max(int(n), 1))
-
-
-_FILE_RE = re.compile(r"^(train|val|test)_-_(.+?)_-_(.+?)_-_(eeg|envelope)\.npy$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,29 +302,6 @@ def _stimulus(seed: int, name: str, n: int, fs: int):
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------
-def _file_mode() -> int:
-    """0o666 minus the process umask: what open() would give (mkstemp makes files 0o600)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write ``data`` to a temporary file in the same folder, then os.replace it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, _file_mode() if mode is None else mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
@@ -393,6 +319,12 @@ def _round_eeg(x: np.ndarray) -> np.ndarray:
     return np.round(x.astype(np.float32).astype(np.float64), 3).astype(np.float32)
 
 
+def _is_split_file(name: str) -> bool:
+    """A split_data file name: {split}_-_{subject}_-_{stimulus}_-_{eeg|envelope}.npy."""
+    parts = name.split(SEP)
+    return len(parts) == 4 and parts[0] in SPLITS and parts[3] in ("eeg.npy", "envelope.npy") and all(parts)
+
+
 def _our_files(out: Path):
     """Files of a previous demo corpus in ``out`` (the only ones overwrite=True removes)."""
     found = []
@@ -400,18 +332,18 @@ def _our_files(out: Path):
         found.append(out / INFO_FILE)
     d = out / SPLIT_DIR
     if d.is_dir():
-        found += [p for p in d.iterdir() if p.is_file() and _FILE_RE.match(p.name)]
+        found += [p for p in d.iterdir() if p.is_file() and _is_split_file(p.name)]
     for sub in (TEST_DIR, LABEL_DIR):
         d = out / sub
         if d.is_dir():
-            found += [p for p in d.iterdir() if p.is_file() and re.match(r"^sub-\d+\.json$", p.name)]
+            found += [p for p in d.iterdir() if p.is_file() and p.name.startswith("sub-") and p.suffix == ".json"
+                      and p.stem[4:].isdigit()]
     return found
 
 
 # ---------------------------------------------------------------------------------------------
 # main entry point
 # ---------------------------------------------------------------------------------------------
-@single_thread_blas()
 def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n_test_segments=2,
                      segment_s=60.0, n_chans=64, fs=64, seed=0, overwrite=False, *,
                      measure=True, ceiling_factor=0) -> dict:
@@ -424,9 +356,9 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
     then only files of a previous demo corpus are removed (see ``docs/demo_corpus.md``).
 
     measure: also fit the pooled linear backward model and score it on the test segments
-    (~1 s). ceiling_factor > 0: also the "best r the model allows", a subject-specific ridge
+    (~5 s). ceiling_factor > 0: also the "best r the model allows", a subject-specific ridge
     trained on ceiling_factor x ``minutes`` of freshly generated data per subject (10 is the
-    documented setting; ~20-30 s for the default corpus, so off by default; also available later
+    documented setting; minutes for the default corpus, so off by default; also available later
     as ``model_ceiling_r(out_dir)``). Both figures go to demo_info.json and the summary.
     """
     t_start = time.perf_counter()
@@ -465,7 +397,7 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
     models = [subject_model(seed, i, n_chans, fs, NEURAL_GAIN) for i in range(n_all)]
     n_files = 0
     nbytes = 0
-    train_parts = {}  # (split, subject, stimulus) -> (eeg float32, env float32) for measuring
+    train_parts = []  # (split, subject, stimulus, eeg float32, env float32), as read back from split_data
     for s in range(n_subjects):
         name = subject_name(s)
         for k, (stim, n) in enumerate(recordings[name]):
@@ -474,19 +406,20 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
             eeg = subject_eeg(models[s], env, level, _rng(seed, "eeg", s, k))
             eeg32 = eeg.astype(np.float32)
             env32 = env.astype(np.float32)[:, None]
+            # The field's fractions with floored cut points (time_split rounds them): the same
+            # arguments must keep giving the same files.
             cuts = [0, int(SPLIT_FRACTIONS[0] * n), int((SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1]) * n), n]
-            for split, a, b in zip(("train", "val", "test"), cuts[:-1], cuts[1:]):
-                train_parts[(split, name, stim)] = (eeg32[a:b], env32[a:b])
+            for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:]):
+                train_parts.append((split, name, stim, eeg32[a:b], env32[a:b]))
                 for feat, arr in (("eeg", eeg32[a:b]), ("envelope", env32[a:b])):
                     data = _npy_bytes(arr)
-                    _atomic_write(out / SPLIT_DIR / f"{split}_-_{name}_-_{stim}_-_{feat}.npy", data)
+                    atomic_write_bytes(out / SPLIT_DIR / f"{split}{SEP}{name}{SEP}{stim}{SEP}{feat}.npy", data)
                     n_files += 1
                     nbytes += len(data)
 
-    segments = {}  # subject -> {key: (eeg float32 as in the JSON, env float32, stimulus)}
+    segments = {}  # segment id -> (eeg float32 as in the JSON, env float32, stimulus)
     for s in range(n_all):
         name = subject_name(s)
-        segments[name] = {}
         parts_eeg, parts_lab = [], []
         for j, stim in enumerate(tests[name]):
             env_full, level = test_stimuli[stim]
@@ -494,12 +427,12 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
             env = env_full[pre:].astype(np.float32)
             eeg_r = _round_eeg(eeg)
             key = f"{name}_{j}"
-            segments[name][key] = (eeg_r, env, stim)
+            segments[key] = (eeg_r, env, stim)
             parts_eeg.append(f"{json.dumps(key)}: {_json_matrix(eeg_r, '%.3f')}")
             parts_lab.append(f"{json.dumps(key)}: [{_json_matrix(env[:, None], '%.9g')}, {json.dumps(stim)}]")
         for folder, parts in ((TEST_DIR, parts_eeg), (LABEL_DIR, parts_lab)):
             data = ("{" + ", ".join(parts) + "}").encode()
-            _atomic_write(out / folder / f"{name}.json", data)
+            atomic_write_bytes(out / folder / f"{name}.json", data)
             n_files += 1
             nbytes += len(data)
 
@@ -508,9 +441,9 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
     figures = {}
     t_gen = time.perf_counter() - t_start
     if measure and n_test_segments > 0:
-        figures["linear"] = _linear_reference(train_parts, segments, seen, heldout, fs)
+        figures["linear"] = _linear_reference(sorted(train_parts, key=lambda p: p[:3]), segments, seen, fs)
     if ceiling_factor and n_test_segments > 0:
-        figures["ceiling"] = _ceiling(seed, models, minutes, fs, ceiling_factor, segments, seen, heldout)
+        figures["ceiling"] = _ceiling(seed, models, minutes, fs, ceiling_factor, segments, seen)
 
     params = dict(n_subjects=n_subjects, n_heldout=n_heldout, minutes=minutes,
                   n_test_segments=n_test_segments, segment_s=segment_s, n_chans=n_chans, fs=fs,
@@ -534,7 +467,7 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
         "reference_figures": figures,
     }
     data = (json.dumps(info, indent=1) + "\n").encode()
-    _atomic_write(out / INFO_FILE, data)
+    atomic_write_bytes(out / INFO_FILE, data)
     n_files += 1
     nbytes += len(data)
     summary = {
@@ -563,142 +496,79 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
 
 
 # ---------------------------------------------------------------------------------------------
-# linear backward model (ridge over EEG lags 0 .. 400 ms), numpy only
+# reference figures: the project's ridge backward model (newmodel.RidgeDecoder), lags 0 .. 400 ms
 # ---------------------------------------------------------------------------------------------
-def _z(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    sd = x.std(axis=0, keepdims=True)
-    return (x - x.mean(axis=0, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+def _standardized(eeg, env):
+    """One recording part, EEG (per channel) and envelope each z-scored on their own."""
+    return zscore(np.asarray(eeg)), zscore(np.asarray(env, dtype=np.float32).reshape(len(env), 1))
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """The project's one Pearson function (metrics.pearson), on two 1-D series."""
-    return float(pearson(np.ravel(a), np.ravel(b), dim=0))
+def _fit_ridge(train, val, fs):
+    """RidgeDecoder fitted on ``train`` [(eeg, env)], its ridge strength chosen on ``val``.
+    Returns (model, RidgeDecoder.fit's summary)."""
+    if not train:
+        raise ValueError("no training data for the linear reference (no train parts of seen subjects)")
+    model = RidgeDecoder(n_chans=np.shape(train[0][0])[1], lags=int(round(LAGS_S * fs)))
+    fit = model.fit([_standardized(*p) for p in train], [_standardized(*p) for p in val])
+    return model, fit
 
 
-class _RidgeStats:
-    """Accumulates X'X and X'y of the lagged design X[t] = [x(t), x(t+1), .., x(t+L-1)] (T x L*C)."""
-
-    def __init__(self, n_lags: int):
-        self.L = n_lags
-        self.R = None  # R[d] = sum_t x(t)' x(t+d), C x C (Toeplitz approximation of X'X blocks)
-        self.c = None
-        self.n = 0
-
-    def add(self, eeg: np.ndarray, env: np.ndarray) -> None:
-        x = _z(eeg).astype(np.float32)
-        y = _z(env.reshape(len(env), -1)[:, :1])[:, 0].astype(np.float32)
-        T, C, L = len(x), x.shape[1], self.L
-        if T <= L:
-            return
-        if self.R is None:
-            self.R = np.zeros((L, C, C))
-            self.c = np.zeros((L, C))
-        m = T - L + 1
-        lagged = sliding_window_view(x, (L, C))[:, 0].reshape(m, L * C)  # row t: x(t), .., x(t+L-1)
-        for a in range(0, m, 8192):
-            b = min(a + 8192, m)
-            blk = np.ascontiguousarray(lagged[a:b])  # copy of one chunk only
-            self.R += (x[a:b].T @ blk).reshape(C, L, C).transpose(1, 0, 2)  # R[d] = sum_t x(t)' x(t+d)
-            self.c += (y[a:b] @ blk).reshape(L, C)
-        self.n += m
-
-    def solve(self, lams) -> list[np.ndarray]:
-        L, C = self.L, self.R.shape[1]
-        xtx = np.empty((L * C, L * C))
-        for a in range(L):
-            for b in range(L):
-                xtx[a * C:(a + 1) * C, b * C:(b + 1) * C] = self.R[b - a] if b >= a else self.R[a - b].T
-        scale = np.trace(xtx) / (L * C)
-        xty = self.c.reshape(-1)
-        out = []
-        for lam in lams:
-            w = np.linalg.solve(xtx + lam * scale * np.eye(L * C), xty)
-            out.append(w.reshape(L, C))
-        return out
+@torch.no_grad()
+def _predict(model, eeg) -> np.ndarray:
+    """Backward-model output (T,) for one test segment, z-scored per channel as the reference
+    inference does (zero-padded after the segment end, so the output has the segment's length)."""
+    return model(torch.from_numpy(zscore(eeg))[None])[0, :, 0].double().numpy()
 
 
-def ridge_predict(w: np.ndarray, eeg: np.ndarray) -> np.ndarray:
-    """Backward-model output (T,) for one segment: z-score per channel, output(t) uses eeg[t .. t+L-1]
-    (zero-padded at the end, so the output has the segment's length)."""
-    x = _z(eeg)
-    L = len(w)
-    xp = np.concatenate([x, np.zeros((L - 1, x.shape[1]))])
-    T = len(x)
-    return sum(xp[l:l + T] @ w[l] for l in range(L))
+def _r4(v):
+    return None if v is None else round(float(v), 4)
 
 
-@single_thread_blas()
-def fit_ridge(train, val, fs=64, lags_s=LAGS_S, grid=_RIDGE_GRID):
-    """Fit the ridge backward model on ``train`` [(eeg, env)], choosing lambda by mean r on ``val``.
-
-    Each (eeg, env) pair is standardized on its own. Returns (w (L, C), lambda, val r).
-    """
-    n_lags = int(round(lags_s * fs)) + 1
-    st = _RidgeStats(n_lags)
-    for eeg, env in train:
-        st.add(eeg, env)
-    if st.R is None:
-        raise ValueError("no training data longer than the decoder window")
-    ws = st.solve(grid)
-    if val:
-        scores = [np.mean([_pearson(ridge_predict(w, e), np.ravel(y)) for e, y in val]) for w in ws]
-        best = int(np.argmax(scores))
-        return ws[best], grid[best], float(scores[best])
-    best = len(grid) // 2
-    return ws[best], grid[best], float("nan")
+def _score(predictions, segments, seen) -> dict:
+    """Challenge-style summary (EEG_Dataset.score) of ``predictions`` {segment id: (T,)} against
+    ``segments`` {segment id: (eeg, env, stimulus)}; subjects not in ``seen`` count as held-out."""
+    sc = score(predictions, {k: segments[k][1] for k in predictions}, seen_subjects=seen)
+    per = sc["per_subject"]
+    return {"mean": _r4(np.mean(list(per.values()))), "seen": _r4(sc["seen"]), "heldout": _r4(sc["heldout"]),
+            "total": _r4(sc["total"]), "per_subject": {k: _r4(v) for k, v in per.items()}}
 
 
-def _score(w, segments, seen, heldout) -> dict:
-    """segments: subject -> {key: (eeg, env, stimulus)} -> challenge-style summary of Pearson r."""
-    per_subject = {}
-    preds = []
-    for subj in sorted(segments):
-        rs = []
-        for key, (eeg, env, stim) in sorted(segments[subj].items()):
-            p = ridge_predict(w, eeg)
-            rs.append(_pearson(p, np.ravel(env)))
-            preds.append((p, stim, np.ravel(env)))
-        if rs:
-            per_subject[subj] = float(np.mean(rs))
-    # chance: predictions scored against the label of a different stimulus
+def _chance_sd(predictions, segments, n_pairs=2000) -> float | None:
+    """SD of r of predictions scored against the label of a different stimulus."""
+    preds = [(predictions[k], segments[k][2], np.ravel(segments[k][1])) for k in sorted(predictions)]
     pairs = ((p, e) for i, (p, s, _) in enumerate(preds) for j, (_, s2, e) in enumerate(preds) if j > i and s2 != s)
-    null = [_pearson(p[: min(len(p), len(e))], e[: min(len(p), len(e))]) for p, e in itertools.islice(pairs, 2000)]
-    s_r = [per_subject[s] for s in seen if s in per_subject]
-    h_r = [per_subject[s] for s in heldout if s in per_subject]
-    res = {"mean": round(float(np.mean(list(per_subject.values()))), 4)}
-    res["seen"] = round(float(np.mean(s_r)), 4) if s_r else None
-    res["heldout"] = round(float(np.mean(h_r)), 4) if h_r else None
-    if s_r and h_r:
-        res["total"] = round(2.0 / 3.0 * res["seen"] + 1.0 / 3.0 * res["heldout"], 4)
-    else:
-        res["total"] = res["mean"]
-    res["chance_sd"] = round(float(np.std(null)), 4) if null else None
-    res["per_subject"] = {k: round(v, 4) for k, v in per_subject.items()}
-    return res
+    null = [float(pearson(p[:min(len(p), len(e))], e[:min(len(p), len(e))], dim=0))
+            for p, e in itertools.islice(pairs, n_pairs)]
+    return _r4(np.std(null)) if null else None
 
 
-def _linear_reference(parts, segments, seen, heldout, fs) -> dict:
-    train = [v for (split, subj, _), v in sorted(parts.items()) if split == "train" and subj in seen]
-    val = [v for (split, subj, _), v in sorted(parts.items()) if split == "val" and subj in seen]
-    w, lam, val_r = fit_ridge(train, val, fs)
+def _linear_reference(parts, segments, seen, fs) -> dict:
+    """parts: [(split, subject, recording, eeg, env)] in (split, subject, recording) order."""
+    train = [(eeg, env) for split, subj, _, eeg, env in parts if split == "train" and subj in seen]
+    val = [(eeg, env) for split, subj, _, eeg, env in parts if split == "val" and subj in seen]
+    model, fit = _fit_ridge(train, val, fs)
+    predictions = {k: _predict(model, eeg) for k, (eeg, _, _) in segments.items()}
     res = {"what": "pooled (subject-independent) ridge over EEG lags 0-400 ms, trained on the train "
                    "parts of all seen subjects, lambda chosen on the val parts; Pearson r on the 60 s "
                    "test segments; total = 2/3 seen + 1/3 held-out",
-           "lambda_rel": lam, "val_r": round(val_r, 4)}
-    res.update(_score(w, segments, seen, heldout))
+           "lambda_rel": fit["alpha"], "val_r": _r4(fit["val_r"])}
+    sc = _score(predictions, segments, seen)
+    res.update({k: sc[k] for k in ("mean", "seen", "heldout", "total")})
+    res["chance_sd"] = _chance_sd(predictions, segments)
+    res["per_subject"] = sc["per_subject"]
     return res
 
 
-def _ceiling(seed, models, minutes, fs, factor, segments, seen, heldout) -> dict:
+def _ceiling(seed, models, minutes, fs, factor, segments, seen) -> dict:
     """Subject-specific ridge per subject on factor x minutes of fresh data from its own model."""
     pre = int(round(TEST_PREROLL_S * fs))
-    per, lams = {}, {}
+    predictions, lams = {}, {}
     n_rec = max(1, int(round(factor * minutes / RECORDING_MINUTES)))
     n = int(round(factor * minutes * 60.0 * fs / n_rec))
     for m in models:
         name = m["name"]
-        if name not in segments or not segments[name]:
+        keys = [k for k in segments if segment_subject(k) == name]
+        if not keys:
             continue
         train, val = [], []
         for k in range(n_rec):
@@ -708,19 +578,13 @@ def _ceiling(seed, models, minutes, fs, factor, segments, seen, heldout) -> dict
             cut = int(0.9 * n)
             train.append((eeg[:cut], env[:cut]))
             val.append((eeg[cut:], env[cut:]))
-        w, lam, _ = fit_ridge(train, val, fs, grid=(1e-3, 1e-2, 1e-1, 1.0))  # plenty of data: small lambda
-        lams[name] = lam
-        per[name] = _score(w, {name: segments[name]}, [name], [])["mean"]
-    s_r = [per[s] for s in seen if s in per]
-    h_r = [per[s] for s in heldout if s in per]
+        model, fit = _fit_ridge(train, val, fs)
+        lams[name] = fit["alpha"]
+        predictions.update({k: _predict(model, segments[k][0]) for k in keys})
     res = {"what": f"subject-specific ridge (lags 0-400 ms) per subject, trained on {factor} x "
                    f"{minutes:g} min of fresh data generated from that subject's model; same test segments",
-           "factor": factor,
-           "mean": round(float(np.mean(list(per.values()))), 4),
-           "seen": round(float(np.mean(s_r)), 4) if s_r else None,
-           "heldout": round(float(np.mean(h_r)), 4) if h_r else None}
-    res["total"] = round(2 / 3 * res["seen"] + 1 / 3 * res["heldout"], 4) if s_r and h_r else res["mean"]
-    res["per_subject"] = per
+           "factor": factor}
+    res.update(_score(predictions, segments, seen))
     res["lambda_rel"] = lams
     return res
 
@@ -728,104 +592,54 @@ def _ceiling(seed, models, minutes, fs, factor, segments, seen, heldout) -> dict
 # ---------------------------------------------------------------------------------------------
 # the same figures from files on disk (works on any corpus in these formats)
 # ---------------------------------------------------------------------------------------------
-def _read_parts(split_dir: Path):
-    files = {}
-    for p in sorted(split_dir.iterdir()):
-        m = _FILE_RE.match(p.name)
-        if m:
-            files.setdefault(m.group(1, 2, 3), {})[m.group(4)] = p
-    parts = {}
-    for key, feats in files.items():
-        if "eeg" in feats and "envelope" in feats:
-            eeg = np.load(feats["eeg"])
-            env = np.load(feats["envelope"])
-            if eeg.shape[0] == 64 and eeg.shape[1] != 64:  # channels first
-                eeg = eeg.T
-            n = min(len(eeg), len(env))
-            parts[key] = (eeg[:n], env[:n])
-    return parts
+def _read_test_segments(out: Path) -> dict:
+    """{segment id: (eeg, env, stimulus)} of the labelled test segments under ``out``."""
+    labels = read_challenge_labels(out / LABEL_DIR)
+    # read_challenge_labels keeps the envelopes only; the chance level needs each label's stimulus
+    stimuli = {k: v[1] if isinstance(v, list) and len(v) == 2 else None
+               for p in sorted((out / LABEL_DIR).glob("*.json")) for k, v in read_json(p).items()}
+    return {k: (eeg, labels[k], stimuli[k]) for segs in read_test_set(out / TEST_DIR).values()
+            for k, eeg in segs.items() if k in labels}
 
 
-def _read_segments(test_dir: Path, label_dir: Path):
-    segments = {}
-    for p in sorted(label_dir.glob("sub-*.json")):
-        labels = json.loads(p.read_text())
-        tp = test_dir / p.name
-        eegs = json.loads(tp.read_text()) if tp.is_file() else {}
-        subj = p.stem
-        segments[subj] = {}
-        for key, (env, stim) in labels.items():
-            if key in eegs:
-                segments[subj][key] = (np.asarray(eegs[key], dtype=np.float32),
-                                       np.asarray(env, dtype=np.float32).reshape(-1), stim)
-    return segments
-
-
-@single_thread_blas()
 def linear_reference_r(out_dir="xfdata", fs=64) -> dict:
     """Pooled ridge backward model (lags 0-400 ms) on ``out_dir``'s split_data, scored on its
     challenge-format test set against test_labels. Seen / held-out grouping from demo_info.json
     when present, else subjects with split_data are 'seen'. Returns the figures dict
     ({'total', 'seen', 'heldout', 'mean', 'chance_sd', 'per_subject', ...})."""
     out = Path(out_dir)
-    parts = _read_parts(out / SPLIT_DIR)
-    segments = _read_segments(out / TEST_DIR, out / LABEL_DIR)
+    parts = [(r.split, r.subject, r.rec_id, r.eeg, r.envelope) for r in read_split_data(out / SPLIT_DIR)]
+    segments = _read_test_segments(out)
     info_p = out / INFO_FILE
-    if info_p.is_file():
-        info = json.loads(info_p.read_text())
-        seen, heldout = info["seen_subjects"], info["heldout_subjects"]
-    else:
-        with_train = {s for (_, s, _) in parts}
-        seen = sorted(with_train)
-        heldout = sorted(set(segments) - with_train)
-    return _linear_reference(parts, segments, seen, heldout, fs)
+    seen = read_json(info_p)["seen_subjects"] if info_p.is_file() else sorted({p[1] for p in parts})
+    return _linear_reference(parts, segments, seen, fs)
 
 
-@single_thread_blas()
 def model_ceiling_r(out_dir="xfdata", factor=10) -> dict:
     """'Best r the model allows' for the demo corpus in ``out_dir`` (re-generates its subjects from
     demo_info.json's parameters): a subject-specific ridge per subject trained on ``factor`` x the
     subject's minutes of fresh data, scored on the corpus's test segments."""
     out = Path(out_dir)
-    info = json.loads((out / INFO_FILE).read_text())
+    info = read_json(out / INFO_FILE)
     p = info["parameters"]
     if p.get("generator_version") != GENERATOR_VERSION:
         raise ValueError(f"{out} was made by demo generator version {p.get('generator_version')}, "
                          f"this is version {GENERATOR_VERSION}")
     models = [subject_model(p["seed"], i, p["n_chans"], p["fs"], p["neural_gain"])
               for i in range(p["n_subjects"] + p["n_heldout"])]
-    segments = _read_segments(out / TEST_DIR, out / LABEL_DIR)
-    return _ceiling(p["seed"], models, p["minutes"], p["fs"], factor, segments,
-                    info["seen_subjects"], info["heldout_subjects"])
+    return _ceiling(p["seed"], models, p["minutes"], p["fs"], factor, _read_test_segments(out),
+                    info["seen_subjects"])
 
 
 # ---------------------------------------------------------------------------------------------
-# CLI
+# CLI: the config keys of program "demo" (config.py)
 # ---------------------------------------------------------------------------------------------
-def _parse_args(argv):
-    kw = {}
-    for a in argv:
-        if a in ("-h", "--help"):
-            print(__doc__)
-            print("Options (--key=value): out_dir, n_subjects, n_heldout, minutes, n_test_segments, "
-                  "segment_s, n_chans, fs, seed, overwrite, measure, ceiling_factor")
-            sys.exit(0)
-        if not a.startswith("--") or "=" not in a:
-            raise SystemExit(f"demo_corpus.py: expected --key=value, got {a!r}")
-        k, v = a[2:].split("=", 1)
-        k = k.replace("-", "_")
-        try:
-            kw[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            kw[k] = v
-    return kw
-
-
 def main(argv=None) -> int:
-    kw = _parse_args(sys.argv[1:] if argv is None else argv)
+    cfg, _ = config_module.parse_or_exit(argv, program="demo")
     try:
-        summary = make_demo_corpus(**kw)
-    except (FileExistsError, ValueError, TypeError) as e:
+        summary = make_demo_corpus(out_dir=cfg["demo_dir"], n_subjects=cfg["demo_subjects"],
+                                   minutes=cfg["demo_minutes"], seed=cfg["demo_seed"], overwrite=cfg["overwrite"])
+    except (OSError, ValueError, TypeError) as e:
         print(f"demo_corpus.py: {e}", file=sys.stderr)
         return 2
     figs = summary.pop("reference_figures")

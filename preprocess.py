@@ -15,11 +15,13 @@ resampling to ``fs``, common average reference, cut to the envelope's duration.
 Output: ``{split}_-_{subject}_-_{stimulus}_-_{eeg|envelope}.npy`` cut 80/10/10 in time, plus
 ``manifest.json`` (inputs with sizes and hashes, every parameter, library versions). The folder is
 built beside ``out_dir`` under a temp name and renamed into place only when everything succeeded.
+An existing non-empty ``out_dir`` is replaced only with ``--overwrite`` and only when it is an earlier
+output of this program (it holds its ``manifest.json``); an ``out_dir`` that holds the pairs CSV or
+any file it lists is always refused.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -40,7 +42,8 @@ import scipy.signal
 from scipy.io import wavfile
 
 import config as config_module
-from EEG_Dataset import SEP, SPLIT_FRACTIONS, SPLITS, DataError
+from EEG_Dataset import SEP, SPLIT_FRACTIONS, SPLITS, DataError, time_split
+from fileio import dir_mode, read_json, sha256_file
 
 MANIFEST = "manifest.json"
 MARGIN_OUT = 64  # output samples of EEG kept on each side of a cut while resampling, so the
@@ -381,16 +384,8 @@ def common_average(x: np.ndarray) -> np.ndarray:
     return x - x.mean(axis=1, keepdims=True)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def file_record(path: Path) -> dict:
-    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256(path)}
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
@@ -450,7 +445,7 @@ def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
                     f"{onset / fs_eeg:.3f} s ({how}), but {p.audio_path} lasts {n_env / fs_out:.3f} s "
                     f"({short_s:.3f} s short; tolerance pre_tolerance_s={cfg['pre_tolerance_s']} s) [{p.where}]")
         n = min(n_env, n_avail)
-        if min(hi - lo for lo, hi in split_bounds(n).values()) < len(names):
+        if min(hi - lo for _, lo, hi in time_split(n)) < len(names):
             # EEG_Dataset reads a part with fewer samples than channels as channels-first and refuses it
             raise DataError(f"{p.where}: {p.audio_path} gives {n / fs_out:.2f} s, too short: each part of the "
                             f"80/10/10 split must hold at least as many samples as channels ({len(names)}), i.e. "
@@ -493,21 +488,16 @@ def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
 # ============================================================================= output
 
 
-def split_bounds(n: int) -> dict[str, tuple[int, int]]:
-    """{split: (start, stop)} of an n-sample recording cut 80/10/10 in time, rounded as
-    EEG_Dataset.load_corpus cuts recordings that come unsplit."""
-    a, b = int(round(n * SPLIT_FRACTIONS[0])), int(round(n * sum(SPLIT_FRACTIONS[:2])))
-    return dict(zip(SPLITS, ((0, a), (a, b), (b, n))))
-
-
 def write_recording(folder: Path, subject: str, stimulus: str, eeg: np.ndarray, envelope: np.ndarray) -> dict:
-    """Save one recording as split_data files. eeg (T, C), envelope (T,). Returns {split: [start, stop)}."""
-    bounds = split_bounds(len(envelope))
-    for split, (lo, hi) in bounds.items():
+    """Save one recording as split_data files, cut 80/10/10 in time as EEG_Dataset.load_corpus cuts
+    recordings that come unsplit. eeg (T, C), envelope (T,). Returns {split: [start, stop)}."""
+    bounds = {}
+    for split, lo, hi in time_split(len(envelope)):
         stem = f"{split}{SEP}{subject}{SEP}{stimulus}{SEP}"
         np.save(folder / f"{stem}eeg.npy", np.ascontiguousarray(eeg[lo:hi], dtype=np.float32))
         np.save(folder / f"{stem}envelope.npy", np.ascontiguousarray(envelope[lo:hi, None], dtype=np.float32))
-    return {split: list(b) for split, b in bounds.items()}
+        bounds[split] = [lo, hi]
+    return bounds
 
 
 def check_config(cfg: dict) -> None:
@@ -535,12 +525,43 @@ def check_config(cfg: dict) -> None:
         raise config_module.ConfigError("; ".join(bad))
 
 
-def check_out_dir(out: Path, overwrite: bool) -> None:
+def is_preprocess_output(folder: Path) -> bool:
+    """Whether ``folder`` holds the manifest.json of an earlier preprocess.py run."""
+    try:
+        manifest = read_json(folder / MANIFEST)
+    except ValueError:  # missing, unreadable or not JSON
+        return False
+    return isinstance(manifest, dict) and manifest.get("created_by") == "preprocess.py"
+
+
+def _inside(path, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder`` or below it, as written or with symlinks resolved."""
+    paths = {Path(os.path.abspath(path)), Path(path).resolve()}
+    folders = {Path(os.path.abspath(folder)), folder.resolve()}
+    return any(p.is_relative_to(f) for p in paths for f in folders)
+
+
+def check_out_dir(out: Path, overwrite: bool, inputs=()) -> None:
+    """Refuse an out_dir that preprocess.py may not replace. It replaces out_dir as a whole, so it
+    must never hold an input (``inputs``: (what, path) pairs, e.g. the pairs CSV and the files it
+    lists), and a non-empty out_dir is replaced only with ``overwrite`` and only when it is an
+    earlier preprocess.py output (its manifest.json says so): anything else there is not ours to
+    delete."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: out_dir exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    for what, path in inputs:
+        if _inside(path, out):
+            raise DataError(f"{out}: out_dir holds the {what} {path}; preprocess.py replaces its out_dir as a "
+                            "whole, so it never writes into a folder holding its inputs; choose another --out_dir")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not is_preprocess_output(out):
+        raise DataError(f"{out}: out_dir already exists, is not empty and holds no {MANIFEST} written by "
+                        "preprocess.py, so it is not replaced, not even with --overwrite (that would delete files "
+                        "preprocess.py did not write); choose another --out_dir")
+    if not overwrite:
         raise DataError(f"{out}: out_dir already exists and is not empty; pass --overwrite to replace it "
-                        "or choose another --out_dir")
+                        "(it holds an earlier preprocess.py output) or choose another --out_dir")
 
 
 def versions() -> dict:
@@ -556,8 +577,10 @@ def preprocess(cfg: dict) -> dict:
     check_config(cfg)
     t0 = time.time()
     out = Path(cfg["out_dir"])
-    check_out_dir(out, cfg["overwrite"])  # before the work, and again before the rename
     pairs = read_pairs(cfg["pairs"])
+    inputs = [("pairs CSV", Path(cfg["pairs"]))]
+    inputs += [(what, path) for p in pairs for what, path in (("EEG file", p.eeg_path), ("audio file", p.audio_path))]
+    check_out_dir(out, cfg["overwrite"], inputs)  # before the work, and again before the rename
     fs_out = int(cfg["fs"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -633,8 +656,8 @@ def preprocess(cfg: dict) -> dict:
             "seconds": round(time.time() - t0, 2),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        check_out_dir(out, cfg["overwrite"])
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the output should be as readable as any folder
+        check_out_dir(out, cfg["overwrite"], inputs)
+        os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; the output should be as readable as any folder
         if out.is_dir():  # --overwrite (or an empty folder): swap, so a failure never leaves neither
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / "x")
@@ -650,14 +673,8 @@ def preprocess(cfg: dict) -> dict:
     return manifest
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def main(argv=None) -> dict:
-    cfg, _ = config_module.parse_or_exit(argv)
+    cfg, _ = config_module.parse_or_exit(argv, program="preprocess")
     try:
         return preprocess(cfg)
     except config_module.ConfigError as exc:

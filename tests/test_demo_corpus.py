@@ -148,23 +148,32 @@ def test_refuses_to_overwrite(tmp_path):
     with pytest.raises(FileExistsError):
         dc.make_demo_corpus(out, **SMALL)
     # the CLI reports the refusal as an error exit
-    assert dc.main([f"--out_dir={out}", "--n_subjects=2"]) == 2
+    assert dc.main([f"--demo_dir={out}", "--demo_subjects=2"]) == 2
 
 
-def test_cli_arguments():
-    kw = dc._parse_args(["--out_dir=some/dir", "--n_subjects=3", "--minutes=1.5", "--overwrite=True",
-                         "--out-dir=x y"])
-    assert kw == {"out_dir": "x y", "n_subjects": 3, "minutes": 1.5, "overwrite": True}
+def test_cli_reads_the_demo_config_keys(monkeypatch):
+    got = {}
+    monkeypatch.setattr(dc, "make_demo_corpus", lambda **kw: got.update(kw) or {"reference_figures": {}})
+    assert dc.main(["--demo_dir=some dir", "--demo_subjects=3", "--demo_minutes=1.5", "--demo_seed=4",
+                    "--overwrite"]) == 0
+    assert got == {"out_dir": "some dir", "n_subjects": 3, "minutes": 1.5, "seed": 4, "overwrite": True}
+    got.clear()
+    assert dc.main([]) == 0
+    assert got == {"out_dir": "xfdata", "n_subjects": 8, "minutes": 4.0, "seed": 0, "overwrite": False}
+    with pytest.raises(SystemExit, match="unknown config key 'n_subjects'"):
+        dc.main(["--n_subjects=3"])
     with pytest.raises(SystemExit):
-        dc._parse_args(["n_subjects=3"])
+        dc.main(["demo_subjects=3"])
 
 
 def test_cli_writes_corpus(tmp_path, capsys):
-    assert dc.main([f"--out_dir={tmp_path / 'x'}", "--n_subjects=1", "--n_heldout=0", "--minutes=0.5",
-                    "--n_test_segments=1", "--segment_s=10", "--measure=False"]) == 0
+    args = [f"--demo_dir={tmp_path / 'x'}", "--demo_subjects=1", "--demo_minutes=0.5"]
+    assert dc.main(args) == 0
     assert '"n_subjects": 1' in capsys.readouterr().out
     seg = json.loads((tmp_path / "x" / "auditory-eeg-test-dataset" / "sub-001.json").read_text())
-    assert len(seg["sub-001_0"]) == 640
+    assert len(seg["sub-001_0"]) == 3840
+    assert dc.main(args) == 2  # a second build is refused ...
+    assert dc.main([*args, "--overwrite"]) == 0  # ... unless it may replace the first
 
 
 # ---------------------------------------------------------------------------------------------

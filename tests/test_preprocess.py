@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def write_pairs(path: Path, rows, header=True) -> Path:
 
 
 def run(tmp: Path, pairs: Path, *extra, out="out") -> dict:
-    cfg, _ = config.parse([f"--pairs={pairs}", f"--out_dir={tmp / out}", *extra])
+    cfg, _ = config.parse([f"--pairs={pairs}", f"--out_dir={tmp / out}", *extra], program="preprocess")
     return pp.preprocess(cfg)
 
 
@@ -506,6 +507,74 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, stim):
     run(tmp_path, pairs2, "--overwrite")
     assert sorted(p.name.split("_-_")[1] for p in out.glob("*.npy")) == ["S9"] * 6
     assert leftovers(tmp_path) == []
+
+
+def placeholder_inputs(folder: Path, csv_folder: Path | None = None) -> Path:
+    """A pairs CSV (in ``csv_folder``, default ``folder``) listing placeholder EEG and audio files in
+    ``folder``: the out_dir checks come before any input is read."""
+    csv_folder = csv_folder or folder
+    for f in (folder, csv_folder):
+        f.mkdir(parents=True, exist_ok=True)
+    for name in ("r.fif", "s.wav"):
+        (folder / name).write_bytes(b"placeholder")
+    return write_pairs(csv_folder / "pairs.csv", [("S1", folder / "r.fif", folder / "s.wav", 0.5)])
+
+
+def tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("case", ["the CSV's folder", "above the CSV's folder", "holds the inputs only",
+                                  "inputs deeper", "link to the inputs"])
+def test_out_dir_holding_an_input_is_refused(tmp_path, case, overwrite):
+    data = tmp_path / "data"
+    if case == "the CSV's folder":
+        pairs, out, what = placeholder_inputs(data), data, "pairs CSV"
+    elif case == "above the CSV's folder":
+        pairs, out, what = placeholder_inputs(data / "sub" / "deeper"), data, "pairs CSV"
+    elif case == "holds the inputs only":
+        pairs, out, what = placeholder_inputs(data, csv_folder=tmp_path / "csv"), data, "EEG file"
+    elif case == "inputs deeper":
+        pairs, out, what = placeholder_inputs(data / "rec" / "s1", csv_folder=tmp_path / "csv"), data, "EEG file"
+    else:
+        pairs, what = placeholder_inputs(data, csv_folder=tmp_path / "csv"), "EEG file"
+        out = tmp_path / "link"
+        out.symlink_to(data, target_is_directory=True)
+    before = tree(tmp_path)
+    args = [f"--pairs={pairs}", f"--out_dir={out}"] + (["--overwrite"] if overwrite else [])
+    with pytest.raises(SystemExit) as exc:
+        pp.main(args)
+    message = str(exc.value.code)
+    assert "\n" not in message
+    assert message.startswith(f"preprocess error: {out}: out_dir holds the {what} "), message
+    assert tree(tmp_path) == before
+    assert out.is_dir() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("manifest", [None, "not json", '{"created_by": "someone else"}', "[]"])
+def test_overwrite_replaces_only_an_earlier_preprocess_output(tmp_path, manifest):
+    """A non-empty out_dir without preprocess.py's own manifest.json is refused, with or without
+    --overwrite, and left as it was."""
+    pairs = placeholder_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    if manifest is not None:
+        (out / "manifest.json").write_text(manifest)
+    before = tree(out)
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit, match=rf"preprocess error: {re.escape(str(out))}: out_dir already exists, "
+                                             r"is not empty and holds no manifest\.json written by preprocess\.py, "
+                                             r"so it is not replaced, not even with --overwrite"):
+            pp.main([f"--pairs={pairs}", f"--out_dir={out}", *extra])
+        assert tree(out) == before
+    # an empty folder is fine to write into (the run then fails on the placeholder inputs)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match=r"s\.wav: cannot read the audio"):
+        pp.main([f"--pairs={pairs}", f"--out_dir={empty}"])
+    assert empty.is_dir() and not any(empty.iterdir())
 
 
 def test_command_line_errors(tmp_path, capsys):
