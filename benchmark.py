@@ -143,6 +143,14 @@ def model_specs(cfg: dict) -> dict:
 
 
 def main(argv=None) -> dict:
+    """Run the benchmark; an impossible setting of a run ends it with one line naming the key."""
+    try:
+        return _main(argv)
+    except config.ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from exc
+
+
+def _main(argv=None) -> dict:
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ from metrics import pearson
 from runs import corpus_from_config, lock_holder
 
 MANIFEST = "manifest.json"
+EVAL_KEYS = ("subjects", "exclude_subjects", "val_recordings", "test_recordings", "split", "time_fold", "eval_window_s",
+             "eval_hop_s", "fs")
 
 
 def find_checkpoints(cfg: dict, given: set) -> tuple[str, list[Path]]:
@@ -82,6 +84,14 @@ def check_result_dir(result_dir: Path, cfg: dict) -> None:
                                  "among the inputs; choose another --result_dir")
 
 
+def _inside(folder: Path, rel: str) -> bool:
+    """``rel`` is a relative path that stays inside ``folder`` (no '..', no absolute path, no link out)."""
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts or not rel:
+        return False
+    return folder.resolve() in (folder / p).resolve().parents
+
+
 def claim_result_dir(result_dir: Path, inputs: dict, files: list[str], overwrite: bool) -> None:
     """Never replace another run's results, nor a file test.py did not write. ``files`` (relative
     to result_dir) are about to be written from ``inputs``; they are listed in the manifest first,
@@ -93,7 +103,8 @@ def claim_result_dir(result_dir: Path, inputs: dict, files: list[str], overwrite
             old = read_json(path, error=DataError)
         except DataError:
             old = {}
-    owned = set(old.get("files", [])) if isinstance(old, dict) else set()
+    listed = old.get("files", []) if isinstance(old, dict) and isinstance(old.get("files"), list) else []
+    owned = {f for f in listed if isinstance(f, str) and _inside(result_dir, f)}  # never a path outside it
     present = [f for f in files if (result_dir / f).exists()]
     foreign = [f for f in present if f not in owned]
     if foreign:
@@ -105,7 +116,7 @@ def claim_result_dir(result_dir: Path, inputs: dict, files: list[str], overwrite
             raise SystemExit(f"{result_dir} already holds results from other checkpoints or data. "
                              "Choose another --result_dir or pass --overwrite.")
         for f in stale:  # only what an earlier test.py listed as its own
-            (result_dir / f).unlink()
+            (result_dir / f).unlink(missing_ok=True)
         owned = set()
     atomic_write_json(path, {"inputs": inputs, "files": sorted(owned | set(files))})
 
@@ -150,8 +161,7 @@ def test_set(cfg: dict, loaded, inputs: dict, result: dict, device) -> None:
     scored = label_dir is not None and label_dir.is_dir()
     files = [f"{s}.json" for s in data] + ([f"per_seed/seed-{k}/{s}.json" for k in seeds for s in data]
                                            if len(seeds) > 1 else []) + (["score.json"] if scored else [])
-    claim_result_dir(result_dir, dict(inputs, test_dir=str(test_dir.resolve()),
-                                      label_dir=str(label_dir.resolve()) if scored else None), files, cfg["overwrite"])
+    claim_result_dir(result_dir, inputs, files, cfg["overwrite"])
     per_seed = []
     for model, ck in loaded:
         index = {s: i for i, s in enumerate(ck["subjects"])}
@@ -186,17 +196,23 @@ def _main(argv) -> dict:
         loaded = [load_model(p, device, model_name) for p in ckpts]
         print(f"{model_name}: {len(loaded)} seed(s) {[ck['seed'] for _, ck in loaded]} from {cfg['run_dir']}", flush=True)
     result: dict = {"model": model_name, "seeds": [ck["seed"] for _, ck in loaded], "checkpoints": [str(p) for p in ckpts]}
-    inputs = {"checkpoints": {str(p.resolve()): sha256_file(p, 16) for p in ckpts}}
     check_result_dir(Path(cfg["result_dir"]), cfg)
     test_dir = Path(cfg["test_dir"]) if cfg["test_dir"] else None
-    if test_dir is not None and test_dir.is_dir():
-        test_set(cfg, loaded, inputs, result, device)
-    elif test_dir is not None and "test_dir" in given:
+    if test_dir is not None and not test_dir.is_dir() and "test_dir" in given:
         raise SystemExit(f"test_dir {test_dir} does not exist")
     if cfg["eval_dir"]:
         cfg["time_fold"] = eval_time_fold(cfg, given, loaded)
-        claim_result_dir(Path(cfg["result_dir"]), dict(inputs, eval=[str(Path(cfg["eval_dir"]).resolve()), argv]),
-                         ["eval_score.json"], cfg["overwrite"])
+    # what this run reads: results in result_dir from other inputs are never mixed with its own
+    inputs = {"checkpoints": {str(p.resolve()): sha256_file(p, 16) for p in ckpts}}
+    if test_dir is not None and test_dir.is_dir():
+        label_dir = Path(cfg["label_dir"]) if cfg["label_dir"] and Path(cfg["label_dir"]).is_dir() else None
+        inputs.update(test_dir=str(test_dir.resolve()), label_dir=str(label_dir.resolve()) if label_dir else None)
+    if cfg["eval_dir"]:
+        inputs["eval"] = dict({k: cfg[k] for k in EVAL_KEYS}, eval_dir=str(Path(cfg["eval_dir"]).resolve()))
+    if test_dir is not None and test_dir.is_dir():
+        test_set(cfg, loaded, inputs, result, device)
+    if cfg["eval_dir"]:
+        claim_result_dir(Path(cfg["result_dir"]), inputs, ["eval_score.json"], cfg["overwrite"])
         result["eval"] = evaluate_folder(cfg, loaded, device)
         atomic_write_json(Path(cfg["result_dir"]) / "eval_score.json", result["eval"])
         print(f"scores written to {Path(cfg['result_dir']) / 'eval_score.json'}")

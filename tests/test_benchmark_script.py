@@ -1,5 +1,6 @@
 """benchmark.py end to end on a small synthetic DTU-style folder (12 subjects, as the protocols
-need): both protocols, two models, two seeds trained in parallel jobs, tables, JSON and figure."""
+need): both protocols, two models, two seeds trained in parallel jobs, tables, JSON and figure.
+The runs that start train.py processes are marked ``slow``."""
 from __future__ import annotations
 
 import json
@@ -31,6 +32,7 @@ def write_dtu_like(folder: Path, n_trials: int = 10, T: int = 64 * 12, C: int = 
     return folder
 
 
+@pytest.mark.slow
 def test_benchmark_runs_both_protocols_with_parallel_seed_jobs_and_resumes(tmp_path, monkeypatch):
     data = write_dtu_like(tmp_path / "dtu")
     out = tmp_path / "bench"
@@ -94,26 +96,27 @@ def test_benchmark_runs_both_protocols_with_parallel_seed_jobs_and_resumes(tmp_p
 
 
 def test_quick_settings_and_separate_output_folders():
+    """--quick applies benchmark.QUICK, options on the command line win over it, and quick and full
+    runs never share an output folder; the recipe keys take one value or one per protocol."""
     quick = benchmark.parse_args(["--quick"])
-    assert quick["protocols"] == ["heldout"] and quick["folds"] == [3] and quick["seeds"] == [1, 2]
-    assert quick["epochs"] == quick["patience"] == 6 and quick["out_dir"] == "bench_runs/quick"
+    assert {k: quick[k] for k in benchmark.QUICK if k != "jobs"} == {k: v for k, v in benchmark.QUICK.items()
+                                                                     if k != "jobs"}
     full = benchmark.parse_args([])
-    assert full["folds"] == [0, 1, 2, 3] and full["seeds"] == [1, 2, 3] and full["out_dir"] == "bench_runs/full"
-    assert (full["lr"], full["patience"]) == (3e-4, 10)  # the recipe of docs/model.md
-    # held-out: 10 epochs keeping the average of epochs 6-10; seen: early stopping on trial 007
-    assert benchmark.recipe_args(full, "heldout") == ["--lr=0.0003", "--epochs=10", "--patience=10", "--select=last",
-                                                      "--avg_epochs=5"]
-    assert benchmark.recipe_args(full, "seen") == ["--lr=0.0003", "--epochs=30", "--patience=10", "--select=best_val",
-                                                   "--avg_epochs=1"]
-    assert benchmark.recipe_args(quick, "heldout")[1:] == ["--epochs=6", "--patience=6", "--select=last", "--avg_epochs=3"]
-    one = benchmark.parse_args(["--epochs=4", "--select=best_val"])  # a plain value is for every protocol
+    assert full["folds"] == [0, 1, 2, 3] and full["seeds"] == benchmark.KEYS["seeds"][0]
+    assert (quick["out_dir"], full["out_dir"]) == ("bench_runs/quick", "bench_runs/full")
+    # per-protocol values: each protocol gets its own entry, in train.py's --key=value form
+    for proto in ("heldout", "seen"):
+        want = [f"--{k}={full[k][proto] if isinstance(full[k], dict) else full[k]}" for k in benchmark.RECIPE]
+        assert benchmark.recipe_args(full, proto) == want
+    one = benchmark.parse_args(["--epochs=4", "--select=best_val", "--patience=7"])  # a plain value: every protocol
     assert benchmark.recipe_args(one, "heldout")[1:4] == benchmark.recipe_args(one, "seen")[1:4] == \
-        ["--epochs=4", "--patience=10", "--select=best_val"]
-    with pytest.raises(SystemExit, match="--epochs: a per-protocol value needs exactly the keys"):
-        benchmark.parse_args(["--epochs={'heldout': 3}"])
+        ["--epochs=4", "--patience=7", "--select=best_val"]
     mine = benchmark.parse_args(["--quick", "--seeds=[4]", "--epochs=2", "--protocols=[seen]", "--out_dir=x"])
     assert (mine["seeds"], mine["epochs"], mine["protocols"], mine["out_dir"]) == ([4], 2, ["seen"], "x")
-    with pytest.raises(SystemExit, match="unknown option --epoch"):
+    assert mine["folds"] == benchmark.QUICK["folds"]  # what was not given still comes from --quick
+    with pytest.raises(SystemExit, match="--epochs: a per-protocol value needs exactly the keys"):
+        benchmark.parse_args(["--epochs={'heldout': 3}"])
+    with pytest.raises(SystemExit, match="config error: unknown config key 'epoch'"):
         benchmark.parse_args(["--epoch=3"])
 
 
@@ -146,12 +149,14 @@ def test_stimulus_overlap_counts_shared_envelopes(tmp_path):
     assert "share speech" in info["note"]
 
 
+@pytest.mark.slow
 def test_failed_training_run_is_reported_and_the_rest_still_scored(tmp_path):
     data = write_dtu_like(tmp_path / "dtu", n_trials=10, T=64 * 6)
     out = tmp_path / "bench"
+    # a window longer than every trial: a valid setting that train.py rejects once it sees the data
     args = [f"--data_dir={data}", f"--out_dir={out}", "--protocols=[seen]", "--models=[linear]", "--seeds=[1,2]",
             "--jobs=2", "--epochs=1", "--patience=1", f"--extra={TINY}",
-            "--variants={'broken': ['--model=ivlaai', '--window_s=-1']}"]
+            "--variants={'broken': ['--model=ivlaai', '--window_s=100']}"]
     with pytest.raises(SystemExit, match=r"2 training runs failed \(seen trials-008-009 broken seed [12]") as exc:
         benchmark.main(args)
     # both failed seeds are named, in whichever order the parallel jobs ended
@@ -160,6 +165,16 @@ def test_failed_training_run_is_reported_and_the_rest_still_scored(tmp_path):
     assert set(res["runs"]["seen"]) == {"linear"}  # the model that trained was still scored
     log = out / "seen" / "trials-008-009" / "broken" / "ivlaai" / "logs" / "seed-1.log"
     assert "window_s" in log.read_text()  # the child's own error is in its log
+
+
+def test_an_impossible_train_setting_in_a_variant_stops_before_training_with_one_line(tmp_path):
+    data = write_dtu_like(tmp_path / "dtu", n_trials=1, T=64 * 2)
+    out = tmp_path / "bench"
+    args = [f"--data_dir={data}", f"--out_dir={out}", "--protocols=[seen]", "--models=[linear]", "--seeds=[1]",
+            "--variants={'broken': ['--model=ivlaai', '--window_s=-1']}"]
+    with pytest.raises(SystemExit, match=r"window_s"):
+        benchmark.main(args)
+    assert not any(out.rglob("logs"))  # no train.py was started
 
 
 def test_heldout_folds_follow_the_folder_subjects():

@@ -1,5 +1,6 @@
 """Scaling paths of train.py: torchrun/DDP (gloo on CPU), seed sweeps (--jobs), bf16 autocast,
-and the data-wait share written to log.csv. CPU only; each test takes seconds."""
+and the data-wait share written to log.csv. CPU only; the tests that start several train.py
+processes are marked ``slow``."""
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import demo_corpus  # noqa: E402
-import newmodel  # noqa: E402
 import train  # noqa: E402
+from checkpoint import model_from_checkpoint  # noqa: E402
 from EEG_Dataset import WindowDataset, load_corpus  # noqa: E402
 
 N_CHANS = 8
@@ -51,9 +52,7 @@ def load(path: Path) -> dict:
 
 @torch.no_grad()
 def predictions(ck: dict, eeg: torch.Tensor) -> torch.Tensor:
-    model = newmodel.build_model(ck["model_name"], **dict(ck["config"], n_chans=ck["n_chans"], n_subjects=0))
-    model.load_state_dict(ck["model"])
-    return model.eval()(eeg)
+    return model_from_checkpoint(ck).eval()(eeg)
 
 
 # ------------------------------------------------------------------------------------ sharding
@@ -80,6 +79,7 @@ def test_rank_shards_are_disjoint_equal_sized_and_make_up_each_single_process_ba
 
 
 # ------------------------------------------------------------------------------------ torchrun
+@pytest.mark.slow
 def test_torchrun_two_ranks_give_the_one_process_model(data_dir, tmp_path):
     common = [f"--data_dir={data_dir}", *TINY, "--seeds=[5]", "--epochs=2"]
     run_train([*common, "--batch_size=16", f"--run_dir={tmp_path / 'one'}"])
@@ -99,11 +99,13 @@ def test_torchrun_two_ranks_give_the_one_process_model(data_dir, tmp_path):
         assert ra["train_r"] == pytest.approx(rb["train_r"], abs=1e-4)
         assert ra["val_r"] == pytest.approx(rb["val_r"], abs=1e-4)
     assert a["epoch"] == b["epoch"] == 2
-    # only rank 0 wrote: one log, no stray temp files
-    files = sorted(p.name for p in (tmp_path / "two" / "ivlaai" / "seed-5").iterdir())
-    assert files == ["best.pt", "last.pt", "log.csv"]
+    # only rank 0 locked and wrote: one log, no stray temp files, the lock let go
+    out = tmp_path / "two" / "ivlaai" / "seed-5"
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pt", "last.pt", "log.csv"]
+    assert (out / ".lock").read_text() == ""
 
 
+@pytest.mark.slow
 def test_torchrun_rejects_a_batch_that_does_not_split_over_ranks(data_dir, tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run([*launcher, str(ROOT / "train.py"), f"--data_dir={data_dir}", *TINY, "--batch_size=15",
@@ -113,6 +115,7 @@ def test_torchrun_rejects_a_batch_that_does_not_split_over_ranks(data_dir, tmp_p
 
 
 # ------------------------------------------------------------------------------------ seed sweep
+@pytest.mark.slow
 def test_seed_sweep_in_parallel_equals_training_the_seeds_one_by_one(data_dir, tmp_path, capsys):
     common = [f"--data_dir={data_dir}", *TINY, "--batch_size=16", "--epochs=2", "--seeds=[1,2]"]
     train.main([*common, f"--run_dir={tmp_path / 'seq'}"])
@@ -130,12 +133,15 @@ def test_seed_sweep_in_parallel_equals_training_the_seeds_one_by_one(data_dir, t
     assert set(par["val_r_per_seed"]) == {"seed-1", "seed-2"} and np.isfinite(par["val_r_ensemble"])
 
 
+@pytest.mark.slow
 def test_seed_sweep_reports_a_failed_seed(data_dir, tmp_path):
     common = [f"--data_dir={data_dir}", *TINY, "--batch_size=16", "--epochs=1", f"--run_dir={tmp_path}"]
     train.main([*common, "--seeds=[2]"])
     with pytest.raises(SystemExit, match=r"seeds \[2\] failed"):  # seed 2 clashes with the run above
         train.main([*common, "--seeds=[1,2]", "--jobs=2"])
-    assert "already holds a run" in (tmp_path / "ivlaai" / "logs" / "seed-2.log").read_text()
+    log = (tmp_path / "ivlaai" / "logs" / "seed-2.log").read_text()
+    assert "already holds files" in log and "Traceback" not in log
+    assert (tmp_path / "ivlaai" / "seed-1" / "best.pt").is_file()  # the other seed trained
 
 
 # ------------------------------------------------------------------------------------ bf16, data wait

@@ -1,10 +1,12 @@
 """End-to-end tests of train.py and test.py on tiny demo corpora (CPU, small models, seconds each).
 
 Scores are checked against an independent re-implementation of the official challenge rules
-(scipy.stats.pearsonr), written here and applied to the files test.py writes.
+(scipy.stats.pearsonr), written here and applied to the files test.py writes. Tests that start
+real train.py processes or train for long are marked ``slow`` (``python -m pytest -m slow``).
 """
 from __future__ import annotations
 
+import ast
 import csv
 import importlib.util
 import json
@@ -24,9 +26,15 @@ from scipy.stats import pearsonr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import checkpoint  # noqa: E402
 import config  # noqa: E402
 import demo_corpus  # noqa: E402
 import train  # noqa: E402
+from averaging import average_state_dicts  # noqa: E402
+from checkpoint import load_model, model_from_checkpoint  # noqa: E402
+from EEG_Dataset import DataError  # noqa: E402
+from evaluation import evaluate  # noqa: E402
+from runs import corpus_from_config, ensure_data, lock_holder  # noqa: E402
 
 # test.py by path: the name 'test' is also the standard library's regression-test package.
 _spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
@@ -37,6 +45,7 @@ N_CHANS = 8
 TINY = ["--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16", "--window_s=1", "--batch_size=16",
         f"--n_chans={N_CHANS}", "--threads=1", "--patience=10"]
 TEMP_RE = re.compile(r"^\.(best\.pt|last\.pt|log\.csv)\..+\.tmp$")  # atomic_write_bytes' temp files
+RUN_FILES = {".lock", "best.pt", "last.pt", "log.csv"}  # what train.py leaves in a seed folder
 
 
 # ----------------------------------------------------------------------------------- fixtures
@@ -169,9 +178,11 @@ def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 120.0) 
 
 
 def assert_clean_run_dir(out: Path) -> None:
-    """Only complete real files (every .pt loads) and, at most, dot-prefixed temp files."""
+    """Only complete real files (every .pt loads), the run lock (held by no one now) and, at most,
+    dot-prefixed temp files."""
     for p in out.iterdir():
-        assert p.name in {"best.pt", "last.pt", "log.csv"} or TEMP_RE.match(p.name), f"stray file {p}"
+        assert p.name in RUN_FILES or TEMP_RE.match(p.name), f"stray file {p}"
+    assert lock_holder(out) is None
     for name in ("best.pt", "last.pt"):
         if (out / name).exists():
             ck = load(out / name)
@@ -223,6 +234,31 @@ def test_project_scorer_follows_the_rules_for_missing_short_and_long_predictions
     assert got["total"] == pytest.approx(total, abs=1e-9)
     assert got["per_subject"] == pytest.approx(per_subject, abs=1e-9)
     assert got["per_segment"][k1[0]] == 0.0
+
+
+def project_imports(module: str) -> set[str]:
+    """The project modules ``module`` imports anywhere in its file (also inside functions)."""
+    tree = ast.parse((ROOT / f"{module}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if (ROOT / f"{n}.py").is_file()}
+
+
+def test_test_py_and_benchmark_py_do_not_import_train():
+    """train.py is a program, not a library: what test.py and benchmark.py share with it lives in
+    checkpoint, evaluation, runs, runtime and sweep; nothing they import (directly or not) imports it."""
+    seen, todo = set(), ["test", "benchmark"]
+    while todo:
+        mod = todo.pop()
+        if mod not in seen:
+            seen.add(mod)
+            todo += sorted(project_imports(mod))
+    assert "train" not in seen, sorted(seen)
+    assert {"checkpoint", "evaluation", "runs"} <= seen  # the walk does follow the imports
 
 
 # ----------------------------------------------------------------------------------- 2. two seeds
@@ -282,31 +318,34 @@ def test_checkpoint_contents_and_log(corpus, two_seeds):
     assert {"epoch", "train_r", "val_r", "best_val_r"} <= set(rows[0])
     best, last = load(out / "best.pt"), load(out / "last.pt")
     for ck in (best, last):
-        assert {"model", "optimizer", "epoch", "best_val_r", "config"} <= set(ck)
+        assert {"model", "optimizer", "epoch", "best_val_r", "config", "model_args"} <= set(ck)
+        assert ck["version"] == checkpoint.FORMAT_VERSION
         assert ck["seed"] == 1 and ck["model_name"] == "ivlaai" and ck["n_chans"] == N_CHANS
         assert ck["optimizer"]["state"] and ck["optimizer"]["param_groups"][0]["lr"] == 1e-3
+        assert ck["model_args"]["n_chans"] == N_CHANS
         cfg = ck["config"]
-        assert set(cfg) == set(config.defaults())  # the resolved config, every key
+        assert set(cfg) == set(config.defaults("train"))  # the resolved config, every key train.py reads
         assert cfg["epochs"] == 2 and cfg["seeds"] == [1, 2] and cfg["ivlaai_width"] == 16
         assert cfg["data_dir"] == str(corpus / "split_data") and cfg["n_chans"] == N_CHANS
     assert last["epoch"] == 2 and last["finished"]
     val = [float(r["val_r"]) for r in rows]
     assert best["epoch"] == 1 + int(np.argmax(val))
     assert best["best_val_r"] == pytest.approx(max(val), abs=1e-5) == pytest.approx(last["best_val_r"], abs=1e-5)
-    # the weights rebuild the model they came from
-    import newmodel
-
-    m = newmodel.build_model("ivlaai", **dict(best["config"], n_chans=N_CHANS, n_subjects=0))
-    m.load_state_dict(best["model"])
+    # the checkpoint rebuilds its model from its own model_args (not from the run config)
+    best["config"] = {}
+    m = model_from_checkpoint(best)
+    assert same_tensors(m.state_dict(), best["model"])
+    assert sum(p.numel() for p in m.parameters()) == best["n_params"]
 
 
 # ----------------------------------------------------------------------------------- 5. clash, overwrite, resume
 def test_clash_overwrite_and_resume_of_a_finished_run(corpus, tmp_path, capsys):
-    args = data_args(corpus) + TINY + [f"--run_dir={tmp_path}", "--model=linear_conv", "--epochs=2"]
+    args = data_args(corpus) + TINY + [f"--run_dir={tmp_path}", "--model=linear_conv", "--keep_epochs", "--epochs=2"]
     train.main(args)
     out = tmp_path / "linear_conv" / "seed-1"
     before = file_bytes(out)
-    assert set(before) == {"best.pt", "last.pt", "log.csv"}
+    assert set(before) == RUN_FILES | {"epochs/epoch-001.pt", "epochs/epoch-002.pt"}
+    assert before[".lock"] == b""  # the lock holds a pid only while its process writes the folder
 
     with pytest.raises(SystemExit) as exc:
         train.main(args)
@@ -320,64 +359,85 @@ def test_clash_overwrite_and_resume_of_a_finished_run(corpus, tmp_path, capsys):
     assert res[0]["epochs"] == 2
     assert file_bytes(out) == before
 
-    train.main(args[:-1] + ["--epochs=1", "--overwrite"])
+    (out / "notes.txt").write_text("mine")  # --overwrite removes only what train.py wrote
+    train.main(args[:-2] + ["--epochs=1", "--overwrite"])
+    assert "removing the run" in capsys.readouterr().out
     assert len(read_log(out / "log.csv")) == 1
     assert load(out / "last.pt")["epoch"] == 1
-    assert file_bytes(out) != before
+    assert set(file_bytes(out)) == RUN_FILES | {"notes.txt"}  # the old epochs/ went with the old run
+    assert (out / "notes.txt").read_text() == "mine"
+    assert file_bytes(out)["best.pt"] != before["best.pt"]
 
 
-def test_resume_after_epoch_1_of_3_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
+def assert_same_run(a_dir: Path, b_dir: Path, what: str = "") -> None:
+    """best.pt and last.pt of two seed folders hold the same weights, optimizer, RNG and history."""
+    for name in ("last.pt", "best.pt"):
+        a, b = load(a_dir / name), load(b_dir / name)
+        assert a["epoch"] == b["epoch"], (what, name)
+        assert same_tensors(a["model"], b["model"]), f"{what} {name}: resumed weights differ"
+        assert same_optimizer(a["optimizer"], b["optimizer"]), f"{what} {name}: optimizer state differs"
+        assert a["best_val_r"] == b["best_val_r"]
+        assert torch.equal(a["torch_rng"], b["torch_rng"])
+        strip = lambda h: [{k: v for k, v in row.items() if k not in ("seconds", "data_wait_pct")} for row in h]  # noqa: E731
+        assert strip(a["history"]) == strip(b["history"])
+
+
+def test_resume_after_epoch_1_equals_an_uninterrupted_run(corpus, tmp_path, monkeypatch):
     """ivlaai has dropout: this also checks that the RNG state travels in the checkpoint.
 
-    'cut': trained with --epochs=1, then --resume --epochs=3. 'int': Ctrl-C lands while epoch 1's
-    last.pt is being written (after its log row), then --resume."""
+    'cut': trained with --epochs=1, then --resume --epochs=2. 'int': Ctrl-C lands after epoch 2's
+    steps changed the weights but before its checkpoint; nothing of epoch 2 may be kept, and
+    --resume continues from epoch 1. (A real signal to a real process: the slow test below.)"""
     base = data_args(corpus) + TINY + ["--seeds=[3]"]
-    train.main(base + [f"--run_dir={tmp_path / 'full'}", "--epochs=3"])
+    train.main(base + [f"--run_dir={tmp_path / 'full'}", "--epochs=2"])
     train.main(base + [f"--run_dir={tmp_path / 'cut'}", "--epochs=1"])
-    assert load(tmp_path / "cut" / "ivlaai" / "seed-3" / "last.pt")["epoch"] == 1
-    train.main(base + [f"--run_dir={tmp_path / 'cut'}", "--epochs=3", "--resume"])
+    after_1 = {name: load(tmp_path / "cut" / "ivlaai" / "seed-3" / name) for name in ("best.pt", "last.pt")}
+    assert after_1["last.pt"]["epoch"] == 1
+    train.main(base + [f"--run_dir={tmp_path / 'cut'}", "--epochs=2", "--resume"])
 
-    real_save = train.save_checkpoint
+    real_epoch = train.train_epoch
 
-    def interrupted_save(path, obj):
-        if Path(path).name == "last.pt" and obj["epoch"] == 1 and not obj["interrupted"]:
-            raise KeyboardInterrupt  # as if Ctrl-C arrived during this write
-        real_save(path, obj)
+    def interrupted_epoch(*args, **kwargs):
+        out = real_epoch(*args, **kwargs)
+        if args[-1].endswith("epoch 2"):  # desc: 'seed 3 epoch 2'
+            raise KeyboardInterrupt  # as if Ctrl-C arrived at the end of epoch 2's steps
+        return out
 
-    monkeypatch.setattr(train, "save_checkpoint", interrupted_save)
+    monkeypatch.setattr(train, "train_epoch", interrupted_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train.main(base + [f"--run_dir={tmp_path / 'int'}", "--epochs=3"])
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
-    ck = load(tmp_path / "int" / "ivlaai" / "seed-3" / "last.pt")
-    assert ck["interrupted"] and ck["epoch"] == len(ck["history"]) == 1
-    train.main(base + [f"--run_dir={tmp_path / 'int'}", "--epochs=3", "--resume"])
+        train.main(base + [f"--run_dir={tmp_path / 'int'}", "--epochs=2"])
+    monkeypatch.setattr(train, "train_epoch", real_epoch)
+    out = tmp_path / "int" / "ivlaai" / "seed-3"
+    assert_clean_run_dir(out)  # and the lock was let go
+    ck = load(out / "last.pt")
+    assert ck["epoch"] == len(ck["history"]) == 1 and not ck["finished"]
+    assert len(read_log(out / "log.csv")) == 1
+    for name in ("best.pt", "last.pt"):  # the weights of a run stopped after epoch 1, not epoch 2's
+        assert same_tensors(load(out / name)["model"], after_1[name]["model"]), name
+        assert same_optimizer(load(out / name)["optimizer"], after_1[name]["optimizer"]), name
+    train.main(base + [f"--run_dir={tmp_path / 'int'}", "--epochs=2", "--resume"])
 
-    for name, run in [(n, r) for n in ("last.pt", "best.pt") for r in ("cut", "int")]:
-        full = load(tmp_path / "full" / "ivlaai" / "seed-3" / name)
-        cut = load(tmp_path / run / "ivlaai" / "seed-3" / name)
-        assert full["epoch"] == cut["epoch"], (run, name)
-        assert same_tensors(full["model"], cut["model"]), f"{run} {name}: resumed weights differ"
-        assert same_optimizer(full["optimizer"], cut["optimizer"]), f"{run} {name}: optimizer state differs"
-        assert full["best_val_r"] == cut["best_val_r"]
-        assert torch.equal(full["torch_rng"], cut["torch_rng"])
-        strip = lambda h: [{k: v for k, v in row.items() if k not in ("seconds", "data_wait_pct")} for row in h]  # noqa: E731
-        assert strip(full["history"]) == strip(cut["history"])
     for run in ("cut", "int"):
-        assert load(tmp_path / run / "ivlaai" / "seed-3" / "last.pt")["epoch"] == 3
+        assert_same_run(tmp_path / "full" / "ivlaai" / "seed-3", tmp_path / run / "ivlaai" / "seed-3", run)
+
+    for run in ("cut", "int"):
+        assert load(tmp_path / run / "ivlaai" / "seed-3" / "last.pt")["epoch"] == 2
         rows = read_log(tmp_path / run / "ivlaai" / "seed-3" / "log.csv")
-        assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+        assert [int(r["epoch"]) for r in rows] == [1, 2]
 
 
 # ----------------------------------------------------------------------------------- 6. Ctrl-C
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_saves_last_pt_and_resume_completes(tmp_path, sig):
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
     """Ctrl-C, and a plain ``kill`` (SIGTERM: schedulers, and background jobs, which ignore
-    Ctrl-C), both save the current weights to last.pt and exit cleanly."""
+    Ctrl-C), sent to a real train.py in the middle of epoch 2: it exits cleanly (130) keeping
+    its last completed epoch, and --resume then gives best.pt and last.pt bit-identical to a
+    run that was never interrupted (dropout: the RNG state travels too)."""
     corpus = make_corpus(tmp_path / "xfdata", minutes=3.0)
-    run_dir = tmp_path / "runs"
-    args = [f"--data_dir={corpus / 'split_data'}", f"--n_chans={N_CHANS}", "--model=ivlaai", "--ivlaai_blocks=2",
-            "--ivlaai_width=64", "--window_s=2", "--threads=1", "--patience=10", "--epochs=4",
-            f"--run_dir={run_dir}"]
+    common = [f"--data_dir={corpus / 'split_data'}", f"--n_chans={N_CHANS}", "--model=ivlaai", "--ivlaai_blocks=2",
+              "--ivlaai_width=64", "--window_s=2", "--threads=1", "--patience=10", "--epochs=3"]
+    args = [*common, f"--run_dir={tmp_path / 'runs'}"]
     proc = start_train(args)
     try:
         lines = wait_for_line(proc, r"epoch\s+1\s")
@@ -389,21 +449,24 @@ def test_ctrl_c_saves_last_pt_and_resume_completes(tmp_path, sig):
     text = "".join(lines) + rest
     assert proc.returncode == 130, text
     assert "interrupted" in text and "--resume" in text
-    assert "Traceback" not in text
-    out = run_dir / "ivlaai" / "seed-1"
+    assert "Traceback" not in text and " done:" not in text
+    out = tmp_path / "runs" / "ivlaai" / "seed-1"
     assert_clean_run_dir(out)
     last = load(out / "last.pt")
-    assert last["interrupted"] and not last["finished"] and last["epoch"] in (1, 2)
+    printed = len(re.findall(r"\] epoch\s+\d+\s", text))
+    assert not last["finished"] and last["epoch"] == printed and 1 <= printed < 3, text  # completed epochs only
     assert len(read_log(out / "log.csv")) == last["epoch"]
 
     train.main(args + ["--resume"])
     assert_clean_run_dir(out)
-    last = load(out / "last.pt")
-    assert last["finished"] and last["epoch"] == 4
-    assert [int(r["epoch"]) for r in read_log(out / "log.csv")] == [1, 2, 3, 4]
+    assert load(out / "last.pt")["finished"]
+    assert [int(r["epoch"]) for r in read_log(out / "log.csv")] == [1, 2, 3]
+    train.main([*common, f"--run_dir={tmp_path / 'whole'}"])
+    assert_same_run(tmp_path / "whole" / "ivlaai" / "seed-1", out, "resumed after a signal")
 
 
 # ----------------------------------------------------------------------------------- 7. SIGKILL
+@pytest.mark.slow
 def test_sigkill_during_training_leaves_only_complete_files(corpus, tmp_path):
     run_dir = tmp_path / "runs"
     args = data_args(corpus) + [f"--n_chans={N_CHANS}", "--model=ivlaai", "--ivlaai_blocks=2", "--ivlaai_width=64",
@@ -418,7 +481,8 @@ def test_sigkill_during_training_leaves_only_complete_files(corpus, tmp_path):
         if proc.poll() is None:
             proc.kill()
     out = run_dir / "ivlaai" / "seed-1"
-    assert_clean_run_dir(out)
+    assert_clean_run_dir(out)  # the OS let go of the killed process's lock
+    assert (out / ".lock").read_text().strip() == str(proc.pid)  # a stale pid does not block anyone
     last = load(out / "last.pt")
     assert not last["finished"] and last["epoch"] >= 2
     n_rows = len(read_log(out / "log.csv"))
@@ -433,11 +497,11 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_old_file(tmp_path):
     """Kill a process while it is writing a large checkpoint: the file holds a whole checkpoint."""
     target = tmp_path / "last.pt"
     code = (
-        "import sys, torch; sys.path.insert(0, sys.argv[1]); import train\n"
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); from checkpoint import save_checkpoint\n"
         "w = torch.arange(6_000_000, dtype=torch.float32)\n"
         "i = 0\n"
         "while True:\n"
-        "    train.save_checkpoint(sys.argv[2], {'model': {'w': w + i}, 'epoch': i})\n"
+        "    save_checkpoint(sys.argv[2], {'model': {'w': w + i}, 'epoch': i})\n"
         "    print('saved', i, flush=True); i += 1\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(target)], env=subprocess_env(),
@@ -531,33 +595,50 @@ def test_junk_data_folder_is_a_clear_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- 9. demo corpus
-def test_missing_or_empty_data_dir_builds_the_demo_corpus(tmp_path, monkeypatch, capsys):
+def test_only_the_default_data_dir_falls_back_to_the_demo_corpus(tmp_path, monkeypatch, capsys):
+    """The default data_dir, missing here, builds the demo corpus in demo_dir once and then uses
+    it; a data_dir the user gave is never replaced by the demo corpus."""
+    monkeypatch.chdir(tmp_path)  # the default data_dir (xfdata/split_data) is relative: missing here
+    real_make = demo_corpus.make_demo_corpus
+    built = []
+
+    def small_demo(**kw):  # the real generator, small: 8 channels, 20 s test segments, no measuring
+        built.append(kw["out_dir"])
+        return real_make(**kw, n_heldout=1, n_test_segments=1, segment_s=20.0, n_chans=N_CHANS, measure=False)
+
+    monkeypatch.setattr(demo_corpus, "make_demo_corpus", small_demo)
     demo = tmp_path / "demo_xfdata"
-    monkeypatch.setattr(train, "DEMO_DIR", demo)
-    cfg, _ = config.parse([f"--data_dir={tmp_path / 'missing'}", "--demo_subjects=2", "--demo_minutes=0.5"])
-    train.ensure_data(cfg)
+    argv = ["--demo_subjects=2", "--demo_minutes=0.5", f"--demo_dir={demo}", f"--n_chans={N_CHANS}"]
+    cfg, given = config.parse(argv)
+    ensure_data(cfg, given)
     out = capsys.readouterr().out
     assert "missing or empty" in out and "demo" in out and str(demo) in out
     assert cfg["data_dir"] == str(demo / "split_data")
     eegs = sorted((demo / "split_data").glob("*_-_eeg.npy"))
     assert {p.name.split("_-_")[1] for p in eegs} == {"sub-001", "sub-002"}
     assert (demo / "auditory-eeg-test-dataset").is_dir() and (demo / "test_labels").is_dir()
-    built = file_bytes(demo)
+    before = file_bytes(demo)
 
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    cfg, _ = config.parse([f"--data_dir={empty}", "--demo_subjects=2", "--demo_minutes=0.5"])
-    train.ensure_data(cfg)  # the demo corpus exists now: used, not rebuilt
-    assert cfg["data_dir"] == str(demo / "split_data")
+    cfg, given = config.parse(argv)
+    ensure_data(cfg, given)  # the demo corpus exists now: used, not rebuilt
+    assert cfg["data_dir"] == str(demo / "split_data") and len(built) == 1
     assert "training on the demo corpus" in capsys.readouterr().out
-    assert file_bytes(demo) == built
-    train.corpus_from_config(cfg)  # and it loads
+    assert file_bytes(demo) == before
+    corpus_from_config(cfg)  # and it loads
+
+    for given_dir in (tmp_path / "missing", tmp_path / "empty"):
+        if given_dir.name == "empty":
+            given_dir.mkdir()
+        cfg, given = config.parse([*argv, f"--data_dir={given_dir}"])
+        with pytest.raises(DataError, match=re.escape(str(given_dir))):
+            ensure_data(cfg, given)
+        assert cfg["data_dir"] == str(given_dir) and len(built) == 1
 
     real = tmp_path / "real"
     real.mkdir()
     (real / "x.npz").write_bytes(b"")
-    cfg, _ = config.parse([f"--data_dir={real}"])
-    train.ensure_data(cfg)  # a non-empty folder is left alone
+    cfg, given = config.parse([f"--data_dir={real}"])
+    ensure_data(cfg, given)  # a non-empty folder is left alone
     assert cfg["data_dir"] == str(real)
 
 
@@ -605,11 +686,13 @@ def test_result_dir_from_other_checkpoints_needs_overwrite(corpus, two_seeds, tm
     # --overwrite leaves nothing of the old run behind: ensemble of 2 seeds -> seed 2 alone
     test_script.main(args_for_test(corpus, two_seeds, result_dir, "--overwrite"))
     per_seed_2 = file_bytes(result_dir / "per_seed" / "seed-2")
-    (result_dir / "sub-099.json").write_text(json.dumps({"sub-099_0": [0.0, 1.0]}))  # e.g. another test set
+    mine = result_dir / "sub-099.json"  # the user's own file (e.g. from another test set): never removed
+    mine.write_text(json.dumps({"sub-099_0": [0.0, 1.0]}))
     test_script.main(args_for_test(corpus, two_seeds, result_dir, "--seeds=[2]", "--overwrite"))
     assert not any(p.is_file() for p in (result_dir / "per_seed").rglob("*")), "stale per-seed predictions"
-    assert not (result_dir / "sub-099.json").exists()
-    now = {k: v for k, v in file_bytes(result_dir).items() if k.startswith("sub-")}
+    assert json.loads(mine.read_text()) == {"sub-099_0": [0.0, 1.0]}
+    assert "sub-099.json" not in json.loads((result_dir / "manifest.json").read_text())["files"]
+    now = {k: v for k, v in file_bytes(result_dir).items() if k.startswith("sub-") and k != "sub-099.json"}
     assert now == per_seed_2  # seed 2 alone predicts exactly what it predicted inside the ensemble
     assert json.loads((result_dir / "score.json").read_text())["seeds"] == [2]
 
@@ -626,7 +709,7 @@ def test_resume_with_another_model_setup_is_refused(corpus, tmp_path):
 
 @pytest.mark.parametrize("bad", ["--epochs=0", "--patience=0", "--seeds=[1,1]"])
 def test_degenerate_training_settings_are_rejected(corpus, tmp_path, bad):
-    with pytest.raises(SystemExit, match=r"epochs|seeds"):
+    with pytest.raises(SystemExit, match=r"^config error: " + re.escape(bad.split("=")[0])):
         train.main([*data_args(corpus), *TINY, f"--run_dir={tmp_path / 'r'}", bad])
     assert not (tmp_path / "r").exists()
 
@@ -664,7 +747,7 @@ def test_monitor_recordings_are_scored_every_epoch_but_never_trained_on(tmp_path
             "--split=time", "--monitor_recordings=['S3']"]
     train.main(args)
     cfg = config.parse(args)[0]
-    corpus = train.corpus_from_config(cfg)
+    corpus = corpus_from_config(cfg)
     s3 = [r for r in corpus.recordings if r.subject == "S3"]
     assert len(s3) == 2 and all(set(r.parts) == {"monitor"} for r in s3)
     assert all("monitor" not in r.parts for r in corpus.recordings if r.subject != "S3")
@@ -672,17 +755,18 @@ def test_monitor_recordings_are_scored_every_epoch_but_never_trained_on(tmp_path
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and all(np.isfinite(float(row["monitor_r"])) for row in rows)
     # the logged figure is the last epoch's weights scored on S3's whole trials
-    model, ck = train.load_model(run_dir / "ivlaai" / "seed-1" / "last.pt", torch.device("cpu"))
+    model, ck = load_model(run_dir / "ivlaai" / "seed-1" / "last.pt", torch.device("cpu"))
     assert ck["subjects"] == ["S1", "S2"]  # S3 was never trained on, so it stays an unseen listener
     index = {s: i for i, s in enumerate(ck["subjects"])}
-    again = train.evaluate(model, s3, "monitor", torch.device("cpu"), index)["r"]
+    again = evaluate(model, s3, "monitor", torch.device("cpu"), index)["r"]
     assert float(rows[-1]["monitor_r"]) == pytest.approx(again, abs=1e-5)
     assert float(rows[-1]["monitor_r"]) > 0.3  # the envelope is in S3's EEG too: the figure means something
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_seed_sweep_reaches_the_seeds(tmp_path):
     """``kill`` of a --jobs sweep (only the parent gets it, unlike Ctrl-C) is passed on to the
-    seeds it runs, which save their last.pt and can be resumed."""
+    seeds it runs, which stop at their last completed epoch and can be resumed."""
     corpus = make_corpus(tmp_path / "xfdata", minutes=3.0)
     run_dir = tmp_path / "runs"
     args = [f"--data_dir={corpus / 'split_data'}", f"--n_chans={N_CHANS}", "--model=ivlaai", "--ivlaai_blocks=2",
@@ -703,17 +787,20 @@ def test_sigterm_to_a_seed_sweep_reaches_the_seeds(tmp_path):
             proc.kill()
     assert proc.returncode == 130, rest
     for s in (1, 2):
-        last = load(run_dir / "ivlaai" / f"seed-{s}" / "last.pt")
-        assert last["interrupted"] and not last["finished"] and 1 <= last["epoch"] < 50
-        assert "interrupted" in (run_dir / "ivlaai" / "logs" / f"seed-{s}.log").read_text()
+        out = run_dir / "ivlaai" / f"seed-{s}"
+        assert_clean_run_dir(out)  # both children ended and let go of their locks
+        last = load(out / "last.pt")
+        assert not last["finished"] and 1 <= last["epoch"] < 50
+        assert len(read_log(out / "log.csv")) == last["epoch"]
+        log = (run_dir / "ivlaai" / "logs" / f"seed-{s}.log").read_text()
+        assert "interrupted" in log and "Traceback" not in log
 
 
-def test_keep_epochs_writes_the_weights_of_every_epoch(tmp_path):
+def test_keep_epochs_writes_the_weights_of_every_epoch(corpus, tmp_path):
     """--keep_epochs: epochs/epoch-NNN.pt holds each epoch's evaluated weights and its log row, as
     plain data; the last one equals last.pt's weights and evaluates to the logged val r."""
-    corpus = make_corpus(tmp_path / "xfdata", minutes=3.0)
     run_dir = tmp_path / "runs"
-    args = [f"--data_dir={corpus / 'split_data'}", *TINY, f"--run_dir={run_dir}", "--seeds=[1]", "--epochs=3",
+    args = [*data_args(corpus), *TINY, f"--run_dir={run_dir}", "--seeds=[1]", "--epochs=3",
             "--patience=3", "--keep_epochs"]
     train.main(args)
     out = run_dir / "ivlaai" / "seed-1"
@@ -725,13 +812,14 @@ def test_keep_epochs_writes_the_weights_of_every_epoch(tmp_path):
     assert [e["val_r"] for e in eps] == pytest.approx([float(r["val_r"]) for r in rows])
     assert same_tensors(eps[-1]["model"], load(out / "last.pt")["model"])
     assert not same_tensors(eps[0]["model"], eps[-1]["model"])
-    model, ck = train.load_model(files[1], torch.device("cpu"))
-    corpus_ = train.corpus_from_config(config.parse(args)[0])
+    model, ck = load_model(files[1], torch.device("cpu"))
+    corpus_ = corpus_from_config(config.parse(args)[0])
     index = {s: i for i, s in enumerate(ck["subjects"])}
-    r = train.evaluate(model, corpus_.with_part("val"), "val", torch.device("cpu"), index)["r"]
+    r = evaluate(model, corpus_.with_part("val"), "val", torch.device("cpu"), index)["r"]
     assert r == pytest.approx(float(rows[1]["val_r"]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_avg_epochs_tests_the_average_of_the_last_epochs_and_resumes_exactly(corpus, tmp_path):
     """--avg_epochs=K: what is validated and kept is the uniform average of the last K epochs'
     weights, while training itself follows the raw weights (same trajectory as without averaging);
@@ -743,16 +831,16 @@ def test_avg_epochs_tests_the_average_of_the_last_epochs_and_resumes_exactly(cor
     raw_eps = [load(raw / "ivlaai" / "seed-2" / "epochs" / f"epoch-00{e}.pt")["model"] for e in (1, 2, 3, 4)]
     a = load(avg / "ivlaai" / "seed-2" / "last.pt")
     assert same_tensors(a["raw_model"], raw_eps[-1])  # averaging does not change the training
-    want = train.average_state_dicts(raw_eps[1:])  # epochs 2-4
+    want = average_state_dicts(raw_eps[1:])  # epochs 2-4
     assert all(torch.allclose(a["model"][k].float(), want[k].float(), atol=1e-6) for k in want)
     first = load(avg / "ivlaai" / "seed-2" / "epochs" / "epoch-001.pt")["model"]
     assert same_tensors(first, raw_eps[0])  # one epoch: nothing to average yet
     rows = read_log(avg / "ivlaai" / "seed-2" / "log.csv")
-    model, ck = train.load_model(avg / "ivlaai" / "seed-2" / "last.pt", torch.device("cpu"))
+    model, ck = load_model(avg / "ivlaai" / "seed-2" / "last.pt", torch.device("cpu"))
     cfg = config.parse([*common, f"--run_dir={avg}"])[0]
-    val = train.corpus_from_config(cfg).with_part("val")
+    val = corpus_from_config(cfg).with_part("val")
     index = {s: i for i, s in enumerate(ck["subjects"])}
-    assert train.evaluate(model, val, "val", torch.device("cpu"), index)["r"] == pytest.approx(
+    assert evaluate(model, val, "val", torch.device("cpu"), index)["r"] == pytest.approx(
         float(rows[-1]["val_r"]), abs=1e-5)  # the logged val r is the averaged weights'
     train.main([*common, f"--run_dir={split}", "--epochs=2", "--avg_epochs=3"])
     train.main([*common, f"--run_dir={split}", "--epochs=4", "--avg_epochs=3", "--resume"])
@@ -760,7 +848,7 @@ def test_avg_epochs_tests_the_average_of_the_last_epochs_and_resumes_exactly(cor
     assert same_tensors(a["model"], b["model"]) and same_tensors(a["raw_model"], b["raw_model"])
     with pytest.raises(SystemExit, match="avg_epochs and --ema_decay"):
         train.main([*common, f"--run_dir={tmp_path / 'both'}", "--avg_epochs=2", "--ema_decay=0.9"])
-    with pytest.raises(SystemExit, match="avg_epochs=0"):
+    with pytest.raises(SystemExit, match="--avg_epochs: must be >= 1, got 0"):
         train.main([*common, f"--run_dir={tmp_path / 'zero'}", "--avg_epochs=0"])
 
 
@@ -836,4 +924,4 @@ def test_time_fold_run_is_scored_on_its_own_held_out_tenth(tmp_path, capsys):
     # a saved config from before time folds (benchmarks/selection.py re-reads old runs) is fold 0
     old_cfg = dict(config.defaults(), data_dir=str(d), n_chans=N_CHANS)
     del old_cfg["time_fold"]
-    assert [r.length("test") for r in train.corpus_from_config(old_cfg).with_part("test")] == [128] * 4
+    assert [r.length("test") for r in corpus_from_config(old_cfg).with_part("test")] == [128] * 4
