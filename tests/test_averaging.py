@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from averaging import WeightAverage, average_state_dicts  # noqa: E402
 
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 import benchmark  # noqa: E402
 
 TINY = ["--n_chans=8", "--ivlaai_blocks=1", "--ivlaai_width=16", "--window_s=2", "--batch_size=16"]

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import config  # noqa: E402
 import newmodel  # noqa: E402
 from checkpoint import (  # noqa: E402

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from scipy.signal import welch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import demo_corpus as dc  # noqa: E402
 
 FILE_RE = re.compile(r"^(train|val|test)_-_(sub-\d{3})_-_((?:audiobook|podcast)_\d+)_-_(eeg|envelope)\.npy$")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from EEG_Dataset import load_corpus  # noqa: E402
 from evaluation import ensemble_r, evaluate, predict, zscore_prediction  # noqa: E402
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fileio  # noqa: E402
 from fileio import FileError, atomic_write_bytes, atomic_write_json, read_json, remove_stale_temps, sha256_file  # noqa: E402
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 h5py = pytest.importorskip("h5py", reason="h5py (requirements.txt) is needed to read Keras .h5 files")
 

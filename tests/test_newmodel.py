@@ -7,7 +7,6 @@ import pytest
 import scipy.stats
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import config  # noqa: E402
 import newmodel  # noqa: E402

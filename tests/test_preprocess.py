@@ -24,7 +24,6 @@ import scipy.signal
 from scipy.io import wavfile
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 import preprocess as pp  # noqa: E402
 from EEG_Dataset import DataError, load_corpus  # noqa: E402

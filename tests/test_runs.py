@@ -12,7 +12,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 import newmodel  # noqa: E402
 import runs  # noqa: E402

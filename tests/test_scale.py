@@ -15,7 +15,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 import demo_corpus  # noqa: E402
 import train  # noqa: E402
 from checkpoint import model_from_checkpoint  # noqa: E402

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from EEG_Dataset import (FS, DataError, LazyEEG, WindowDataset, detect_format, load_corpus,  # noqa: E402
                          read_folder, read_sparrkulee, time_split)

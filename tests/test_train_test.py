@@ -25,7 +25,6 @@ import torch
 from scipy.stats import pearsonr
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 import checkpoint  # noqa: E402
 import config  # noqa: E402
 import demo_corpus  # noqa: E402

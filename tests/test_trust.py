@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 from runs import lock_holder  # noqa: E402
 
