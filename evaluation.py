@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 
 import runtime
+from checkpoint import load_model
 from EEG_Dataset import mean_by_subject
 from metrics import pearson
 
@@ -65,3 +66,19 @@ def ensemble_r(recordings, part: str, per_seed_preds: list[list]) -> float:
         ens = sum(zscore_prediction(p[i].double()) for p in per_seed_preds) / len(per_seed_preds)
         rs.append(float(pearson(ens, torch.from_numpy(rec.get(part)[1][:, 0]).double(), dim=0)))
     return float(np.mean(list(mean_by_subject((rec.subject for rec in recordings), rs).values())))
+
+
+@torch.no_grad()
+def seed_ensemble(paths: list, model_name: str, corpus, device) -> dict:
+    """Validation r of each seed's best.pt (``paths``) and of their ensemble, built the way test.py
+    builds it: each seed's prediction z-scored, then averaged over seeds."""
+    recs, preds, per_seed = corpus.with_part("val"), [], {}
+    for path in paths:
+        model, ck = load_model(path, device, model_name)
+        index = {s: i for i, s in enumerate(ck["subjects"])}
+        preds.append([predict(model, rec.get("val")[0], index.get(rec.subject, -1), device) for rec in recs])
+        per_seed[f"seed-{ck['seed']}"] = float(ck["best_val_r"])
+    vals = np.array(list(per_seed.values()))
+    return {"model": model_name, "seeds": [int(k[5:]) for k in per_seed], "val_r_per_seed": per_seed,
+            "val_r_mean": float(vals.mean()), "val_r_sd": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+            "val_r_ensemble": ensemble_r(recs, "val", preds)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +76,21 @@ def run_pool(tasks: list[dict], jobs: int, gpus: list[str], on_done=None) -> lis
             proc.wait()
         raise
     return failed
+
+
+def run_sweep(cfg: dict, argv: list[str], script) -> None:
+    """Train ``cfg['seeds']`` as child processes of ``script`` (train.py), ``cfg['jobs']`` at a time: one GPU
+    each when several are visible, else the CPU cores split between them. Logs: run_dir/<model>/logs/."""
+    seeds, jobs, gpus = cfg["seeds"], cfg["jobs"], visible_gpus(cfg["device"])
+    threads = threads_per_job(cfg["threads"], min(jobs, len(seeds)))
+    base = [a for a in argv if a.split("=", 1)[0] not in ("--seeds", "--jobs", "--threads")]
+    log_dir = Path(cfg["run_dir"]) / cfg["model"] / "logs"
+    print(f"seed sweep: {len(seeds)} seeds, {jobs} at a time, "
+          + (f"one GPU each ({','.join(gpus)})" if gpus else f"{threads} CPU threads each") + f"; logs in {log_dir}/",
+          flush=True)
+    tasks = [{"key": f"seed {seed}", "log": log_dir / f"seed-{seed}.log",
+              "cmd": [sys.executable, str(script), *base, f"--seeds=[{seed}]", "--jobs=1",
+                      f"--threads={threads}"]} for seed in seeds]
+    failed = [int(k.split()[1]) for k in run_pool(tasks, jobs, gpus)]
+    if failed:
+        raise SystemExit(f"seed sweep: seeds {failed} failed; see their logs in {log_dir}/")

@@ -34,14 +34,14 @@ import config as config_module
 import newmodel
 import runtime
 from averaging import WeightAverage
-from checkpoint import CheckpointError, load_checkpoint, load_model, load_weights_file, save_checkpoint
+from checkpoint import CheckpointError, load_checkpoint, load_weights_file, save_checkpoint
 from EEG_Dataset import DataError, WindowDataset, natural_key
-from evaluation import ensemble_r, evaluate, predict
+from evaluation import evaluate, seed_ensemble
 from fileio import FileError, atomic_write_json, sha256_file
 from metrics import pearson_loss
 from runs import (RunError, RunLock, corpus_from_config, ensure_data, finished_run, prepare_run_dir, seed_dir,
                   write_log)
-from sweep import run_pool, threads_per_job, visible_gpus
+from sweep import run_sweep
 
 
 class Diverged(RuntimeError):
@@ -244,39 +244,6 @@ def run_seed(cfg: dict, seed: int, corpus, local_rank: int) -> dict:
         return train_seed(cfg, seed, corpus, local_rank)
 
 
-@torch.no_grad()
-def seed_ensemble(cfg: dict, corpus, seeds: list[int]) -> dict:
-    """Validation r of each seed's best.pt and of their ensemble, built the way test.py builds it."""
-    device = runtime.pick_device(cfg["device"])
-    recs, preds, per_seed = corpus.with_part("val"), [], {}
-    for seed in seeds:
-        model, ck = load_model(seed_dir(cfg, seed) / "best.pt", device, cfg["model"])
-        index = {s: i for i, s in enumerate(ck["subjects"])}
-        preds.append([predict(model, rec.get("val")[0], index.get(rec.subject, -1), device) for rec in recs])
-        per_seed[f"seed-{seed}"] = float(ck["best_val_r"])
-    vals = torch.tensor(list(per_seed.values()), dtype=torch.float64)
-    return {"model": cfg["model"], "seeds": seeds, "val_r_per_seed": per_seed, "val_r_mean": float(vals.mean()),
-            "val_r_sd": float(vals.std()) if len(vals) > 1 else 0.0, "val_r_ensemble": ensemble_r(recs, "val", preds)}
-
-
-def run_sweep(cfg: dict, argv: list[str]) -> None:
-    """Train ``cfg['seeds']`` as child processes of this script, ``cfg['jobs']`` at a time: one GPU
-    each when several are visible, else the CPU cores split between them. Logs: run_dir/<model>/logs/."""
-    seeds, jobs, gpus = cfg["seeds"], cfg["jobs"], visible_gpus(cfg["device"])
-    threads = threads_per_job(cfg["threads"], min(jobs, len(seeds)))
-    base = [a for a in argv if a.split("=", 1)[0] not in ("--seeds", "--jobs", "--threads")]
-    log_dir = Path(cfg["run_dir"]) / cfg["model"] / "logs"
-    print(f"seed sweep: {len(seeds)} seeds, {jobs} at a time, "
-          + (f"one GPU each ({','.join(gpus)})" if gpus else f"{threads} CPU threads each") + f"; logs in {log_dir}/",
-          flush=True)
-    tasks = [{"key": f"seed {seed}", "log": log_dir / f"seed-{seed}.log",
-              "cmd": [sys.executable, str(Path(__file__).resolve()), *base, f"--seeds=[{seed}]", "--jobs=1",
-                      f"--threads={threads}"]} for seed in seeds]
-    failed = [int(k.split()[1]) for k in run_pool(tasks, jobs, gpus)]
-    if failed:
-        raise SystemExit(f"seed sweep: seeds {failed} failed; see their logs in {log_dir}/")
-
-
 def check_setup(cfg: dict, corpus) -> None:
     """Settings that cannot work with this data or this launch: one-line config errors."""
     if cfg["time_fold"] and cfg["split"] != "time":
@@ -328,14 +295,15 @@ def _main(argv: list[str]) -> list[dict]:
     if lead:
         print(f"data: {corpus.folder} ({corpus.fmt}), {sum(r.piece_of is None for r in corpus.recordings)} recordings, "
               f"{len(corpus.subjects)} subjects, {corpus.n_chans} channels", flush=True)
-    if cfg["jobs"] > 1 and len(cfg["seeds"]) > 1:
-        run_sweep(cfg, argv)
+    if cfg["jobs"] > 1 and len(cfg["seeds"]) > 1:  # each seed in a child process running this script
+        run_sweep(cfg, argv, Path(__file__).resolve())
         results = [{"seed": s, "best_val_r": load_checkpoint(seed_dir(cfg, s) / "best.pt")["best_val_r"]}
                    for s in cfg["seeds"]]
     else:
         results = [run_seed(cfg, seed, corpus, local_rank) for seed in cfg["seeds"]]
     if len(results) > 1 and lead:
-        summary = seed_ensemble(cfg, corpus, cfg["seeds"])
+        summary = seed_ensemble([seed_dir(cfg, s) / "best.pt" for s in cfg["seeds"]], cfg["model"], corpus,
+                                runtime.pick_device(cfg["device"]))
         path = Path(cfg["run_dir"]) / cfg["model"] / f"seeds-{'-'.join(map(str, cfg['seeds']))}.json"
         atomic_write_json(path, summary)
         print(f"{cfg['model']}: best val r over {len(results)} seeds: mean {summary['val_r_mean']:.4f} "
