@@ -730,21 +730,7 @@ def load_corpus(
     for r in raw:
         key = (r.subject, r.rec_id)
         rec = grouped.setdefault(key, SplitRecording(r.subject, r.rec_id, {}))
-        if _matches(r, test_recordings):
-            role = "test"
-        elif _matches(r, monitor_recordings):
-            role = "monitor"
-        elif _matches(r, val_recordings):
-            role = "val"
-        elif r.split is not None:
-            if time_fold:
-                raise DataError(f"{r.path}: split_data files fix their own train/val/test split, so "
-                                f"time_fold={time_fold} cannot apply; use time_fold=0 or a DTU-style npz folder")
-            role = r.split
-        elif split == "whole":
-            role = "train"
-        else:
-            role = None
+        role = _whole_role(r, test_recordings, monitor_recordings, val_recordings, split, time_fold)
         if role is not None:
             if role in rec.parts:
                 raise DataError(f"{r.path}: recording {r.rec_id!r} has two '{role}' parts")
@@ -763,6 +749,27 @@ def load_corpus(
     recs += [p for ps in pieces.values() for p in ps]
     recs.sort(key=lambda r: (natural_key(r.subject), natural_key(r.rec_id)))
     return Corpus(fmt, str(folder), recs, chans)
+
+
+def _whole_role(r: Recording, test_recordings, monitor_recordings, val_recordings, split: str,
+                time_fold: int) -> str | None:
+    """The part a recording goes to whole ('test', 'monitor', 'val', 'train' or a split_data file's
+    own split), or None when it is cut in time. The patterns are tried in that order, so a recording
+    named by several goes where it is held out most strictly."""
+    if _matches(r, test_recordings):
+        return "test"
+    if _matches(r, monitor_recordings):
+        return "monitor"
+    if _matches(r, val_recordings):
+        return "val"
+    if r.split is not None:
+        if time_fold:
+            raise DataError(f"{r.path}: split_data files fix their own train/val/test split, so "
+                            f"time_fold={time_fold} cannot apply; use time_fold=0 or a DTU-style npz folder")
+        return r.split
+    if split == "whole":
+        return "train"
+    return None
 
 
 def _matches_subject(r: Recording, patterns) -> bool:

@@ -150,16 +150,12 @@ def main(argv=None) -> dict:
         raise SystemExit(f"config error: {exc}") from exc
 
 
-def _main(argv=None) -> dict:
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    out = Path(cfg["out_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
+def _run_groups(cfg: dict, out: Path, subjects: list[str]) -> list[dict]:
+    """One group per protocol/fold/model, in that order: the train.py arguments shared by its seeds,
+    its scoring arguments, and the seeds still to train (a group is scored once they are all done)."""
     common = [f"--data_dir={cfg['data_dir']}", f"--threads={cfg['threads']}"]
-    results = {"config": cfg, "runs": {}, "stimuli": stimulus_overlap(cfg["data_dir"])}
-    print(results["stimuli"]["note"], flush=True)
-    groups = []  # one per protocol/fold/model: its seeds are trained, then it is scored
-    for proto, fold, train_args, eval_args, unseen_args in protocol_runs(cfg, results["stimuli"]["subjects"]):
+    groups = []
+    for proto, fold, train_args, eval_args, unseen_args in protocol_runs(cfg, subjects):
         for label, margs in model_specs(cfg).items():
             run_dir = out / proto / fold / label
             model_name = next(a.split("=", 1)[1] for a in margs if a.startswith("--model="))
@@ -169,50 +165,44 @@ def _main(argv=None) -> dict:
             groups.append({"proto": proto, "fold": fold, "label": label, "run_dir": run_dir, "model": model_name,
                            "run_args": run_args, "eval_args": eval_args, "unseen_args": unseen_args,
                            "todo": set(cfg["seeds"])})
+    return groups
 
-    def scores_key(g: dict) -> dict:
-        """What a group's scores depend on: its seeds' best.pt (by content) and the scoring setup."""
-        return {"best_pt_sha256": {f"seed-{s}": sha256_file(g["run_dir"] / g["model"] / f"seed-{s}" / "best.pt")
-                                   for s in cfg["seeds"]},
-                "data_dir": str(cfg["data_dir"]), "eval_args": g["eval_args"], "unseen_args": g["unseen_args"]}
 
-    def score(g: dict) -> dict:
-        """Seed summary and test scores of a group whose seeds are all trained."""
-        t0 = time.time()
-        evals = {}
-        for name, args in (("eval", g["eval_args"]), ("eval_unseen_speech", g["unseen_args"])):
-            if args is not None:
-                evals[name] = test_script.main([
-                    f"--run_dir={g['run_dir']}", f"--model={g['model']}", f"--seeds={cfg['seeds']}", "--test_dir=None",
-                    f"--eval_dir={cfg['data_dir']}", *args, f"--result_dir={g['run_dir'] / name}", "--overwrite"])["eval"]
-        val_r, train_s = {}, 0.0
-        for seed in cfg["seeds"]:
-            seed_dir = g["run_dir"] / g["model"] / f"seed-{seed}"
-            ck = load_checkpoint(seed_dir / "best.pt")
-            val_r[f"seed-{seed}"] = float(ck["best_val_r"])
-            val_r.setdefault("epochs", {})[f"seed-{seed}"] = len(ck["history"]) if ck["history"] else 0
-            train_s += log_seconds(seed_dir / "log.csv")
-        return {"eval": evals["eval"], "eval_unseen_speech": evals.get("eval_unseen_speech"), "val_r": val_r,
-                "train_eval_s": round(train_s + time.time() - t0, 1)}
+def _scores_key(cfg: dict, g: dict) -> dict:
+    """What a group's scores depend on: its seeds' best.pt (by content) and the scoring setup."""
+    return {"best_pt_sha256": {f"seed-{s}": sha256_file(g["run_dir"] / g["model"] / f"seed-{s}" / "best.pt")
+                               for s in cfg["seeds"]},
+            "data_dir": str(cfg["data_dir"]), "eval_args": g["eval_args"], "unseen_args": g["unseen_args"]}
 
-    def finish(g: dict) -> None:
-        """All seeds of a group are trained: seed summary, scoring, results files. The scores are
-        kept in run_dir/scores.json, so a resumed benchmark does not score the same models again."""
-        cache = g["run_dir"] / "scores.json"
-        entry, hit = json_cached(cache, scores_key(g), lambda: score(g))
-        if hit:
-            print(f"  {g['proto']} {g['fold']} {g['label']}: scored earlier ({cache})", flush=True)
-        results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = entry
-        write_results(out, results, cfg, time.time() - t_start)
 
-    # One pool of (group, seed) train.py processes over all groups, so no core idles while the last
-    # seed of a model trains; a group is scored as soon as its last seed ends.
-    gpus = visible_gpus(config.parse(cfg["extra"], "train")[0]["device"])
-    threads = threads_per_job(cfg["threads"], cfg["jobs"])
+def _score_group(cfg: dict, g: dict) -> dict:
+    """Seed summary and test scores of a group whose seeds are all trained."""
+    t0 = time.time()
+    evals = {}
+    for name, args in (("eval", g["eval_args"]), ("eval_unseen_speech", g["unseen_args"])):
+        if args is not None:
+            evals[name] = test_script.main([
+                f"--run_dir={g['run_dir']}", f"--model={g['model']}", f"--seeds={cfg['seeds']}", "--test_dir=None",
+                f"--eval_dir={cfg['data_dir']}", *args, f"--result_dir={g['run_dir'] / name}", "--overwrite"])["eval"]
+    val_r, train_s = {}, 0.0
+    for seed in cfg["seeds"]:
+        seed_dir = g["run_dir"] / g["model"] / f"seed-{seed}"
+        ck = load_checkpoint(seed_dir / "best.pt")
+        val_r[f"seed-{seed}"] = float(ck["best_val_r"])
+        val_r.setdefault("epochs", {})[f"seed-{seed}"] = len(ck["history"]) if ck["history"] else 0
+        train_s += log_seconds(seed_dir / "log.csv")
+    return {"eval": evals["eval"], "eval_unseen_speech": evals.get("eval_unseen_speech"), "val_r": val_r,
+            "train_eval_s": round(train_s + time.time() - t0, 1)}
+
+
+def _training_tasks(cfg: dict, groups: list[dict], threads: int, finish) -> tuple[list[dict], dict]:
+    """The train.py processes still to run, one per (group, seed), and {task key: (group, seed)}.
+
+    A group whose seeds are all finished is scored now (``finish``), so a resumed run's tables
+    show it at once rather than after everything queued before it.
+    """
     tasks, owner = [], {}
     for g in groups:
-        # a model/fold whose seeds are all finished is scored now, so a resumed run's tables
-        # show it at once rather than after everything queued before it
         train_cfg = config.parse(g["run_args"], "train")[0]
         if all(finished_run(g["run_dir"] / g["model"] / f"seed-{s}", train_cfg, s) for s in cfg["seeds"]):
             print(f"  {g['proto']} {g['fold']} {g['label']}: all seeds finished earlier", flush=True)
@@ -224,6 +214,33 @@ def _main(argv=None) -> dict:
             tasks.append({"key": key, "log": g["run_dir"] / g["model"] / "logs" / f"seed-{seed}.log",
                           "cmd": [sys.executable, str(ROOT / "train.py"), *g["run_args"], f"--seeds=[{seed}]",
                                   f"--threads={threads}"]})
+    return tasks, owner
+
+
+def _main(argv=None) -> dict:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(cfg["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    results = {"config": cfg, "runs": {}, "stimuli": stimulus_overlap(cfg["data_dir"])}
+    print(results["stimuli"]["note"], flush=True)
+    groups = _run_groups(cfg, out, results["stimuli"]["subjects"])
+
+    def finish(g: dict) -> None:
+        """All seeds of a group are trained: seed summary, scoring, results files. The scores are
+        kept in run_dir/scores.json, so a resumed benchmark does not score the same models again."""
+        cache = g["run_dir"] / "scores.json"
+        entry, hit = json_cached(cache, _scores_key(cfg, g), lambda: _score_group(cfg, g))
+        if hit:
+            print(f"  {g['proto']} {g['fold']} {g['label']}: scored earlier ({cache})", flush=True)
+        results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = entry
+        write_results(out, results, cfg, time.time() - t_start)
+
+    # One pool of (group, seed) train.py processes over all groups, so no core idles while the last
+    # seed of a model trains; a group is scored as soon as its last seed ends.
+    gpus = visible_gpus(config.parse(cfg["extra"], "train")[0]["device"])
+    threads = threads_per_job(cfg["threads"], cfg["jobs"])
+    tasks, owner = _training_tasks(cfg, groups, threads, finish)
 
     def on_done(key: str, returncode: int) -> None:
         g, seed = owner[key]
@@ -300,7 +317,8 @@ def comparisons(rows: dict) -> dict:
 
     'gain': relative difference of the means over seeds; 'paired': per-subject difference of the
     seed-mean scores (mean, standard error over subjects, subjects won) - the error bar that counts
-    here, since subjects differ far more than models do; plus the issue's targets."""
+    here, since subjects differ far more than models do; plus whether our seed ensemble beats our
+    mean over seeds, and the seed-to-seed sd of our network and of each other model."""
     if OURS not in rows:
         return {}
     ours = rows[OURS]["trial"]

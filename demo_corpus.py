@@ -344,6 +344,120 @@ def _our_files(out: Path):
 # ---------------------------------------------------------------------------------------------
 # main entry point
 # ---------------------------------------------------------------------------------------------
+def _check_corpus_args(n_subjects, n_heldout, n_test_segments, n_chans, fs, seed, minutes, segment_s) -> None:
+    """Refuse corpus sizes the generator cannot honour, before anything is written to disk."""
+    if n_subjects < 1 or n_heldout < 0 or n_test_segments < 0 or n_chans < 1 or fs < 8 or seed < 0:
+        raise ValueError("need n_subjects >= 1, n_heldout >= 0, n_test_segments >= 0, n_chans >= 1, "
+                         "fs >= 8, seed >= 0")
+    if minutes <= 0 or segment_s <= 0:
+        raise ValueError("minutes and segment_s must be positive")
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Make ``out`` and its three subfolders. A non-empty ``out`` is refused unless ``overwrite``,
+    and even then only files of a previous demo corpus are removed: anything else there belongs to
+    the user."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    # xfdata/ ships with a README.md only; that does not make it 'not empty'.
+    if out.is_dir() and any(p.name != "README.md" for p in out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already exists and is not empty; refusing to write the demo corpus into it. "
+                f"Choose another out_dir, or pass overwrite=True (--overwrite=True) to replace a "
+                f"previous demo corpus there.")
+        for p in _our_files(out):
+            p.unlink()
+    for sub in (SPLIT_DIR, TEST_DIR, LABEL_DIR):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _write_split_data(out: Path, seed: int, n_subjects: int, recordings: dict, stimuli: dict, models: list):
+    """Generate and write every training recording of the seen subjects as split_data files.
+
+    Returns (parts, files written, bytes written); parts are (split, subject, stimulus, eeg float32,
+    env float32) exactly as read back from split_data, so the reference figures see what users load.
+    """
+    n_files = 0
+    nbytes = 0
+    train_parts = []
+    for s in range(n_subjects):
+        name = subject_name(s)
+        for k, (stim, n) in enumerate(recordings[name]):
+            env_full, level = stimuli[stim]
+            env = env_full[:n]
+            eeg = subject_eeg(models[s], env, level, _rng(seed, "eeg", s, k))
+            eeg32 = eeg.astype(np.float32)
+            env32 = env.astype(np.float32)[:, None]
+            # The field's fractions with floored cut points (time_split rounds them): the same
+            # arguments must keep giving the same files.
+            cuts = [0, int(SPLIT_FRACTIONS[0] * n), int((SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1]) * n), n]
+            for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:]):
+                train_parts.append((split, name, stim, eeg32[a:b], env32[a:b]))
+                for feat, arr in (("eeg", eeg32[a:b]), ("envelope", env32[a:b])):
+                    data = _npy_bytes(arr)
+                    atomic_write_bytes(out / SPLIT_DIR / f"{split}{SEP}{name}{SEP}{stim}{SEP}{feat}.npy", data)
+                    n_files += 1
+                    nbytes += len(data)
+    return train_parts, n_files, nbytes
+
+
+def _write_test_set(out: Path, seed: int, n_all: int, tests: dict, test_stimuli: dict, models: list, pre: int):
+    """Generate every subject's test segments and write them in the challenge formats (EEG JSON and
+    label JSON per subject); ``pre`` samples of lead-in are generated and dropped, so a segment
+    starts mid-listening as a real one does.
+
+    Returns (segments, files written, bytes written); segments maps a segment id to (eeg float32 as
+    in the JSON, env float32, stimulus), the values the reference figures score.
+    """
+    n_files = 0
+    nbytes = 0
+    segments = {}
+    for s in range(n_all):
+        name = subject_name(s)
+        parts_eeg, parts_lab = [], []
+        for j, stim in enumerate(tests[name]):
+            env_full, level = test_stimuli[stim]
+            eeg = subject_eeg(models[s], env_full, level, _rng(seed, "test_eeg", s, j))[pre:]
+            env = env_full[pre:].astype(np.float32)
+            eeg_r = _round_eeg(eeg)
+            key = f"{name}_{j}"
+            segments[key] = (eeg_r, env, stim)
+            parts_eeg.append(f"{json.dumps(key)}: {_json_matrix(eeg_r, '%.3f')}")
+            parts_lab.append(f"{json.dumps(key)}: [{_json_matrix(env[:, None], '%.9g')}, {json.dumps(stim)}]")
+        for folder, parts in ((TEST_DIR, parts_eeg), (LABEL_DIR, parts_lab)):
+            data = ("{" + ", ".join(parts) + "}").encode()
+            atomic_write_bytes(out / folder / f"{name}.json", data)
+            n_files += 1
+            nbytes += len(data)
+    return segments, n_files, nbytes
+
+
+def _demo_info(params: dict, seen: list, heldout: list, recordings: dict, tests: dict, train_stimuli: list,
+               test_stimuli: list, models: list, figures: dict) -> dict:
+    """The demo_info.json content: parameters, the corpus plan, each subject's generating model
+    parameters and the reference figures, so users can compare their scores with what the
+    corpus allows."""
+    return {
+        "description": "Synthetic demo corpus (demo_corpus.py); generating model in docs/demo_corpus.md.",
+        "parameters": params,
+        "seen_subjects": seen,
+        "heldout_subjects": heldout,
+        "recordings": {k: [{"stimulus": s, "samples": n} for s, n in v] for k, v in recordings.items()},
+        "test_segments": {k: {f"{k}_{j}": s for j, s in enumerate(v)} for k, v in tests.items()},
+        "train_stimuli": train_stimuli,
+        "test_stimuli": test_stimuli,
+        "subjects": {
+            m["name"]: {"neural_gain": round(m["gain"], 4),
+                        "trf_peaks_s_width_amp": [[round(v, 4) for v in p] for p in m["trf_peaks"]],
+                        "alpha_hz": round(m["alpha_freq"], 3), "blinks_per_s": round(m["blink_rate"], 3),
+                        "scale_uv": round(m["scale_uv"], 3)}
+            for m in models},
+        "channel_positions_xyz": np.round(models[0]["pos"], 4).tolist(),
+        "reference_figures": figures,
+    }
+
+
 def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n_test_segments=2,
                      segment_s=60.0, n_chans=64, fs=64, seed=0, overwrite=False, *,
                      measure=True, ceiling_factor=0) -> dict:
@@ -365,25 +479,9 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
     n_subjects, n_heldout, n_test_segments = int(n_subjects), int(n_heldout), int(n_test_segments)
     n_chans, fs, seed = int(n_chans), int(fs), int(seed)
     minutes, segment_s = float(minutes), float(segment_s)
-    if n_subjects < 1 or n_heldout < 0 or n_test_segments < 0 or n_chans < 1 or fs < 8 or seed < 0:
-        raise ValueError("need n_subjects >= 1, n_heldout >= 0, n_test_segments >= 0, n_chans >= 1, "
-                         "fs >= 8, seed >= 0")
-    if minutes <= 0 or segment_s <= 0:
-        raise ValueError("minutes and segment_s must be positive")
+    _check_corpus_args(n_subjects, n_heldout, n_test_segments, n_chans, fs, seed, minutes, segment_s)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder")
-    # xfdata/ ships with a README.md only; that does not make it 'not empty'.
-    if out.is_dir() and any(p.name != "README.md" for p in out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} already exists and is not empty; refusing to write the demo corpus into it. "
-                f"Choose another out_dir, or pass overwrite=True (--overwrite=True) to replace a "
-                f"previous demo corpus there.")
-        for p in _our_files(out):
-            p.unlink()
-    for sub in (SPLIT_DIR, TEST_DIR, LABEL_DIR):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out, overwrite)
 
     recordings, tests, stim_len, test_pool = _plan(seed, n_subjects, n_heldout, minutes,
                                                   n_test_segments, segment_s, fs)
@@ -395,46 +493,8 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
 
     n_all = n_subjects + n_heldout
     models = [subject_model(seed, i, n_chans, fs, NEURAL_GAIN) for i in range(n_all)]
-    n_files = 0
-    nbytes = 0
-    train_parts = []  # (split, subject, stimulus, eeg float32, env float32), as read back from split_data
-    for s in range(n_subjects):
-        name = subject_name(s)
-        for k, (stim, n) in enumerate(recordings[name]):
-            env_full, level = stimuli[stim]
-            env = env_full[:n]
-            eeg = subject_eeg(models[s], env, level, _rng(seed, "eeg", s, k))
-            eeg32 = eeg.astype(np.float32)
-            env32 = env.astype(np.float32)[:, None]
-            # The field's fractions with floored cut points (time_split rounds them): the same
-            # arguments must keep giving the same files.
-            cuts = [0, int(SPLIT_FRACTIONS[0] * n), int((SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1]) * n), n]
-            for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:]):
-                train_parts.append((split, name, stim, eeg32[a:b], env32[a:b]))
-                for feat, arr in (("eeg", eeg32[a:b]), ("envelope", env32[a:b])):
-                    data = _npy_bytes(arr)
-                    atomic_write_bytes(out / SPLIT_DIR / f"{split}{SEP}{name}{SEP}{stim}{SEP}{feat}.npy", data)
-                    n_files += 1
-                    nbytes += len(data)
-
-    segments = {}  # segment id -> (eeg float32 as in the JSON, env float32, stimulus)
-    for s in range(n_all):
-        name = subject_name(s)
-        parts_eeg, parts_lab = [], []
-        for j, stim in enumerate(tests[name]):
-            env_full, level = test_stimuli[stim]
-            eeg = subject_eeg(models[s], env_full, level, _rng(seed, "test_eeg", s, j))[pre:]
-            env = env_full[pre:].astype(np.float32)
-            eeg_r = _round_eeg(eeg)
-            key = f"{name}_{j}"
-            segments[key] = (eeg_r, env, stim)
-            parts_eeg.append(f"{json.dumps(key)}: {_json_matrix(eeg_r, '%.3f')}")
-            parts_lab.append(f"{json.dumps(key)}: [{_json_matrix(env[:, None], '%.9g')}, {json.dumps(stim)}]")
-        for folder, parts in ((TEST_DIR, parts_eeg), (LABEL_DIR, parts_lab)):
-            data = ("{" + ", ".join(parts) + "}").encode()
-            atomic_write_bytes(out / folder / f"{name}.json", data)
-            n_files += 1
-            nbytes += len(data)
+    train_parts, n_train_files, train_bytes = _write_split_data(out, seed, n_subjects, recordings, stimuli, models)
+    segments, n_test_files, test_bytes = _write_test_set(out, seed, n_all, tests, test_stimuli, models, pre)
 
     seen = [subject_name(i) for i in range(n_subjects)]
     heldout = [subject_name(i) for i in range(n_subjects, n_all)]
@@ -448,28 +508,9 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
     params = dict(n_subjects=n_subjects, n_heldout=n_heldout, minutes=minutes,
                   n_test_segments=n_test_segments, segment_s=segment_s, n_chans=n_chans, fs=fs,
                   seed=seed, neural_gain=NEURAL_GAIN, generator_version=GENERATOR_VERSION)
-    info = {
-        "description": "Synthetic demo corpus (demo_corpus.py); generating model in docs/demo_corpus.md.",
-        "parameters": params,
-        "seen_subjects": seen,
-        "heldout_subjects": heldout,
-        "recordings": {k: [{"stimulus": s, "samples": n} for s, n in v] for k, v in recordings.items()},
-        "test_segments": {k: {f"{k}_{j}": s for j, s in enumerate(v)} for k, v in tests.items()},
-        "train_stimuli": sorted(stim_len),
-        "test_stimuli": used_tests,
-        "subjects": {
-            m["name"]: {"neural_gain": round(m["gain"], 4),
-                        "trf_peaks_s_width_amp": [[round(v, 4) for v in p] for p in m["trf_peaks"]],
-                        "alpha_hz": round(m["alpha_freq"], 3), "blinks_per_s": round(m["blink_rate"], 3),
-                        "scale_uv": round(m["scale_uv"], 3)}
-            for m in models},
-        "channel_positions_xyz": np.round(models[0]["pos"], 4).tolist(),
-        "reference_figures": figures,
-    }
+    info = _demo_info(params, seen, heldout, recordings, tests, sorted(stim_len), used_tests, models, figures)
     data = (json.dumps(info, indent=1) + "\n").encode()
     atomic_write_bytes(out / INFO_FILE, data)
-    n_files += 1
-    nbytes += len(data)
     summary = {
         "out_dir": str(out),
         "split_data": str(out / SPLIT_DIR),
@@ -482,8 +523,8 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=4.0, n
         "heldout_subjects": heldout,
         "n_recordings": sum(len(v) for v in recordings.values()),
         "n_test_segments": n_all * n_test_segments,
-        "n_files": n_files,
-        "bytes": nbytes,
+        "n_files": n_train_files + n_test_files + 1,
+        "bytes": train_bytes + test_bytes + len(data),
         "generation_s": round(t_gen, 2),
         "total_s": round(time.perf_counter() - t_start, 2),
     }

@@ -388,28 +388,23 @@ def file_record(path: Path) -> dict:
     return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
-    """Preprocess one EEG file for all the pairs recorded in it (``results``, whose ``envelope`` is
-    set). Fills each result's ``eeg`` (T, C) float32 and trims its envelope to a common length.
-
-    Order: pick channels -> high-pass -> artifacts -> [cut at onset, resample] -> common average.
-    Resampling and the common average are both linear per channel, so they commute: averaging at
-    the output rate gives what averaging first would, and lets channels be read in blocks.
-    Returns the file-level facts for the manifest.
-    """
-    raw = open_eeg(eeg_path)
+def _integer_eeg_rate(raw, eeg_path: Path, fs_out: int) -> int:
+    """The EEG file's sampling rate in Hz, refused unless it is a whole number (polyphase resampling
+    needs an integer ratio) and at least the output rate (the pipeline only ever downsamples)."""
     fs_eeg = float(raw.info["sfreq"])
-    fs_out = int(cfg["fs"])
     if not float(fs_eeg).is_integer():
         raise DataError(f"{eeg_path}: EEG sampling rate {fs_eeg} Hz is not a whole number; polyphase "
                         "resampling needs one (resample the file in MNE first)")
     fs_eeg = int(fs_eeg)
     if fs_eeg < fs_out:
         raise DataError(f"{eeg_path}: EEG sampled at {fs_eeg} Hz, below the output rate {fs_out} Hz")
-    names = select_channels(raw, cfg["pre_channels"], eeg_path)
-    n_total = raw.n_times
+    return fs_eeg
 
-    # --- stimulus onsets, in EEG samples from the file's first sample
+
+def _file_triggers(raw, eeg_path: Path, results: list[Result], cfg: dict) -> tuple[list[Result], list[int], str | None]:
+    """(the results of this file aligned by triggers, the file's matching triggers, where they came
+    from). The k-th such pair takes the k-th trigger, so a file with fewer triggers than pairs
+    aligned by them is refused here, before any EEG is read."""
     by_trigger = [r for r in results if cfg["pre_align"] == "trigger" or
                   (cfg["pre_align"] == "auto" and r.pair.onset_s is None)]
     triggers, trigger_source = [], None
@@ -423,45 +418,66 @@ def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
                             f"holds {len(triggers)} matching trigger(s) ({code}, source "
                             f"{cfg['pre_trigger_source']!r}). Give onset_s in pairs.csv or set "
                             "--pre_trigger_code / --pre_trigger_source")
-    up, down = rational(fs_out, fs_eeg)
-    step_out = fs_out // math.gcd(fs_eeg, fs_out)  # output samples that span a whole number of EEG samples
-    plans = []
-    for r in results:
-        p = r.pair
-        if r in by_trigger:
-            k = by_trigger.index(r)  # the k-th pair of this file aligned by triggers takes the k-th trigger
-            onset, how = triggers[k], f"trigger {k + 1} of {len(triggers)} ({trigger_source})"
-        else:
-            if p.onset_s is None:
-                raise DataError(f"{p.where}: pre_align='onset' but this row has no onset_s column")
-            onset, how = int(round(p.onset_s * fs_eeg)), "onset_s column"
-        n_env = len(r.envelope)
-        n_avail = (n_total - onset) * fs_out // fs_eeg if onset < n_total else 0
-        if n_avail < n_env:
-            short_s = (n_env - n_avail) / fs_out
-            if short_s > cfg["pre_tolerance_s"]:
-                raise DataError(
-                    f"{eeg_path}: only {max(n_total - onset, 0) / fs_eeg:.3f} s of EEG after the stimulus onset at "
-                    f"{onset / fs_eeg:.3f} s ({how}), but {p.audio_path} lasts {n_env / fs_out:.3f} s "
-                    f"({short_s:.3f} s short; tolerance pre_tolerance_s={cfg['pre_tolerance_s']} s) [{p.where}]")
-        n = min(n_env, n_avail)
-        if min(hi - lo for _, lo, hi in time_split(n)) < len(names):
-            # EEG_Dataset reads a part with fewer samples than channels as channels-first and refuses it
-            raise DataError(f"{p.where}: {p.audio_path} gives {n / fs_out:.2f} s, too short: each part of the "
-                            f"80/10/10 split must hold at least as many samples as channels ({len(names)}), i.e. "
-                            f">= {len(names) / min(SPLIT_FRACTIONS) / fs_out:.1f} s")
-        # Resample from a point before the onset that lies on the output grid, so that an output
-        # sample falls exactly on the onset; keep up to MARGIN_OUT output samples of lead-in.
-        lead = min(MARGIN_OUT, onset * fs_out // fs_eeg) // step_out * step_out
-        start = onset - lead * fs_eeg // fs_out
-        stop = min(n_total, onset + -(-(n + MARGIN_OUT) * fs_eeg // fs_out))
-        plans.append((r, start, stop, lead, n))
-        r.eeg = np.zeros((n, len(names)), np.float32)
-        r.envelope = r.envelope[:n]
-        r.info.update(onset_s=onset / fs_eeg, onset_sample=int(onset), onset_from=how, n_samples=int(n),
-                      duration_s=n / fs_out)
+    return by_trigger, triggers, trigger_source
 
-    # --- filter channel blocks over the whole recording (the high-pass needs the context)
+
+def _stimulus_onset(r: Result, by_trigger: list[Result], triggers: list[int], trigger_source: str | None,
+                    fs_eeg: int) -> tuple[int, str]:
+    """One pair's stimulus onset in EEG samples from the file's first sample, and where it came from
+    (the manifest records it, so a misaligned pair can be traced to its trigger or onset_s)."""
+    p = r.pair
+    if r in by_trigger:
+        k = by_trigger.index(r)  # the k-th pair of this file aligned by triggers takes the k-th trigger
+        return triggers[k], f"trigger {k + 1} of {len(triggers)} ({trigger_source})"
+    if p.onset_s is None:
+        raise DataError(f"{p.where}: pre_align='onset' but this row has no onset_s column")
+    return int(round(p.onset_s * fs_eeg)), "onset_s column"
+
+
+def _plan_cut(eeg_path: Path, r: Result, onset: int, how: str, n_total: int, fs_eeg: int, fs_out: int,
+              n_channels: int, cfg: dict) -> tuple:
+    """Decide which EEG samples one pair keeps; returns (r, start, stop, lead, n) for the filter pass.
+
+    Refuses EEG that ends more than pre_tolerance_s before the audio, and a recording so short that
+    a part of the 80/10/10 split would be unreadable. Allocates ``r.eeg``, trims ``r.envelope`` to
+    the common length n and records the onset in ``r.info``, so the filter pass only fills in data.
+    """
+    p = r.pair
+    step_out = fs_out // math.gcd(fs_eeg, fs_out)  # output samples that span a whole number of EEG samples
+    n_env = len(r.envelope)
+    n_avail = (n_total - onset) * fs_out // fs_eeg if onset < n_total else 0
+    if n_avail < n_env:
+        short_s = (n_env - n_avail) / fs_out
+        if short_s > cfg["pre_tolerance_s"]:
+            raise DataError(
+                f"{eeg_path}: only {max(n_total - onset, 0) / fs_eeg:.3f} s of EEG after the stimulus onset at "
+                f"{onset / fs_eeg:.3f} s ({how}), but {p.audio_path} lasts {n_env / fs_out:.3f} s "
+                f"({short_s:.3f} s short; tolerance pre_tolerance_s={cfg['pre_tolerance_s']} s) [{p.where}]")
+    n = min(n_env, n_avail)
+    if min(hi - lo for _, lo, hi in time_split(n)) < n_channels:
+        # EEG_Dataset reads a part with fewer samples than channels as channels-first and refuses it
+        raise DataError(f"{p.where}: {p.audio_path} gives {n / fs_out:.2f} s, too short: each part of the "
+                        f"80/10/10 split must hold at least as many samples as channels ({n_channels}), i.e. "
+                        f">= {n_channels / min(SPLIT_FRACTIONS) / fs_out:.1f} s")
+    # Resample from a point before the onset that lies on the output grid, so that an output
+    # sample falls exactly on the onset; keep up to MARGIN_OUT output samples of lead-in.
+    lead = min(MARGIN_OUT, onset * fs_out // fs_eeg) // step_out * step_out
+    start = onset - lead * fs_eeg // fs_out
+    stop = min(n_total, onset + -(-(n + MARGIN_OUT) * fs_eeg // fs_out))
+    r.eeg = np.zeros((n, n_channels), np.float32)
+    r.envelope = r.envelope[:n]
+    r.info.update(onset_s=onset / fs_eeg, onset_sample=int(onset), onset_from=how, n_samples=int(n),
+                  duration_s=n / fs_out)
+    return r, start, stop, lead, n
+
+
+def _filter_and_resample(raw, eeg_path: Path, names: list[str], plans: list[tuple], fs_eeg: int, fs_out: int,
+                         cfg: dict) -> np.ndarray:
+    """High-pass and artifact-clean the whole recording in channel blocks, then resample each pair's
+    cut into its ``r.eeg``. Blocks bound memory for long recordings; each block spans the whole
+    recording because the high-pass needs the context. Returns the artifact fraction per channel."""
+    up, down = rational(fs_out, fs_eeg)
+    n_total = raw.n_times
     per_block = max(1, BLOCK_SAMPLES // max(n_total, 1))
     artifact_fraction = np.zeros(len(names))
     for b0 in range(0, len(names), per_block):
@@ -478,6 +494,29 @@ def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
         for r, start, stop, lead, n in plans:
             y = scipy.signal.resample_poly(x[start:stop], up, down, axis=0)
             r.eeg[:, b0: b0 + len(block)] = y[lead: lead + n]
+    return artifact_fraction
+
+
+def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
+    """Preprocess one EEG file for all the pairs recorded in it (``results``, whose ``envelope`` is
+    set). Fills each result's ``eeg`` (T, C) float32 and trims its envelope to a common length.
+
+    Order: pick channels -> high-pass -> artifacts -> [cut at onset, resample] -> common average.
+    Resampling and the common average are both linear per channel, so they commute: averaging at
+    the output rate gives what averaging first would, and lets channels be read in blocks.
+    Returns the file-level facts for the manifest.
+    """
+    raw = open_eeg(eeg_path)
+    fs_out = int(cfg["fs"])
+    fs_eeg = _integer_eeg_rate(raw, eeg_path, fs_out)
+    names = select_channels(raw, cfg["pre_channels"], eeg_path)
+    n_total = raw.n_times
+    by_trigger, triggers, trigger_source = _file_triggers(raw, eeg_path, results, cfg)
+    plans = []
+    for r in results:
+        onset, how = _stimulus_onset(r, by_trigger, triggers, trigger_source, fs_eeg)
+        plans.append(_plan_cut(eeg_path, r, onset, how, n_total, fs_eeg, fs_out, len(names), cfg))
+    artifact_fraction = _filter_and_resample(raw, eeg_path, names, plans, fs_eeg, fs_out, cfg)
     for r in results:
         r.eeg = common_average(r.eeg).astype(np.float32)
     return {"eeg_fs_hz": fs_eeg, "eeg_channels_in_file": len(raw.ch_names), "channels": names,
@@ -571,6 +610,109 @@ def versions() -> dict:
             "mne": mne.__version__}
 
 
+def _audio_envelope(a: Path, fs_out: int, cfg: dict) -> tuple[np.ndarray, dict]:
+    """Read one audio file and compute its envelope at fs_out; returns (envelope, facts for the
+    manifest). Refuses audio whose rate cannot hold the top gammatone band, since that band would
+    silently be aliased, and audio too short to give one output sample."""
+    audio, fs_audio, n_ch = read_audio(a)
+    need = min_audio_fs(cfg["pre_env_fmax_hz"])
+    if fs_audio < need:
+        raise DataError(f"{a}: audio sampled at {fs_audio} Hz cannot hold the top gammatone band "
+                        f"({cfg['pre_env_fmax_hz']} Hz + 1 ERB); need >= {need:.0f} Hz "
+                        "(or a lower --pre_env_fmax_hz)")
+    if len(audio) * fs_out // fs_audio < 1:
+        raise DataError(f"{a}: audio is shorter than one output sample")
+    env = speech_envelope(audio, fs_audio, fs_out, cfg["pre_env_bands"], cfg["pre_env_fmin_hz"],
+                          cfg["pre_env_fmax_hz"], cfg["pre_env_power"])
+    return env, {"audio_fs_hz": fs_audio, "audio_channels": n_ch, "audio_duration_s": len(audio) / fs_audio,
+                 "mono": "as recorded" if n_ch == 1 else f"average of {n_ch} channels"}
+
+
+def _write_recordings(pairs: list[Pair], tmp: Path, cfg: dict) -> dict:
+    """Preprocess every pair and write its split_data files into ``tmp``; returns {id(pair): manifest
+    record}. Pairs are processed one EEG file at a time, because the high-pass runs over the whole
+    recording and several pairs may share it; each audio file's envelope is computed once."""
+    fs_out = int(cfg["fs"])
+    envelopes, hashes = {}, {}
+    records = {}
+    results = {id(p): Result(p) for p in pairs}
+    by_eeg: dict[Path, list[Pair]] = {}
+    for p in pairs:
+        by_eeg.setdefault(p.eeg_path.resolve(), []).append(p)
+    done = 0
+    for eeg_path, group in by_eeg.items():
+        group_results = [results[id(p)] for p in group]
+        for r in group_results:
+            a = r.pair.audio_path.resolve()
+            if a not in envelopes:
+                envelopes[a] = _audio_envelope(a, fs_out, cfg)
+            r.envelope = envelopes[a][0].copy()
+            r.info.update(envelopes[a][1])
+        file_info = process_eeg_file(Path(group[0].eeg_path), group_results, cfg)
+        for r in group_results:
+            p = r.pair
+            bounds = write_recording(tmp, p.subject, p.stimulus, r.eeg, r.envelope.astype(np.float32))
+            for path in (p.eeg_path, p.audio_path):
+                if path.resolve() not in hashes:
+                    hashes[path.resolve()] = file_record(path)
+            records[id(p)] = {"subject": p.subject, "stimulus": p.stimulus, "row": p.where,
+                              "eeg_file": hashes[p.eeg_path.resolve()], "audio_file": hashes[p.audio_path.resolve()],
+                              **r.info, **file_info, "splits": bounds}
+            done += 1
+            print(f"[{done}/{len(pairs)}] {p.subject} / {p.stimulus}: {r.info['duration_s']:.1f} s, "
+                  f"{len(file_info['channels'])} ch from {file_info['eeg_fs_hz']} Hz, onset "
+                  f"{r.info['onset_s']:.3f} s ({r.info['onset_from']})", flush=True)
+            r.eeg = None  # written; free it
+    return records
+
+
+def _manifest(cfg: dict, recordings: list[dict], t0: float) -> dict:
+    """The manifest.json content: inputs, every parameter, a description of each step and library
+    versions, so that an output folder says how it was made. ``t0``: when the run started."""
+    fs_out = int(cfg["fs"])
+    return {
+        "created_by": "preprocess.py",
+        "created_unix_s": round(time.time(), 3),
+        "pairs_csv": file_record(Path(cfg["pairs"])),
+        "parameters": {k: v for k, v in cfg.items() if k.startswith("pre_") or k in ("fs", "pairs", "out_dir")},
+        "envelope": {
+            "filterbank": "scipy.signal.gammatone(ftype='iir'): 4th-order gammatone (Slaney 1993), bandwidth "
+                          "1.019 ERB, unit gain at the centre; run as an FIR numerator + 4 pole-pair sections",
+            "centre_hz": [round(float(f), 4) for f in erb_space(cfg["pre_env_fmin_hz"], cfg["pre_env_fmax_hz"],
+                                                                cfg["pre_env_bands"])],
+            "erb": "Glasberg & Moore 1990: ERB(f) = 24.7 (4.37 f/1000 + 1); centres equally spaced in ERB number",
+            "formula": f"sum over bands of |band| ** {cfg['pre_env_power']}, then "
+                       f"scipy.signal.resample_poly to {fs_out} Hz; multi-channel audio averaged to mono first",
+        },
+        "eeg": {
+            "steps": ["channel selection", f"high-pass {cfg['pre_highpass_hz']} Hz 1st-order Butterworth, "
+                      "zero-phase (sosfiltfilt)", "artifact interpolation" + (
+                          "" if cfg["pre_artifact_k"] > 0 or cfg["pre_artifact_uv"] > 0 else " (off)"),
+                      "cut at the stimulus onset", f"scipy.signal.resample_poly to {fs_out} Hz",
+                      "common average reference", "cut to the envelope's duration"],
+            "units": "microvolts",
+            "standardized": False,
+        },
+        "split": {"fractions": list(SPLIT_FRACTIONS), "order": list(SPLITS)},
+        "versions": versions(),
+        "recordings": recordings,
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temp folder to ``out``. An existing ``out`` is swapped aside first and
+    deleted only after the rename, so a failure never leaves neither the old nor the new output."""
+    os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; the output should be as readable as any folder
+    if out.is_dir():  # --overwrite (or an empty folder)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / "x")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def preprocess(cfg: dict) -> dict:
     """Run the whole pipeline for a parsed config; returns the manifest. Raises DataError (naming the
     file) on bad input, leaving nothing behind: the output is built in a temp folder beside out_dir."""
@@ -581,90 +723,14 @@ def preprocess(cfg: dict) -> dict:
     inputs = [("pairs CSV", Path(cfg["pairs"]))]
     inputs += [(what, path) for p in pairs for what, path in (("EEG file", p.eeg_path), ("audio file", p.audio_path))]
     check_out_dir(out, cfg["overwrite"], inputs)  # before the work, and again before the rename
-    fs_out = int(cfg["fs"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        envelopes, hashes = {}, {}
-        records = {}
-        results = {id(p): Result(p) for p in pairs}
-        by_eeg: dict[Path, list[Pair]] = {}
-        for p in pairs:
-            by_eeg.setdefault(p.eeg_path.resolve(), []).append(p)
-        done = 0
-        for eeg_path, group in by_eeg.items():
-            group_results = [results[id(p)] for p in group]
-            for r in group_results:
-                a = r.pair.audio_path.resolve()
-                if a not in envelopes:
-                    audio, fs_audio, n_ch = read_audio(a)
-                    need = min_audio_fs(cfg["pre_env_fmax_hz"])
-                    if fs_audio < need:
-                        raise DataError(f"{a}: audio sampled at {fs_audio} Hz cannot hold the top gammatone band "
-                                        f"({cfg['pre_env_fmax_hz']} Hz + 1 ERB); need >= {need:.0f} Hz "
-                                        "(or a lower --pre_env_fmax_hz)")
-                    if len(audio) * fs_out // fs_audio < 1:
-                        raise DataError(f"{a}: audio is shorter than one output sample")
-                    env = speech_envelope(audio, fs_audio, fs_out, cfg["pre_env_bands"], cfg["pre_env_fmin_hz"],
-                                          cfg["pre_env_fmax_hz"], cfg["pre_env_power"])
-                    envelopes[a] = (env, {"audio_fs_hz": fs_audio, "audio_channels": n_ch,
-                                          "audio_duration_s": len(audio) / fs_audio,
-                                          "mono": "as recorded" if n_ch == 1 else f"average of {n_ch} channels"})
-                r.envelope = envelopes[a][0].copy()
-                r.info.update(envelopes[a][1])
-            file_info = process_eeg_file(Path(group[0].eeg_path), group_results, cfg)
-            for r in group_results:
-                p = r.pair
-                bounds = write_recording(tmp, p.subject, p.stimulus, r.eeg, r.envelope.astype(np.float32))
-                for path in (p.eeg_path, p.audio_path):
-                    if path.resolve() not in hashes:
-                        hashes[path.resolve()] = file_record(path)
-                records[id(p)] = {"subject": p.subject, "stimulus": p.stimulus, "row": p.where,
-                                  "eeg_file": hashes[p.eeg_path.resolve()], "audio_file": hashes[p.audio_path.resolve()],
-                                  **r.info, **file_info, "splits": bounds}
-                done += 1
-                print(f"[{done}/{len(pairs)}] {p.subject} / {p.stimulus}: {r.info['duration_s']:.1f} s, "
-                      f"{len(file_info['channels'])} ch from {file_info['eeg_fs_hz']} Hz, onset "
-                      f"{r.info['onset_s']:.3f} s ({r.info['onset_from']})", flush=True)
-                r.eeg = None  # written; free it
-        manifest = {
-            "created_by": "preprocess.py",
-            "created_unix_s": round(time.time(), 3),
-            "pairs_csv": file_record(Path(cfg["pairs"])),
-            "parameters": {k: v for k, v in cfg.items() if k.startswith("pre_") or k in ("fs", "pairs", "out_dir")},
-            "envelope": {
-                "filterbank": "scipy.signal.gammatone(ftype='iir'): 4th-order gammatone (Slaney 1993), bandwidth "
-                              "1.019 ERB, unit gain at the centre; run as an FIR numerator + 4 pole-pair sections",
-                "centre_hz": [round(float(f), 4) for f in erb_space(cfg["pre_env_fmin_hz"], cfg["pre_env_fmax_hz"],
-                                                                    cfg["pre_env_bands"])],
-                "erb": "Glasberg & Moore 1990: ERB(f) = 24.7 (4.37 f/1000 + 1); centres equally spaced in ERB number",
-                "formula": f"sum over bands of |band| ** {cfg['pre_env_power']}, then "
-                           f"scipy.signal.resample_poly to {fs_out} Hz; multi-channel audio averaged to mono first",
-            },
-            "eeg": {
-                "steps": ["channel selection", f"high-pass {cfg['pre_highpass_hz']} Hz 1st-order Butterworth, "
-                          "zero-phase (sosfiltfilt)", "artifact interpolation" + (
-                              "" if cfg["pre_artifact_k"] > 0 or cfg["pre_artifact_uv"] > 0 else " (off)"),
-                          "cut at the stimulus onset", f"scipy.signal.resample_poly to {fs_out} Hz",
-                          "common average reference", "cut to the envelope's duration"],
-                "units": "microvolts",
-                "standardized": False,
-            },
-            "split": {"fractions": list(SPLIT_FRACTIONS), "order": list(SPLITS)},
-            "versions": versions(),
-            "recordings": [records[id(p)] for p in pairs],
-            "seconds": round(time.time() - t0, 2),
-        }
+        records = _write_recordings(pairs, tmp, cfg)
+        manifest = _manifest(cfg, [records[id(p)] for p in pairs], t0)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         check_out_dir(out, cfg["overwrite"], inputs)
-        os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; the output should be as readable as any folder
-        if out.is_dir():  # --overwrite (or an empty folder): swap, so a failure never leaves neither
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -509,8 +509,8 @@ def fmt_pct(v) -> str:
     return f"{v:.1f}%" if v is not None and v == v else "-"
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def _configure_torch(args) -> None:
+    """Set torch's threads and determinism as train.py would, so the figures match real training."""
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.deterministic:  # as train.py's seed_everything does
@@ -518,9 +518,10 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.utils.deterministic.fill_uninitialized_memory = bool(args.fill_uninitialized_memory)
-    device = pick_device(args.device)
-    load = LoadMeter()
-    info = machine_info(device)
+
+
+def _print_header(info: dict, args) -> None:
+    """Print the machine, the setup and the reference figures, so a pasted output can be judged alone."""
     print("== benchmarks/throughput.py")
     for k in ("date", "command", "git", "host", "cpu", "cpu_count", "avx512_bf16", "python", "torch", "threads",
               "interop_threads", "device", "gpu", "loadavg_at_start"):
@@ -532,9 +533,11 @@ def main(argv=None) -> dict:
     print("reference: TensorFlow VLAAI (tf-keras 2.21) on the 2-core development CPU: ~4,000 training and "
           "~24,600 inference samples/s (batch 64 x 320 x 64); dense rates: 256->256 kernel-8 conv1d "
           "~258 GFLOP/s, 4096^2 matmul ~181 GFLOP/s", flush=True)
-    result = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "reference": REFERENCE}
 
-    # dense reference rates
+
+def _dense_rates(args, device) -> dict:
+    """{amp: dense_rate(...)} for float32 and each other --amp dtype (empty with --skip_dense): the
+    machine's best dense rate, against which the models' FLOP/s are judged."""
     dense = {}
     if not args.skip_dense:
         for amp in ["none", *[a for a in args.amp if a != "none"]]:
@@ -544,9 +547,12 @@ def main(argv=None) -> dict:
             print(f"\n[dense {d['dtype']}] matmul {d['matmul_n']}^2: {d['matmul_flops'] / 1e9:.1f} GFLOP/s; conv1d "
                   f"{d['conv_shape']}: {d['conv1d_flops'] / 1e9:.1f} GFLOP/s; best {d['best_flops'] / 1e9:.1f} "
                   f"GFLOP/s ({d['best_of']})", flush=True)
-    result["dense"] = dense
+    return dense
 
-    # FLOPs per sample
+
+def _model_flops(args) -> dict:
+    """{model: FLOPs per sample} counted three ways (FlopCounterMode, module hooks and, for VLAAI, by
+    hand), so that a wrong count shows up as a disagreement."""
     flops = {}
     cnt_batch = min(args.batch_size, 2)
     for name in args.models:
@@ -564,9 +570,12 @@ def main(argv=None) -> dict:
         print(f"\n[flops {name}] per sample: forward {f['forward'] / 1e6:.3f} MFLOP (module hooks "
               f"{hooks}{hand}); training fwd+bwd {f['train'] / 1e6:.3f} MFLOP "
               f"(FlopCounterMode as counted: {f['train_counted'] / 1e6:.3f})", flush=True)
-    result["flops_per_sample"] = flops
+    return flops
 
-    # throughput
+
+def _throughput_runs(args, device, flops: dict, dense: dict) -> list[dict]:
+    """Time every (amp, compile mode, model) on synthetic batches and express the rates as FLOP/s and
+    as a share of the dense rates, both float32 and the run's own dtype."""
     runs = []
     for amp, comp_mode, name in [(a, c, n) for a in args.amp for c in args.compile_modes for n in args.models]:
         r = measure_model(name, device, batch=args.batch_size, window=args.window, steps=args.steps,
@@ -590,9 +599,12 @@ def main(argv=None) -> dict:
               f"{r['train_flops_s'] / 1e9:.1f} GFLOP/s); inference {r['infer_samples_s']:,.0f} samples/s "
               f"({r['infer_step_s'] * 1e3:.0f} ms/batch, {r['infer_flops_s'] / 1e9:.1f} GFLOP/s){comp}",
               flush=True)
-    result["throughput"] = runs
+    return runs
 
-    # data wait
+
+def _data_waits(args, device) -> list[dict]:
+    """data_wait() for every model on the real --data_dir (none when --data_steps is 0 or the folder
+    is missing): whether loading keeps up with training. The corpus is read once for all models."""
     waits = []
     if args.data_steps > 0:
         if not Path(args.data_dir).is_dir():
@@ -613,16 +625,13 @@ def main(argv=None) -> dict:
                       f"{w['num_workers']}: waiting {w['wait_s']:.3f} s of {w['step_total_s']:.2f} s = "
                       f"{100 * w['wait_share']:.2f} % (target < 5 %); real-data training "
                       f"{w['train_samples_s']:,.0f} samples/s; load_corpus {t_load:.2f} s", flush=True)
-    result["data_wait"] = waits
+    return waits
 
-    if args.profile:
-        for name in args.models:
-            print(f"\n[profile {name} amp={args.amp[0]}] 2 training steps, batch {args.batch_size} x {args.window}")
-            print(profile_step(name, device, batch=args.batch_size, window=args.window, amp=args.amp[0]))
 
-    other = load.other_cores()
-    info["other_processes_cores"] = other
-    info["loadavg_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+def _print_summary(info: dict, dense: dict, flops: dict, runs: list[dict], waits: list[dict]) -> None:
+    """Print the closing table: every figure once more in one place, with the machine's load during
+    the run, since other processes make the figures unreliable."""
+    other = info["other_processes_cores"]
     state = "IDLE" if other < 0.1 else "LOADED (figures are not clean)"
     print("\n== summary")
     print(f"{info['date']}  {info['command']}")
@@ -651,6 +660,33 @@ def main(argv=None) -> dict:
     for w in waits:
         print(f"data wait {w['model']:12s} {100 * w['wait_share']:6.2f} % of step time "
               f"({'meets' if w['wait_share'] < 0.05 else 'MISSES'} the < 5 % target), num_workers {w['num_workers']}")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    _configure_torch(args)
+    device = pick_device(args.device)
+    load = LoadMeter()
+    info = machine_info(device)
+    _print_header(info, args)
+    result = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "reference": REFERENCE}
+    dense = _dense_rates(args, device)
+    result["dense"] = dense
+    flops = _model_flops(args)
+    result["flops_per_sample"] = flops
+    runs = _throughput_runs(args, device, flops, dense)
+    result["throughput"] = runs
+    waits = _data_waits(args, device)
+    result["data_wait"] = waits
+
+    if args.profile:
+        for name in args.models:
+            print(f"\n[profile {name} amp={args.amp[0]}] 2 training steps, batch {args.batch_size} x {args.window}")
+            print(profile_step(name, device, batch=args.batch_size, window=args.window, amp=args.amp[0]))
+
+    info["other_processes_cores"] = load.other_cores()
+    info["loadavg_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    _print_summary(info, dense, flops, runs, waits)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
         print(f"wrote {args.json}")

@@ -283,6 +283,92 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _baseline_run(args, model: str, w: float, thr: int, saved: float) -> dict:
+    """Measure training with almost no data for one (model, window, malloc threshold): the memory
+    that the data runs are compared against, so that their excess is what the data costs."""
+    base = run_child(args, model, 0, w, thr)
+    base["saved_for_backward_mib"] = saved
+    base["state_mib"] = base["params"] * 4 * 4 / MIB  # weights, gradients, Adam's 2 moments
+    print(f"\n[{model} baseline, {w} s windows, mmap threshold {thr or 'default'}] imports "
+          f"{base['rss_after_imports_mib']:.1f} MiB; train.main on {args.baseline_copies} links to one "
+          f"trial ({base['disk_mib']:.1f} MiB, {base['steps']} steps): peak {base['peak_rss_mib']:.1f} MiB "
+          f"(peak RssAnon {base['peak_anon_mib']:.1f}); model + Adam state {base['state_mib']:.1f} MiB; "
+          f"autograd keeps {saved:.0f} MiB per batch of {args.batch_size} x {int(round(w * 64))}\n"
+          f"  {base['cmd']}", flush=True)
+    return base
+
+
+def _data_run(args, model: str, rep: int, w: float, thr: int, base: dict, saved: float) -> dict:
+    """Measure training on ``rep`` times the data and express its peak relative to ``base`` and to
+    the data's size on disk, the figures the 1.5 x target is judged on."""
+    r = run_child(args, model, rep, w, thr)
+    r["baseline_peak_mib"] = base["peak_rss_mib"]
+    r["baseline_disk_mib"] = base["disk_mib"]
+    r["state_mib"] = base["state_mib"]
+    r["saved_for_backward_mib"] = saved
+    # the baseline holds a little data itself: count it back in
+    r["above_baseline_mib"] = r["peak_rss_mib"] - base["peak_rss_mib"] + base["disk_mib"]
+    r["ratio_to_disk"] = r["above_baseline_mib"] / r["disk_mib"]
+    r["anon_above_baseline_mib"] = r["peak_anon_mib"] - base["peak_anon_mib"] + base["disk_mib"]
+    r["load_above_imports_mib"] = r.get("rss_after_load_mib", float("nan")) - r["rss_after_imports_mib"]
+    print(f"[{model} {rep}x data, {w} s windows, mmap threshold {thr or 'default'}] {r['disk_mib']:.1f} "
+          f"MiB on disk, {r.get('subjects', '?')} subjects, {r.get('windows_per_epoch', '?')} "
+          f"windows/epoch ({r.get('steps', '?')} steps); RSS after load "
+          f"{r.get('rss_after_load_mib', float('nan')):.1f} MiB (+{r['load_above_imports_mib']:.1f}); "
+          f"peak {r['peak_rss_mib']:.1f} MiB = baseline + {r['above_baseline_mib']:.1f} MiB "
+          f"({r['ratio_to_disk']:.2f} x data); epoch {r['train_s']:.1f} s\n  {r['cmd']}", flush=True)
+    return r
+
+
+def _print_table(args, rows: list[dict], bases: list[dict]) -> None:
+    """Print every data run as one table row against the target, then each baseline broken down into
+    imports, model state, autograd and the rest, so an excess can be traced to its part."""
+    hdr = (f"{'model':11s} {'malloc':>7s} {'data':>4s} {'win s':>5s} {'disk MiB':>8s} {'windows':>7s} "
+           f"{'baseline':>8s} {'after load':>10s} {'load/disk':>9s} {'peak RSS':>8s} {'above base':>10s} {'/ disk':>6s} "
+           f"{'target':>6s} {'anon above':>10s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        ok = "ok" if r["ratio_to_disk"] <= 1.5 else "MISS"
+        mal = "default" if not r["mmap_threshold"] else f"{r['mmap_threshold'] // 1024}K"
+        print(f"{r['model']:11s} {mal:>7s} {r['repeat']:>3d}x {r['window_s']:5.1f} {r['disk_mib']:8.1f} "
+              f"{r.get('windows_per_epoch', 0):7d} {r['baseline_peak_mib']:8.1f} "
+              f"{r.get('rss_after_load_mib', float('nan')):10.1f} {r['load_above_imports_mib'] / r['disk_mib']:9.2f} "
+              f"{r['peak_rss_mib']:8.1f} "
+              f"{r['above_baseline_mib']:10.1f} {r['ratio_to_disk']:6.2f} {ok:>6s} {r['anon_above_baseline_mib']:10.1f}")
+    print("(MiB. malloc: glibc default, or MALLOC_MMAP_THRESHOLD_ set. load/disk = (RSS after load_corpus - RSS "
+          "after imports) / disk. baseline = peak of train.main on "
+          f"{args.baseline_copies} links to one trial (same model, batch, window; its own data counted back in). "
+          "above base = peak - baseline + baseline data; target: above base <= 1.5 x disk. anon above = the same "
+          "for the peak of RssAnon (heap and tensors, not shared-library pages), sampled every 20 ms. With glibc's "
+          "default malloc, peaks of identical runs differ by ~100 MiB (heap fragmentation): judge growth by the "
+          "slope below and by load/disk)")
+    for b in bases:
+        print(f"baseline {b['model']} {b['window_s']} s, malloc {b['mmap_threshold'] or 'default'}: peak "
+              f"{b['peak_rss_mib']:.0f} MiB = imports {b['rss_after_imports_mib']:.0f} + model/Adam state "
+              f"{b['state_mib']:.0f} + autograd's saved tensors {b['saved_for_backward_mib']:.0f} + other "
+              f"{b['peak_rss_mib'] - b['rss_after_imports_mib'] - b['state_mib'] - b['saved_for_backward_mib']:.0f}")
+
+
+def _print_growth(args, rows: list[dict], models: list[str], thresholds: list[int]) -> None:
+    """Print how the peak grows per MiB of data and what longer windows cost at 1x data: the two
+    figures that show whether memory follows the data rather than the number of windows."""
+    for model in models:
+        for thr in thresholds:
+            mr = sorted((r for r in rows if r["model"] == model and r["window_s"] == args.window_s
+                         and r["mmap_threshold"] == thr), key=lambda r: r["repeat"])
+            tag = f"{model}, malloc {thr or 'default'}"
+            if len(mr) >= 2:
+                a, b = mr[0], mr[-1]
+                slope = (b["peak_rss_mib"] - a["peak_rss_mib"]) / max(b["disk_mib"] - a["disk_mib"], 1e-9)
+                print(f"{tag}: peak RSS grows {slope:.2f} MiB per MiB of data from {a['repeat']}x to {b['repeat']}x")
+            w1 = [r for r in rows if r["model"] == model and r["repeat"] == 1 and r["mmap_threshold"] == thr]
+            if len(w1) >= 2:
+                print(f"{tag}: at 1x data, " + "; ".join(
+                    f"{r['window_s']} s windows: {r.get('windows_per_epoch', '?')} windows, above baseline "
+                    f"{r['above_baseline_mib']:.1f} MiB" for r in w1))
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.child:
@@ -313,34 +399,10 @@ def main(argv=None) -> dict:
         for w in [args.window_s, *extra]:
             saved = saved_tensors_mib(model, args.batch_size, int(round(w * 64)))
             for thr in thresholds:
-                base = run_child(args, model, 0, w, thr)
-                base["saved_for_backward_mib"] = saved
-                base["state_mib"] = base["params"] * 4 * 4 / MIB  # weights, gradients, Adam's 2 moments
+                base = _baseline_run(args, model, w, thr, saved)
                 bases.append(base)
-                print(f"\n[{model} baseline, {w} s windows, mmap threshold {thr or 'default'}] imports "
-                      f"{base['rss_after_imports_mib']:.1f} MiB; train.main on {args.baseline_copies} links to one "
-                      f"trial ({base['disk_mib']:.1f} MiB, {base['steps']} steps): peak {base['peak_rss_mib']:.1f} MiB "
-                      f"(peak RssAnon {base['peak_anon_mib']:.1f}); model + Adam state {base['state_mib']:.1f} MiB; "
-                      f"autograd keeps {saved:.0f} MiB per batch of {args.batch_size} x {int(round(w * 64))}\n"
-                      f"  {base['cmd']}", flush=True)
                 for rep in (sizes if w == args.window_s else [1]):
-                    r = run_child(args, model, rep, w, thr)
-                    r["baseline_peak_mib"] = base["peak_rss_mib"]
-                    r["baseline_disk_mib"] = base["disk_mib"]
-                    r["state_mib"] = base["state_mib"]
-                    r["saved_for_backward_mib"] = saved
-                    # the baseline holds a little data itself: count it back in
-                    r["above_baseline_mib"] = r["peak_rss_mib"] - base["peak_rss_mib"] + base["disk_mib"]
-                    r["ratio_to_disk"] = r["above_baseline_mib"] / r["disk_mib"]
-                    r["anon_above_baseline_mib"] = r["peak_anon_mib"] - base["peak_anon_mib"] + base["disk_mib"]
-                    r["load_above_imports_mib"] = r.get("rss_after_load_mib", float("nan")) - r["rss_after_imports_mib"]
-                    rows.append(r)
-                    print(f"[{model} {rep}x data, {w} s windows, mmap threshold {thr or 'default'}] {r['disk_mib']:.1f} "
-                          f"MiB on disk, {r.get('subjects', '?')} subjects, {r.get('windows_per_epoch', '?')} "
-                          f"windows/epoch ({r.get('steps', '?')} steps); RSS after load "
-                          f"{r.get('rss_after_load_mib', float('nan')):.1f} MiB (+{r['load_above_imports_mib']:.1f}); "
-                          f"peak {r['peak_rss_mib']:.1f} MiB = baseline + {r['above_baseline_mib']:.1f} MiB "
-                          f"({r['ratio_to_disk']:.2f} x data); epoch {r['train_s']:.1f} s\n  {r['cmd']}", flush=True)
+                    rows.append(_data_run(args, model, rep, w, thr, base, saved))
 
     other = load.other_cores()
     state = "IDLE" if other < 0.1 else "LOADED (timings are not clean; RSS figures hardly depend on load)"
@@ -348,45 +410,8 @@ def main(argv=None) -> dict:
     print(f"{info['date']}  {info['command']}")
     print(f"torch {info['torch']}, {info['threads']} threads, {info['cpu']} ({info['cpu_count']} CPUs); other "
           f"processes kept {other:.2f} cores busy on average: machine {state}")
-    hdr = (f"{'model':11s} {'malloc':>7s} {'data':>4s} {'win s':>5s} {'disk MiB':>8s} {'windows':>7s} "
-           f"{'baseline':>8s} {'after load':>10s} {'load/disk':>9s} {'peak RSS':>8s} {'above base':>10s} {'/ disk':>6s} "
-           f"{'target':>6s} {'anon above':>10s}")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        ok = "ok" if r["ratio_to_disk"] <= 1.5 else "MISS"
-        mal = "default" if not r["mmap_threshold"] else f"{r['mmap_threshold'] // 1024}K"
-        print(f"{r['model']:11s} {mal:>7s} {r['repeat']:>3d}x {r['window_s']:5.1f} {r['disk_mib']:8.1f} "
-              f"{r.get('windows_per_epoch', 0):7d} {r['baseline_peak_mib']:8.1f} "
-              f"{r.get('rss_after_load_mib', float('nan')):10.1f} {r['load_above_imports_mib'] / r['disk_mib']:9.2f} "
-              f"{r['peak_rss_mib']:8.1f} "
-              f"{r['above_baseline_mib']:10.1f} {r['ratio_to_disk']:6.2f} {ok:>6s} {r['anon_above_baseline_mib']:10.1f}")
-    print("(MiB. malloc: glibc default, or MALLOC_MMAP_THRESHOLD_ set. load/disk = (RSS after load_corpus - RSS "
-          "after imports) / disk. baseline = peak of train.main on "
-          f"{args.baseline_copies} links to one trial (same model, batch, window; its own data counted back in). "
-          "above base = peak - baseline + baseline data; target: above base <= 1.5 x disk. anon above = the same "
-          "for the peak of RssAnon (heap and tensors, not shared-library pages), sampled every 20 ms. With glibc's "
-          "default malloc, peaks of identical runs differ by ~100 MiB (heap fragmentation): judge growth by the "
-          "slope below and by load/disk)")
-    for b in bases:
-        print(f"baseline {b['model']} {b['window_s']} s, malloc {b['mmap_threshold'] or 'default'}: peak "
-              f"{b['peak_rss_mib']:.0f} MiB = imports {b['rss_after_imports_mib']:.0f} + model/Adam state "
-              f"{b['state_mib']:.0f} + autograd's saved tensors {b['saved_for_backward_mib']:.0f} + other "
-              f"{b['peak_rss_mib'] - b['rss_after_imports_mib'] - b['state_mib'] - b['saved_for_backward_mib']:.0f}")
-    for model in models:
-        for thr in thresholds:
-            mr = sorted((r for r in rows if r["model"] == model and r["window_s"] == args.window_s
-                         and r["mmap_threshold"] == thr), key=lambda r: r["repeat"])
-            tag = f"{model}, malloc {thr or 'default'}"
-            if len(mr) >= 2:
-                a, b = mr[0], mr[-1]
-                slope = (b["peak_rss_mib"] - a["peak_rss_mib"]) / max(b["disk_mib"] - a["disk_mib"], 1e-9)
-                print(f"{tag}: peak RSS grows {slope:.2f} MiB per MiB of data from {a['repeat']}x to {b['repeat']}x")
-            w1 = [r for r in rows if r["model"] == model and r["repeat"] == 1 and r["mmap_threshold"] == thr]
-            if len(w1) >= 2:
-                print(f"{tag}: at 1x data, " + "; ".join(
-                    f"{r['window_s']} s windows: {r.get('windows_per_epoch', '?')} windows, above baseline "
-                    f"{r['above_baseline_mib']:.1f} MiB" for r in w1))
+    _print_table(args, rows, bases)
+    _print_growth(args, rows, models, thresholds)
     out = {"machine": info | {"other_processes_cores": other}, "args": vars(args), "baselines": bases, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=str))

@@ -161,7 +161,7 @@ def main(argv=None) -> dict:
         # not the listeners, are the independent repeats: this is the more honest error bar
         print(f"\nper fold, paired with {ref}: mean ± standard error over folds of (fold mean r - {ref}'s), "
               "(folds higher/folds)")
-        print(f"| variant | folds | new listeners | seen listeners |")
+        print("| variant | folds | new listeners | seen listeners |")
         print("|---|---|---|---|")
         for v in compared:
             pf = table[v]["vs_ref"]["per_fold"]

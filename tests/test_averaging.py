@@ -1,8 +1,6 @@
 """Tests of averaging.py: uniform averages of state dicts, EMA and last-K epoch averages, and resuming them."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch

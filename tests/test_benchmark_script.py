@@ -4,7 +4,6 @@ The runs that start train.py processes are marked ``slow``."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -1,8 +1,6 @@
 """Tests of checkpoint.py: the one checkpoint schema, version-1 upgrade, and one-line errors naming the file."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch

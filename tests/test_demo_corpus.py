@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +23,8 @@ def _all_files(root: Path) -> dict[str, bytes]:
 def corpus(tmp_path_factory):
     """3 seen + 2 held-out subjects, 3 minutes each in 2 recordings, 2 x 60 s test segments."""
     out = tmp_path_factory.mktemp("demo") / "xfdata"
-    t0 = time.perf_counter()
     summary = dc.make_demo_corpus(out, n_subjects=3, n_heldout=2, minutes=3.0, n_test_segments=2, seed=3)
-    return out, summary, time.perf_counter() - t0
+    return out, summary, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,11 +210,8 @@ def test_eeg_lags_envelope():
     assert trf[int(0.1 * fs)] < 0 < trf[int(0.18 * fs)]  # N1 negative, P2 positive
 
 
-def test_small_corpus_fast_and_decodable(tmp_path):
-    t0 = time.perf_counter()
+def test_small_corpus_is_decodable(tmp_path):
     s = dc.make_demo_corpus(tmp_path / "small", seed=1, **SMALL)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 20.0, elapsed
     lin = s["reference_figures"]["linear"]
     assert 0.05 < lin["total"] < 0.5, lin
     assert lin["mean"] > 3 * lin["chance_sd"] / np.sqrt(len(lin["per_subject"]) * 2)

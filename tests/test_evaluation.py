@@ -1,7 +1,6 @@
 """Tests of evaluation.py: z-scored predictions, per-subject Pearson r of recording parts, seed ensembles."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np

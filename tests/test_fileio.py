@@ -5,7 +5,6 @@ import errno
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest

@@ -7,8 +7,6 @@ with h5py into tmp_path.
 """
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import numpy as np

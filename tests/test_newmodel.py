@@ -1,6 +1,4 @@
 """Tests for newmodel.py (models, factory, receptive fields, ridge fit) and metrics.pearson."""
-import os
-import sys
 
 import numpy as np
 import pytest

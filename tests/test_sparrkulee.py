@@ -7,7 +7,6 @@ layout in tmp_path.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import subprocess
 import sys
