@@ -21,8 +21,14 @@ with ``--resume`` (from its last completed epoch) and replaced only with ``--ove
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+
+# A waiting OpenMP thread spins before it sleeps; on a shared CPU the spinning steals the cores the
+# working threads need. A short spin keeps the idle speed and avoids the collapse under load
+# (benchmarks/shared_cpu.py, docs/performance.md). Set before torch loads its OpenMP runtime.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 from pathlib import Path
 
 import torch

@@ -1,7 +1,7 @@
 """Training speed when the CPU is shared: each setting timed idle and beside competing CPU-bound
 processes that this script starts itself, in one run.
 
-    python -m benchmarks.shared_cpu                          # ivlaai, OMP_WAIT_POLICY passive vs active
+    python -m benchmarks.shared_cpu                          # ivlaai, OMP_WAIT_POLICY unset / passive / active
     python -m benchmarks.shared_cpu --load=2 --steps=30      # two competing processes
 
 For every OpenMP wait policy in ``--policies`` a fresh child process (the policy must be set before
@@ -52,7 +52,11 @@ def _burn(stop) -> None:
 
 
 def time_child(model: str, threads: int, steps: int, policy: str) -> dict:
-    env = dict(os.environ, OMP_WAIT_POLICY=policy)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if policy.startswith("spin="):  # GNU OpenMP: spin this many times before sleeping
+        env["GOMP_SPINCOUNT"] = policy[5:]
+    elif policy != "unset":  # unset: the OpenMP runtime's own default (spin a while, then sleep)
+        env["OMP_WAIT_POLICY"] = policy
     out = subprocess.run([sys.executable, "-c", CHILD, model, str(threads), str(steps)], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -64,7 +68,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads in the timed process (0: one per core)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--load", type=int, default=1, help="competing busy-looping processes")
-    p.add_argument("--policies", default="PASSIVE,ACTIVE", help="OMP_WAIT_POLICY values to compare")
+    p.add_argument("--policies", default="unset,PASSIVE,ACTIVE", help="OMP_WAIT_POLICY values to compare (unset: the runtime's default; spin=N: GOMP_SPINCOUNT=N)")
     args = p.parse_args(argv)
     print(f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores; model {args.model}, threads "
           f"{args.threads or 'default'}, {args.steps} steps, {args.load} competing process(es)", flush=True)
@@ -84,7 +88,7 @@ def main(argv=None) -> dict:
                 b.join()
         rows[policy] = {"idle_s": idle["median_s"], "loaded_s": loaded["median_s"],
                         "slowdown": loaded["median_s"] / idle["median_s"], "threads": idle["threads"]}
-        print(f"OMP_WAIT_POLICY={policy:8s} threads {idle['threads']}: idle {idle['median_s']:.3f} s/step, "
+        print(f"{policy:8s} threads {idle['threads']}: idle {idle['median_s']:.3f} s/step, "
               f"loaded {loaded['median_s']:.3f} s/step, slowdown x{rows[policy]['slowdown']:.2f}", flush=True)
     return rows
 
