@@ -190,6 +190,8 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0) -> dict:
             save_epoch(out, cfg, checkpoint(), improved, meta, row)
     if lead:
         save_checkpoint(out / "last.pt", checkpoint(finished=True))
+        if not (out / "best.pt").is_file():
+            raise Diverged(f"seed {seed}: no epoch was kept, so there is no {out / 'best.pt'}")
         print(f"[seed {seed}] done: best val r {state['best_val_r']:.4f} -> {out / 'best.pt'}", flush=True)
     runtime.barrier()  # the other ranks wait until rank 0's files are complete
     return {"seed": seed, "best_val_r": state["best_val_r"], "epochs": state["epoch"], "dir": str(out)}
