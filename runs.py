@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import config as config_module
-from checkpoint import CheckpointError, load_checkpoint
+from checkpoint import load_checkpoint
 from EEG_Dataset import DataError, load_corpus
 from fileio import atomic_write_bytes, remove_stale_temps
 
@@ -213,6 +213,3 @@ def corpus_from_config(cfg: dict, folder=None, n_chans=None):
         monitor_recordings=cfg.get("monitor_recordings"), split=cfg.get("split", "time"),
         time_fold=cfg.get("time_fold", 0), n_chans=n_chans or cfg.get("n_chans"))
 
-
-__all__ = ["CheckpointError", "RunError", "RunLock", "lock_holder", "prepare_run_dir", "finished_run",
-           "check_same_setup", "write_log", "ensure_data", "corpus_from_config", "seed_dir", "ARCH_KEYS"]
