@@ -4,6 +4,7 @@
     python -m benchmarks.throughput --amp=none,bf16 --json=tp.json   # also bfloat16 autocast
     python -m benchmarks.throughput --compile                        # torch.compile (compile time shown apart)
     python -m benchmarks.throughput --models=vlaai --profile         # + torch.profiler top ops of one step
+    python -m benchmarks.throughput --tf_reference=../vlaai          # + the TensorFlow reference VLAAI, same run
 
 Run it from the repository root.
 
@@ -27,6 +28,15 @@ For each model (``--models``, default vlaai,ivlaai; linear_conv allowed) and eac
   4096 x 4096 float32 matmul and a 256 -> 256 channel, kernel-8 conv1d over a batch of 64 x 327
   samples (each timed ``--dense_repeats`` times, best taken; also in bfloat16 when bf16 is asked).
   Elementwise work (LayerNorm, LeakyReLU, padding, masking, the loss, Adam) is not counted as FLOPs.
+* ``--tf_reference=PATH``: the reference TensorFlow VLAAI timed in the same process, same batch
+  and thread count (intra-op = torch threads, inter-op = torch inter-op threads). PATH is a
+  clone of https://github.com/exporl/vlaai (its ``model.py`` is imported from there at run time;
+  nothing of it is in this repository). Training as the reference's README compiles it:
+  ``model.compile(optimizer='adam', loss=pearson_loss, metrics=[pearson_metric])``, timed with
+  ``train_on_batch`` (the step ``fit`` runs); inference ``model(x, training=False)`` in a
+  ``tf.function``. The reference is Keras 2 code: with tf-keras installed the tool sets
+  ``TF_USE_LEGACY_KERAS=1`` unless it is set. Without tensorflow this part is skipped with a
+  one-line message. TensorFlow is not in requirements.txt.
 * data wait: the real data path of train.py (``load_corpus`` on ``--data_dir``, ``WindowDataset`` of
   ``--data_window_s`` windows, a DataLoader of ``--batch_size`` with ``--num_workers``, pinned memory
   and non-blocking copies on CUDA) feeding ``--data_steps`` real training steps; the time spent in
@@ -40,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -61,10 +72,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dtu"
 TRAINABLE = ("vlaai", "ivlaai", "linear_conv")
 
-# Reference figures, measured on the 2-core development CPU (docs/performance.md).
+# Reference dense rates of host A (2 vCPUs of an AMD EPYC Zen 4), as first quoted for it. The
+# TensorFlow reference VLAAI is not a fixed figure: --tf_reference times it in the same run.
 REFERENCE = {
-    "tf_vlaai_train": 4000.0,     # samples/s, TensorFlow VLAAI (tf-keras 2.21), batch 64 x 320 x 64
-    "tf_vlaai_infer": 24600.0,
     "conv1d_gflops": 258.0,       # 256->256 kernel-8 conv1d
     "matmul_gflops": 181.0,       # 4096^2 matmul
 }
@@ -398,6 +408,112 @@ def profile_step(name: str, device, *, batch: int, window: int, amp: str, rows: 
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
+# ----------------------------------------------------------------------------- TensorFlow reference
+
+TF_MISSING = ("[tf reference] skipped: tensorflow is not installed in this environment "
+              "(pip install tensorflow-cpu tf-keras to time the reference VLAAI)")
+TF_ENV = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_DEFAULT_FPMATH_MODE", "TF_USE_LEGACY_KERAS", "ONEDNN_VERBOSE")
+
+
+def tf_reference_file(folder) -> Path:
+    """PATH/model.py of a clone of the reference repository, or a one-line SystemExit."""
+    f = Path(folder).expanduser() / "model.py"
+    if not f.is_file():
+        raise SystemExit(f"--tf_reference={folder}: no model.py there; pass the folder of a clone of "
+                         "https://github.com/exporl/vlaai")
+    return f
+
+
+def import_tensorflow():
+    """tensorflow, with Keras 2 (tf-keras) when installed, which the reference's functional code
+    needs (Keras 3 rejects its ``tf.zeros_like`` on a symbolic input). None if not installed."""
+    if "TF_USE_LEGACY_KERAS" not in os.environ and importlib.util.find_spec("tf_keras") is not None:
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return None
+    return tf
+
+
+def load_tf_reference(model_py: Path):
+    """The reference's model.py as a module, imported from its file (not put on sys.path)."""
+    spec = importlib.util.spec_from_file_location("vlaai_tf_reference", model_py)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tf_info(tf, model) -> dict:
+    """Versions, settings and float policy of the TensorFlow run, to judge its figures by."""
+    from importlib import metadata
+
+    def version(dist):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = None
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes")
+    return {"tensorflow": tf.__version__, "keras": version("tf-keras") if legacy else version("keras"),
+            "legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"), "onednn": onednn,
+            "float_policy": tf.keras.mixed_precision.global_policy().name, "params": int(model.count_params()),
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "env": {k: os.environ[k] for k in TF_ENV if k in os.environ}}
+
+
+def _time_loop(fn, steps: int, warmup: int) -> float:
+    """Seconds per call of fn over ``steps`` calls after ``warmup`` untimed ones (as measure_model)."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t0) / steps
+
+
+def measure_tf_reference(model_py: Path, *, batch: int, window: int, steps: int, warmup: int, threads: int,
+                         interop_threads: int, seed: int = 0) -> dict | None:
+    """Training and inference samples/s of the reference TensorFlow VLAAI (None without tensorflow).
+
+    Training: compiled as the reference's README does (Adam, its pearson_loss and pearson_metric),
+    one ``train_on_batch`` per step; inference: ``model(x, training=False)`` in a tf.function. The
+    same synthetic batch as ours (make_batch), float32, the given threads."""
+    tf = import_tensorflow()
+    if tf is None:
+        return None
+    try:  # only before TF's runtime starts; a second call in one process keeps the first (reported)
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(interop_threads)
+    except RuntimeError:
+        pass
+    ref = load_tf_reference(model_py)
+    tf.keras.utils.set_random_seed(seed)
+    try:
+        model = ref.vlaai()
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"--tf_reference: {model_py} did not build a VLAAI ({' '.join(str(exc).split())[:200]}); "
+                         "it is Keras 2 code: pip install tf-keras") from exc
+    model.compile(optimizer="adam", loss=ref.pearson_loss, metrics=[ref.pearson_metric])
+    xt, yt, _, _ = make_batch(batch, window, seed=seed)
+    x, y = tf.constant(xt.numpy()), tf.constant(yt.numpy())
+    infer = tf.function(lambda t: model(t, training=False))
+    samples = batch * window
+    t_train = _time_loop(lambda: model.train_on_batch(x, y), steps, warmup)
+    t_infer = _time_loop(lambda: infer(x).numpy(), steps, warmup)
+    return {"model": "tf_vlaai", **_tf_info(tf, model), "train_step_s": t_train, "train_samples_s": samples / t_train,
+            "infer_step_s": t_infer, "infer_samples_s": samples / t_infer,
+            "train_call": "model.compile(optimizer='adam', loss=pearson_loss, metrics=[pearson_metric]); "
+                          "model.train_on_batch(x, y)",
+            "infer_call": "tf.function(lambda x: model(x, training=False))"}
+
+
 # ----------------------------------------------------------------------------- data wait
 
 
@@ -485,6 +601,9 @@ def parse_args(argv=None):
     p.add_argument("--data_window_s", type=float, default=5.0)
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of a training step")
+    p.add_argument("--tf_reference", default=None, metavar="PATH",
+                   help="also time the reference TensorFlow VLAAI from PATH/model.py (a clone of exporl/vlaai); "
+                        "skipped with a message when tensorflow is not installed")
     p.add_argument("--json", default=None, help="also write all numbers to this file")
     a = p.parse_args(argv)
     a.models = [m.strip() for m in a.models.split(",") if m.strip()]
@@ -498,6 +617,8 @@ def parse_args(argv=None):
     a.compile = a.compile != "no"
     if a.warmup < 1 or a.steps < 1:
         p.error("--warmup and --steps must be >= 1")
+    if a.tf_reference is not None:
+        a.tf_reference_file = tf_reference_file(a.tf_reference)
     return a
 
 
@@ -530,8 +651,7 @@ def _print_header(info: dict, args) -> None:
           f"{args.steps} timed steps, amp {args.amp}, compile {args.compile}, deterministic {bool(args.deterministic)} "
           f"(fill_uninitialized_memory {torch.utils.deterministic.fill_uninitialized_memory}), "
           f"num_workers {args.num_workers}")
-    print("reference: TensorFlow VLAAI (tf-keras 2.21) on the 2-core development CPU: ~4,000 training and "
-          "~24,600 inference samples/s (batch 64 x 320 x 64); dense rates: 256->256 kernel-8 conv1d "
+    print("reference dense rates of host A (2 vCPUs of an AMD EPYC Zen 4): 256->256 kernel-8 conv1d "
           "~258 GFLOP/s, 4096^2 matmul ~181 GFLOP/s", flush=True)
 
 
@@ -602,6 +722,36 @@ def _throughput_runs(args, device, flops: dict, dense: dict) -> list[dict]:
     return runs
 
 
+def _tf_reference_run(args, device, flops: dict, dense: dict) -> dict | None:
+    """measure_tf_reference() with this run's batch and threads, its FLOP/s by our VLAAI's counts
+    (the same network); None when not asked or without tensorflow (then one line says so)."""
+    if args.tf_reference is None:
+        return None
+    if device.type != "cpu":
+        print("\n[tf reference] skipped: it is timed on the CPU only (run with --device=cpu)")
+        return None
+    r = measure_tf_reference(args.tf_reference_file, batch=args.batch_size, window=args.window, steps=args.steps,
+                             warmup=args.warmup, threads=torch.get_num_threads(),
+                             interop_threads=torch.get_num_interop_threads())
+    if r is None:
+        print("\n" + TF_MISSING, flush=True)
+        return None
+    f = flops.get("vlaai") or flops_per_sample(newmodel.build_model("vlaai"), args.window)
+    r["train_flops_s"] = r["train_samples_s"] * f["train"]
+    r["infer_flops_s"] = r["infer_samples_s"] * f["forward"]
+    base = dense.get("none", {}).get("best_flops")
+    if base:
+        r["train_pct_dense_fp32"] = 100 * r["train_flops_s"] / base
+        r["infer_pct_dense_fp32"] = 100 * r["infer_flops_s"] / base
+    print(f"\n[speed tf_vlaai: TensorFlow {r['tensorflow']}, Keras {r['keras']}, oneDNN {r['onednn']}, "
+          f"{r['float_policy']}, {r['params']:,} parameters, intra-op {r['intra_op_threads']} / inter-op "
+          f"{r['inter_op_threads']} threads, env {r['env'] or '{}'}] train {r['train_samples_s']:,.0f} samples/s "
+          f"({r['train_step_s'] * 1e3:.0f} ms/step, {r['train_flops_s'] / 1e9:.1f} GFLOP/s); inference "
+          f"{r['infer_samples_s']:,.0f} samples/s ({r['infer_step_s'] * 1e3:.0f} ms/batch, "
+          f"{r['infer_flops_s'] / 1e9:.1f} GFLOP/s)", flush=True)
+    return r
+
+
 def _data_waits(args, device) -> list[dict]:
     """data_wait() for every model on the real --data_dir (none when --data_steps is 0 or the folder
     is missing): whether loading keeps up with training. The corpus is read once for all models."""
@@ -628,7 +778,8 @@ def _data_waits(args, device) -> list[dict]:
     return waits
 
 
-def _print_summary(info: dict, dense: dict, flops: dict, runs: list[dict], waits: list[dict]) -> None:
+def _print_summary(info: dict, dense: dict, flops: dict, runs: list[dict], waits: list[dict],
+                   tf_ref: dict | None = None) -> None:
     """Print the closing table: every figure once more in one place, with the machine's load during
     the run, since other processes make the figures unreliable."""
     other = info["other_processes_cores"]
@@ -653,8 +804,14 @@ def _print_summary(info: dict, dense: dict, flops: dict, runs: list[dict], waits
         print(f"{r['model']:12s} {r['amp']:4s} {'yes' if r['compile'] else 'no':8s} {f['forward'] / 1e6:11.3f} | {f['train'] / 1e6:10.3f} "
               f"{fmt_rate(r['train_samples_s']):>16s} {fmt_rate(r['infer_samples_s']):>16s} "
               f"{fmt_pct(r.get('train_pct_dense_fp32')):>13s} {fmt_pct(r.get('infer_pct_dense_fp32')):>13s}")
-    print(f"{'TF VLAAI ref':12s} {'':4s} {'':8s} {'':>24s} {fmt_rate(REFERENCE['tf_vlaai_train']):>16s} "
-          f"{fmt_rate(REFERENCE['tf_vlaai_infer']):>16s}")
+    if tf_ref:
+        print(f"{'tf_vlaai':12s} {'none':4s} {'no':8s} {'(as vlaai)':>24s} {fmt_rate(tf_ref['train_samples_s']):>16s} "
+              f"{fmt_rate(tf_ref['infer_samples_s']):>16s} {fmt_pct(tf_ref.get('train_pct_dense_fp32')):>13s} "
+              f"{fmt_pct(tf_ref.get('infer_pct_dense_fp32')):>13s}")
+        for r in runs:
+            print(f"{r['model']} ({r['amp']}{', compiled' if r['compile'] else ''}) / TensorFlow VLAAI: training "
+                  f"x{r['train_samples_s'] / tf_ref['train_samples_s']:.2f}, inference "
+                  f"x{r['infer_samples_s'] / tf_ref['infer_samples_s']:.2f}")
     print("(% dense: achieved FLOP/s over the best float32 dense rate measured above; training FLOPs are "
           "forward+backward, corrected for grouped convs; LayerNorm/activations/loss/Adam are not FLOPs here)")
     for w in waits:
@@ -676,6 +833,8 @@ def main(argv=None) -> dict:
     result["flops_per_sample"] = flops
     runs = _throughput_runs(args, device, flops, dense)
     result["throughput"] = runs
+    tf_ref = _tf_reference_run(args, device, flops, dense)
+    result["tf_reference"] = tf_ref
     waits = _data_waits(args, device)
     result["data_wait"] = waits
 
@@ -686,7 +845,7 @@ def main(argv=None) -> dict:
 
     info["other_processes_cores"] = load.other_cores()
     info["loadavg_at_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    _print_summary(info, dense, flops, runs, waits)
+    _print_summary(info, dense, flops, runs, waits, tf_ref)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
         print(f"wrote {args.json}")

@@ -119,3 +119,62 @@ def test_runs_as_a_module_from_the_repo_root(module):
     p = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert f"python -m {module}" in p.stdout
+
+
+def _write_fake_reference(folder: Path) -> Path:
+    """A tiny stand-in for the reference's model.py (same three names, a one-conv Keras model):
+    enough to drive --tf_reference; the real one is the user's clone of exporl/vlaai."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.py").write_text(
+        "import tensorflow as tf\n"
+        "def vlaai():\n"
+        "    eeg = tf.keras.layers.Input((None, 64))\n"
+        "    return tf.keras.models.Model(eeg, tf.keras.layers.Conv1D(1, 3, padding='causal')(eeg))\n"
+        "def pearson_metric(y_true, y_pred):\n"
+        "    t, p = y_true - tf.reduce_mean(y_true, 1, True), y_pred - tf.reduce_mean(y_pred, 1, True)\n"
+        "    return tf.reduce_sum(t * p, 1) / tf.sqrt(tf.reduce_sum(t * t, 1) * tf.reduce_sum(p * p, 1) + 1e-9)\n"
+        "def pearson_loss(y_true, y_pred):\n"
+        "    return -pearson_metric(y_true, y_pred)\n")
+    return folder
+
+
+TINY = ["--models=linear_conv", "--batch_size=2", "--window=64", "--steps=1", "--warmup=1", "--skip_dense",
+        "--data_steps=0"]
+
+
+def test_tf_reference_skips_without_tensorflow(tmp_path, monkeypatch, capsys):
+    """--tf_reference without tensorflow: one line says it is skipped, the rest of the run goes on."""
+    ref = _write_fake_reference(tmp_path / "vlaai")
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
+    monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
+    out = tp.main([*TINY, f"--tf_reference={ref}"])
+    printed = capsys.readouterr().out
+    assert out["tf_reference"] is None
+    assert out["throughput"][0]["train_samples_s"] > 0
+    lines = [ln for ln in printed.splitlines() if "[tf reference]" in ln]
+    assert lines == [tp.TF_MISSING] and "tensorflow is not installed" in lines[0]
+    assert "tf_vlaai" not in printed
+
+
+def test_tf_reference_without_model_py_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        tp.parse_args([f"--tf_reference={tmp_path}"])
+    msg = str(e.value.code)
+    assert "\n" not in msg and "model.py" in msg and str(tmp_path) in msg
+    p = subprocess.run([sys.executable, "-m", "benchmarks.throughput", f"--tf_reference={tmp_path / 'none'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.strip().count("\n") == 0 and "no model.py" in p.stderr
+
+
+def test_tf_reference_timed_when_tensorflow_is_installed(tmp_path, monkeypatch):
+    """Only where tensorflow is installed (not a requirement): the reference is imported from its
+    file and timed with train_on_batch and a tf.function, with torch's thread count."""
+    pytest.importorskip("tensorflow")
+    ref = _write_fake_reference(tmp_path / "vlaai")
+    monkeypatch.delenv("TF_USE_LEGACY_KERAS", raising=False)
+    out = tp.main([*TINY, f"--tf_reference={ref}"])
+    r = out["tf_reference"]
+    assert r["train_samples_s"] > 0 and r["infer_samples_s"] > 0 and r["params"] == 3 * 64 + 1
+    assert r["intra_op_threads"] == torch.get_num_threads()
+    assert "vlaai_tf_reference" not in sys.modules and str(ref) not in sys.path
