@@ -131,10 +131,10 @@ def wait_for_lock(folder: Path, proc: subprocess.Popen, log: Path, timeout: floa
 def stop(proc: subprocess.Popen, log: Path) -> None:
     """SIGTERM, as a scheduler would: train.py stops at its last completed epoch, exit 130."""
     if proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)  # running again first, so the SIGTERM is handled at once
         proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGCONT)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
