@@ -48,7 +48,6 @@ processes during the run, torch version and threads. ``--json=path`` also writes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import importlib.util
 import json
@@ -65,6 +64,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import newmodel
+import runtime
 from metrics import pearson_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,24 +178,9 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device=cuda but torch sees no CUDA GPU")
-    return torch.device(name)
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, amp: str):
-    """bfloat16 autocast for amp='bf16' (the loss is computed in float32, as train.py does)."""
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- FLOP counting
@@ -236,14 +221,14 @@ def count_flops(model, x, y, mask, subj, amp: str = "none") -> dict:
     device = x.device
     model.train()
     with FlopCounterMode(display=False) as fc:
-        with torch.no_grad(), autocast(device, amp):
+        with torch.no_grad(), runtime.autocast(device, amp):
             model(x, subject=subj)
     fwd = fc.get_total_flops()
     res = {}
     for key, mapping in (("train_counted", None), ("train", CORRECTED)):
         model.zero_grad(set_to_none=True)
         with FlopCounterMode(display=False, custom_mapping=mapping) as fc:
-            with autocast(device, amp):
+            with runtime.autocast(device, amp):
                 pred = model(x, subject=subj)
             pearson_loss(pred.float(), y, mask).backward()
         res[key] = fc.get_total_flops()
@@ -332,7 +317,7 @@ def dense_rate(device, dtype=torch.float32, repeats: int = 3, n: int = 4096, con
 
 
 def train_step(model, opt, x, y, mask, subj, amp: str):
-    with autocast(x.device, amp):
+    with runtime.autocast(x.device, amp):
         pred = model(x, subject=subj)
     loss = pearson_loss(pred.float(), y, mask)
     opt.zero_grad(set_to_none=True)
@@ -371,14 +356,14 @@ def measure_model(name: str, device, *, batch: int, window: int, steps: int, war
     with torch.inference_mode():
         t0 = time.perf_counter()
         for i in range(warmup):
-            with autocast(device, amp):
+            with runtime.autocast(device, amp):
                 fwd(x, subject=subj)
             sync(device)
             if i == 0:
                 out["infer_first_call_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(steps):
-            with autocast(device, amp):
+            with runtime.autocast(device, amp):
                 fwd(x, subject=subj)
         sync(device)
         dt = time.perf_counter() - t0
@@ -822,7 +807,7 @@ def _print_summary(info: dict, dense: dict, flops: dict, runs: list[dict], waits
 def main(argv=None) -> dict:
     args = parse_args(argv)
     _configure_torch(args)
-    device = pick_device(args.device)
+    device = runtime.pick_device(args.device)
     load = LoadMeter()
     info = machine_info(device)
     _print_header(info, args)
