@@ -55,6 +55,25 @@ def _conv_span(conv: nn.Conv1d) -> int:
     return conv.dilation[0] * (conv.kernel_size[0] - 1)
 
 
+def _conv_time(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv`` over time, 'valid', on a time-first tensor: (B, T, Cin) -> (B, T - span, Cout).
+
+    Runs as a conv2d on the (B, Cin, 1, T) channels-last view of ``x``, with no transposing
+    copies: oneDNN then convolves the time-first memory in place with its brgemm kernel, about
+    1.3x faster on CPU than ``nn.Conv1d`` on a channels-first copy (blocked kernel plus a layout
+    reorder around every conv). The output is the (B, T', Cout) view of a channels-last result.
+    The parameters stay ``nn.Conv1d``'s, so checkpoints are unchanged. Needs T > span.
+    """
+    y = F.conv2d(x.contiguous().transpose(1, 2).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias,
+                 dilation=(1, conv.dilation[0]), groups=conv.groups)
+    return y.squeeze(2).transpose(1, 2)
+
+
+def _pad_time(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Zeros added before and after the time axis of a (B, T, C) tensor."""
+    return F.pad(x, (0, 0, before, after))
+
+
 # ----------------------------------------------------------------------------------------------
 # VLAAI
 # ----------------------------------------------------------------------------------------------
@@ -63,8 +82,7 @@ class _VLAAIExtractor(nn.Module):
 
     (batch, time, in_chans) -> (batch, time, filters[-1]). Output t sees inputs t..t+35.
     The last k-1 outputs of every layer are zeros, as in the Keras reference (pad after the
-    activation). Implemented as conv over the end-padded input followed by a mask, which is the
-    same for time >= k and also works for shorter inputs (all zeros there, like 'valid' + pad).
+    activation), computed in that order.
     """
 
     def __init__(self, in_chans: int = 64, filters: Sequence[int] = (256, 256, 256, 128, 128),
@@ -80,10 +98,10 @@ class _VLAAIExtractor(nn.Module):
         T = x.shape[1]
         for conv, norm in zip(self.convs, self.norms):
             k = _conv_span(conv)
-            y = conv(F.pad(x.transpose(1, 2), (0, k))).transpose(1, 2)
-            y = self.act(norm(y))
-            keep = torch.arange(T, device=x.device) < T - k      # zero the k padded samples at the end
-            x = y * keep.to(y.dtype).unsqueeze(-1)
+            if T <= k:   # 'valid' leaves nothing: every output is a padded zero
+                x = x.new_zeros(x.shape[0], T, conv.out_channels)
+                continue
+            x = _pad_time(self.act(norm(_conv_time(x, conv))), 0, k)
         return x
 
     def span(self) -> int:
@@ -104,7 +122,7 @@ class _VLAAIOutputContext(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, time, in_chans) -> (batch, time, filters)."""
-        y = self.conv(F.pad(x.transpose(1, 2), (_conv_span(self.conv), 0))).transpose(1, 2)
+        y = _conv_time(_pad_time(x, _conv_span(self.conv), 0), self.conv)
         return self.act(self.norm(y))
 
     def span(self) -> int:
@@ -458,6 +476,37 @@ class LinearConv(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Improved VLAAI
 # ----------------------------------------------------------------------------------------------
+class _Dropout(nn.Module):
+    """Dropout (rate ``p``, survivors scaled up) whose CPU mask costs a quarter of ``nn.Dropout``'s.
+
+    torch's CPU dropout draws one Bernoulli per element (about a fifth of ivlaai's training step).
+    Here each element gets 16 random bits instead, 4 per 64-bit draw, and is dropped when they
+    fall below ``round(p * 65536)``: ``p`` is used to the nearest 1/65536 (0.2 -> 0.199997), and
+    survivors are scaled by the exact inverse of the kept fraction, so the mean is unchanged.
+    Masks come from torch's seeded CPU generator. Other devices use ``F.dropout``.
+    x: any shape -> the same shape.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+        self._dropped = round(self.p * 65536)          # out of 65536 equally likely 16-bit values
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2 ** 63, None)
+        u16 = bits.view(torch.int16)[:n].view(x.shape)  # uniform on -32768..32767
+        keep = u16 >= self._dropped - 32768
+        return x * (keep.to(x.dtype) * (65536 / (65536 - self._dropped)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class _ConvNormAct(nn.Module):
     """Conv1d (optionally depthwise-separable) -> LayerNorm(channels) -> LeakyReLU -> Dropout.
 
@@ -478,16 +527,15 @@ class _ConvNormAct(nn.Module):
             self.point = None
         self.norm = nn.LayerNorm(cout, eps=_LN_EPS)
         self.act = nn.LeakyReLU(_LEAK)
-        self.drop = nn.Dropout(dropout)
+        self.drop = _Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, time, cin) -> (batch, time, cout)."""
         k = _conv_span(self.conv)
-        pad = (0, k) if self.look == "ahead" else (k, 0)
-        y = self.conv(F.pad(x.transpose(1, 2), pad))
+        y = _conv_time(_pad_time(x, 0, k) if self.look == "ahead" else _pad_time(x, k, 0), self.conv)
         if self.point is not None:
-            y = self.point(y)
-        return self.drop(self.act(self.norm(y.transpose(1, 2))))
+            y = _conv_time(y, self.point)
+        return self.drop(self.act(self.norm(y)))
 
     def span(self) -> int:
         return _conv_span(self.conv)
@@ -562,7 +610,7 @@ class ImprovedVLAAI(nn.Module):
         n_own = 1 if shared else n_blocks
         self.extractors = nn.ModuleList(make_extractor() for _ in range(n_own))
         self.contexts = nn.ModuleList(make_context() for _ in range(n_own))
-        self.dense = nn.ModuleList(nn.Sequential(nn.Linear(width, feat), nn.Dropout(dropout))
+        self.dense = nn.ModuleList(nn.Sequential(nn.Linear(width, feat), _Dropout(dropout))
                                    for _ in range(n_blocks))
         self.head = nn.Linear(feat * n_blocks if concat else feat, 1)
         _keras_init(self)

@@ -440,3 +440,51 @@ def test_paired_differences_over_shared_keys_matches_scipy():
     assert out["diff"] == pytest.approx(d.mean()) and out["sem"] == pytest.approx(scipy.stats.sem(d))
     assert paired_differences({"S1": 1.0}, {"S1": 0.5})["sem"] is None
     assert paired_differences({"S1": 1.0}, {"S2": 0.5}) == {"n": 0, "diff": None, "sem": None, "higher": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks: time-first convolution, CPU dropout
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cin,cout,kernel,dilation,groups", [(5, 7, 4, 1, 1), (6, 6, 3, 2, 6), (8, 4, 1, 1, 2)])
+def test_conv_time_matches_conv1d_on_channels_first(cin, cout, kernel, dilation, groups):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(cin, cout, kernel, dilation=dilation, groups=groups).double()
+    x = torch.randn(3, 29, cin, dtype=torch.float64)
+    want = conv(x.transpose(1, 2)).transpose(1, 2)
+    got = newmodel._conv_time(x, conv)
+    assert got.shape == want.shape == (3, 29 - dilation * (kernel - 1), cout)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    x32 = torch.randn(2, 40, cin).transpose(0, 1).transpose(0, 1)       # non-contiguous input
+    torch.testing.assert_close(newmodel._conv_time(x32[:, ::2], conv.float()),
+                               conv.float()(x32[:, ::2].transpose(1, 2)).transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_rate_scale_and_eval():
+    drop = newmodel._Dropout(0.2).train()
+    x = torch.ones(400, 1000)
+    torch.manual_seed(3)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.2) < 0.005                      # 400,000 draws: sd 0.0006
+    kept = y[y != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 65536 / (65536 - round(0.2 * 65536))))
+    assert abs(y.mean().item() - 1) < 0.01                 # the mean is kept
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(newmodel._Dropout(0.0).train()(x), x)
+
+
+def test_dropout_masks_are_seeded_independent_and_differentiable():
+    drop = newmodel._Dropout(0.5).train()
+    x = torch.randn(64, 33, requires_grad=True)
+    torch.manual_seed(7)
+    a = drop(x)
+    torch.manual_seed(7)
+    b = drop(x)
+    assert torch.equal(a, b)                               # same seed, same mask
+    c = drop(x)
+    assert not torch.equal(a == 0, c == 0)                 # the next call draws a new mask
+    # elements are dropped independently: neighbours agree about half the time at p = 0.5
+    zero = (drop(torch.ones(1000, 1000)) == 0)
+    assert abs((zero[:, 1:] == zero[:, :-1]).float().mean().item() - 0.5) < 0.01
+    a.sum().backward()
+    torch.testing.assert_close(x.grad, (a.detach() != 0).float() * 2.0)
