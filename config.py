@@ -92,7 +92,7 @@ eval_hop_s = 1.0  # eval_dir: hop between those windows
 
 # ---- demo corpus ----------------------------------------------------------------------------
 demo_subjects = 8  # subjects in the built-in demo corpus
-demo_minutes = 1.5  # minutes of EEG per demo subject (small, so the demo trains in a few minutes on a 2-core CPU)
+demo_minutes = 1.0  # minutes of EEG per demo subject (small, so the demo trains in a few minutes on a 2-core CPU)
 demo_seed = 0  # seed of the demo corpus generator
 demo_dir = "xfdata"  # where the demo corpus is written (split_data/, test set, labels); train.py builds it here
 

@@ -20,7 +20,7 @@ Files written under ``out_dir`` (formats of ``docs/reference.md``, "Data formats
 API: ``make_demo_corpus(...)``, ``linear_reference_r(out_dir)`` (a pooled ridge backward model
 scored on the challenge-format test set of any corpus on disk), ``model_ceiling_r(out_dir)``
 (a subject-specific ridge trained on ``factor`` x more data generated from the same model).
-CLI: ``python demo_corpus.py [--demo_dir=xfdata] [--demo_subjects=8] [--demo_minutes=1.5] [--demo_seed=0]
+CLI: ``python demo_corpus.py [--demo_dir=xfdata] [--demo_subjects=8] [--demo_minutes=1.0] [--demo_seed=0]
 [--overwrite]`` (the keys of program "demo" in config.py; ``--help`` lists them).
 """
 from __future__ import annotations
@@ -458,7 +458,7 @@ def _demo_info(params: dict, seen: list, heldout: list, recordings: dict, tests:
     }
 
 
-def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=1.5, n_test_segments=2,
+def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=1.0, n_test_segments=2,
                      segment_s=60.0, n_chans=64, fs=64, seed=0, overwrite=False, *,
                      measure=True, ceiling_factor=0) -> dict:
     """Write the synthetic demo corpus under ``out_dir`` and return a summary dict.
