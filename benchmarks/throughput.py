@@ -22,8 +22,8 @@ For each model (``--models``, default vlaai,ivlaai; linear_conv allowed) and eac
   weight gradient of a grouped convolution by its groups (a depthwise conv's weight gradient is
   counted ``channels`` times too high), so the training count is shown both as counted and
   corrected (the corrected formula is used for the FLOP/s figures). Cross-checks: a forward count
-  from module hooks (every Conv1d/Linear call: 2 x output elements x inputs per output) and, for
-  VLAAI, the count by hand (13.70 MFLOP per sample).
+  from the conv1d/conv2d/linear calls (2 x output elements x multiply-adds per output) and, for
+  VLAAI, the count by hand (13.42 MFLOP per sample at 320 samples: its extractor convs are 'valid').
 * achieved FLOP/s as a share of the best dense rate measured in the same run: the faster of a
   4096 x 4096 float32 matmul and a 256 -> 256 channel, kernel-8 conv1d over a batch of 64 x 327
   samples (each timed ``--dense_repeats`` times, best taken; also in bfloat16 when bf16 is asked).
@@ -61,6 +61,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import newmodel
@@ -166,6 +167,10 @@ def machine_info(device: torch.device) -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "avx512_bf16": "avx512_bf16" in cpu_flags(),
+        # the kernels torch runs; an AVX-512 machine can be limited to AVX2 ones (benchmarks/demo_time.py)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+                    if k in os.environ},
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -246,35 +251,44 @@ def flops_per_sample(model, window: int, batch: int = 2, amp: str = "none") -> d
     return {k: v / (batch * window) for k, v in c.items()}
 
 
-def hook_flops(model, x, subj) -> int:
-    """Forward FLOPs from module hooks: 2 x output elements x inputs per output, per Conv1d/Linear call."""
-    total = [0]
+class _CallFlops(TorchFunctionMode):
+    """Counts 2 x output elements x multiply-adds per output of every conv1d/conv2d/linear call."""
 
-    def hook(mod, inp, out):
-        if isinstance(mod, torch.nn.Conv1d):
-            total[0] += 2 * out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0]
-        elif isinstance(mod, torch.nn.Linear):
-            total[0] += 2 * out.numel() * mod.in_features
+    def __init__(self):
+        super().__init__()
+        self.total = 0
 
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(x, subject=subj)
-    finally:
-        for h in hs:
-            h.remove()
-    return total[0]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in (F.conv1d, F.conv2d, F.linear):
+            w = args[1] if len(args) > 1 else kwargs["weight"]
+            per_out = w.shape[1] if func is F.linear else w[0].numel()   # in/groups x kernel for convs
+            self.total += 2 * out.numel() * per_out
+        return out
 
 
-def vlaai_hand_flops(n_chans=64, filters=(256, 256, 256, 128, 128), kernel=8, context=32, blocks=4) -> int:
+def call_flops(model, x, subj) -> int:
+    """Forward FLOPs from the functional calls (conv1d, conv2d, linear) the forward makes: a count
+    independent of FlopCounterMode's aten-level one."""
+    with torch.no_grad(), _CallFlops() as c:
+        model(x, subject=subj)
+    return c.total
+
+
+def vlaai_hand_flops(window: int | None = None, n_chans=64, filters=(256, 256, 256, 128, 128), kernel=8,
+                     context=32, blocks=4) -> float:
     """VLAAI forward FLOPs per output sample by hand: 2 x multiply-adds of every conv/dense layer.
 
     Per block: extractor convs 64->256->256->256->128->128 (kernel 8), dense 128->64, output
-    context conv 64->64 (kernel 32); 4 blocks share nothing in FLOPs; then dense 64->1.
-    = 2 x (4 x (1,572,864 + 8,192 + 131,072) + 64) = 13,697,152.
+    context conv 64->64 (kernel 32); 4 blocks share nothing in FLOPs; then dense 64->1. The
+    extractor convs are 'valid' (as in the reference): over a window of ``window`` samples each
+    computes window - 7 outputs (the last 7 are padded zeros). ``window=None``: the long-window
+    limit, 2 x (4 x (1,572,864 + 8,192 + 131,072) + 64) = 13,697,152.
     """
     chans = [n_chans, *filters]
-    per_block = sum(kernel * chans[i] * chans[i + 1] for i in range(len(filters)))
+    valid = 1.0 if window is None else (window - (kernel - 1)) / window
+    per_block = valid * sum(kernel * chans[i] * chans[i + 1] for i in range(len(filters)))
     per_block += filters[-1] * n_chans + context * n_chans * n_chans
     return 2 * (blocks * per_block + n_chans)
 
@@ -656,8 +670,8 @@ def _dense_rates(args, device) -> dict:
 
 
 def _model_flops(args) -> dict:
-    """{model: FLOPs per sample} counted three ways (FlopCounterMode, module hooks and, for VLAAI, by
-    hand), so that a wrong count shows up as a disagreement."""
+    """{model: FLOPs per sample} counted three ways (FlopCounterMode, the conv/linear calls and, for VLAAI,
+    by hand), so that a wrong count shows up as a disagreement."""
     flops = {}
     cnt_batch = min(args.batch_size, 2)
     for name in args.models:
@@ -665,15 +679,14 @@ def _model_flops(args) -> dict:
         m = newmodel.build_model(name)
         f = flops_per_sample(m, args.window, cnt_batch)
         x, _, _, subj = (t.to("meta") for t in make_batch(cnt_batch, args.window))
-        f["forward_hooks"] = hook_flops(m.to("meta"), x, subj) / (cnt_batch * args.window)
+        f["forward_calls"] = call_flops(m.to("meta"), x, subj) / (cnt_batch * args.window)
         if name == "vlaai":
-            f["forward_hand"] = vlaai_hand_flops()
+            f["forward_hand"] = vlaai_hand_flops(args.window)
         flops[name] = f
         hand = (f"; by hand {f['forward_hand'] / 1e6:.3f} (counted/hand = {f['forward'] / f['forward_hand']:.4f})"
                 if "forward_hand" in f else "")
-        hooks = f"{f['forward_hooks'] / 1e6:.3f}" if f["forward_hooks"] else "n/a: no Conv1d/Linear module call"
-        print(f"\n[flops {name}] per sample: forward {f['forward'] / 1e6:.3f} MFLOP (module hooks "
-              f"{hooks}{hand}); training fwd+bwd {f['train'] / 1e6:.3f} MFLOP "
+        print(f"\n[flops {name}] per sample: forward {f['forward'] / 1e6:.3f} MFLOP (conv/linear calls "
+              f"{f['forward_calls'] / 1e6:.3f}{hand}); training fwd+bwd {f['train'] / 1e6:.3f} MFLOP "
               f"(FlopCounterMode as counted: {f['train_counted'] / 1e6:.3f})", flush=True)
     return flops
 
@@ -772,8 +785,9 @@ def _print_summary(info: dict, dense: dict, flops: dict, runs: list[dict], waits
     print("\n== summary")
     print(f"{info['date']}  {info['command']}")
     print(f"torch {info['torch']}, {info['threads']} threads, {info['device']} ({info['gpu'] or info['cpu']}, "
-          f"{info['cpu_count']} CPUs); other processes kept {other:.2f} cores busy on average during the run: "
-          f"machine {state}")
+          f"{info['cpu_count']} CPUs, {info['cpu_capability']} kernels"
+          + (f", {' '.join(f'{k}={v}' for k, v in info['isa_env'].items())}" if info["isa_env"] else "")
+          + f"); other processes kept {other:.2f} cores busy on average during the run: machine {state}")
     if dense:
         d = dense["none"]
         print(f"dense fp32: matmul {d['matmul_flops'] / 1e9:.1f}, conv1d {d['conv1d_flops'] / 1e9:.1f} GFLOP/s "
