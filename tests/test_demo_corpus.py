@@ -155,7 +155,7 @@ def test_cli_reads_the_demo_config_keys(monkeypatch):
     assert got == {"out_dir": "some dir", "n_subjects": 3, "minutes": 1.5, "seed": 4, "overwrite": True}
     got.clear()
     assert dc.main([]) == 0
-    assert got == {"out_dir": "xfdata", "n_subjects": 8, "minutes": 4.0, "seed": 0, "overwrite": False}
+    assert got == {"out_dir": "xfdata", "n_subjects": 8, "minutes": 1.0, "seed": 0, "overwrite": False}
     with pytest.raises(SystemExit, match="unknown config key 'n_subjects'"):
         dc.main(["--n_subjects=3"])
     with pytest.raises(SystemExit):
