@@ -94,9 +94,13 @@ def test_torchrun_two_ranks_give_the_one_process_model(data_dir, tmp_path):
     scale = float(pa.abs().max())
     assert float((pa - pb).abs().max()) < 1e-2 * scale          # float summation order only
     assert float((pa - pc).abs().max()) > 10 * float((pa - pb).abs().max())
-    for ra, rb in zip(a["history"], b["history"]):               # reduced training loss and validation r
-        assert ra["train_r"] == pytest.approx(rb["train_r"], abs=1e-4)
-        assert ra["val_r"] == pytest.approx(rb["val_r"], abs=1e-4)
+    # reduced training r and validation r. Summation order moves the weights slightly, and Adam
+    # turns gradients that are pure float noise (e.g. the output bias: r ignores shifts) into full
+    # steps, so two epochs agree to ~1e-3, not to the last digit; the other batch size is ~1e-2 off.
+    for ra, rb, rc in zip(a["history"], b["history"], c["history"]):
+        assert ra["train_r"] == pytest.approx(rb["train_r"], abs=2e-3)
+        assert ra["val_r"] == pytest.approx(rb["val_r"], abs=2e-3)
+    assert max(abs(ra[k] - rc[k]) for ra, rc in zip(a["history"], c["history"]) for k in ("train_r", "val_r")) > 4e-3
     assert a["epoch"] == b["epoch"] == 2
     # only rank 0 locked and wrote: one log, no stray temp files, the lock let go
     out = tmp_path / "two" / "ivlaai" / "seed-5"
