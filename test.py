@@ -224,8 +224,18 @@ def _main(argv) -> dict:
         print(f"scores written to {Path(cfg['result_dir']) / 'eval_score.json'}")
     if "ensemble" not in result and "eval" not in result and not (test_dir and test_dir.is_dir()):
         raise SystemExit(f"nothing to test: test_dir {test_dir} does not exist and no --eval_dir was given")
-    print(f"test.py: {time.time() - t0:.1f} s")
+    print(run_time(loaded, time.time() - t0))
     return result
+
+
+def run_time(loaded, test_s: float) -> str:
+    """test.py's time, and the whole run's when the checkpoints record their epochs' times."""
+    epochs = [row for _, ck in loaded for row in ck.get("history") or [] if "seconds" in row]
+    if not epochs:
+        return f"test.py: {test_s:.1f} s"
+    train_s = sum(float(row["seconds"]) for row in epochs)
+    return (f"time: training {train_s:.1f} s ({len(loaded)} seed(s), {len(epochs)} epochs) + test.py {test_s:.1f} s "
+            f"= {train_s + test_s:.1f} s")
 
 
 def main(argv=None) -> dict:

@@ -294,6 +294,14 @@ def test_two_seeds_run_dirs_ensemble_and_per_seed_scores(corpus, two_seeds, tmp_
         assert saved["per_seed"][f"seed-{s}"]["total"] == pytest.approx(t, abs=1e-9)
     assert saved["per_seed"]["seed-1"]["total"] != saved["per_seed"]["seed-2"]["total"]
     assert f"total {total:.4f}" in out and "ensemble of 2 seeds" in out
+    # the run's time: the recorded epochs of both seeds, plus test.py's own
+    epochs = [row for s in (1, 2) for row in torch.load(two_seeds / "ivlaai" / f"seed-{s}" / "best.pt",
+                                                        weights_only=True)["history"]]
+    line = next(ln for ln in out.splitlines() if ln.startswith("time: "))
+    m = re.fullmatch(r"time: training ([\d.]+) s \(2 seed\(s\), (\d+) epochs\) \+ test.py ([\d.]+) s = ([\d.]+) s", line)
+    assert m and int(m[2]) == len(epochs) > 0, line
+    assert float(m[1]) == pytest.approx(sum(r["seconds"] for r in epochs), abs=0.06)
+    assert float(m[4]) == pytest.approx(float(m[1]) + float(m[3]), abs=0.06)
 
 
 # ----------------------------------------------------------------------------------- 3. determinism
