@@ -182,3 +182,18 @@ def test_tf_reference_timed_when_tensorflow_is_installed(tmp_path, monkeypatch):
     assert r["train_samples_s"] > 0 and r["infer_samples_s"] > 0 and r["params"] == 3 * 64 + 1
     assert r["intra_op_threads"] == torch.get_num_threads()
     assert "vlaai_tf_reference" not in sys.modules and str(ref) not in sys.path
+
+
+def test_demo_time_finds_the_readme_demo_and_times_each_step(tmp_path):
+    from benchmarks import demo_time
+
+    cmd = demo_time.readme_demo_command(Path(__file__).resolve().parents[1] / "README.md")
+    assert cmd.startswith("python3 -m venv .venv") and cmd.endswith("python train.py && python test.py")
+    steps = demo_time.run_timed("true && sleep 0.3 && echo done", tmp_path, dict(os.environ), tmp_path / "log")
+    assert [s for s, _ in steps] == ["true", "sleep 0.3", "echo done"]
+    assert steps[1][1] >= 0.3 and steps[0][1] < 0.3
+    with pytest.raises(SystemExit, match="after 1 of 3 steps"):
+        demo_time.run_timed("true && false && true", tmp_path, dict(os.environ), tmp_path / "log2")
+    (tmp_path / "README.md").write_text("no command here\n")
+    with pytest.raises(SystemExit, match="no demo command"):
+        demo_time.readme_demo_command(tmp_path / "README.md")
