@@ -36,7 +36,7 @@ from checkpoint import load_checkpoint
 from EEG_Dataset import natural_key
 from fileio import atomic_write_bytes, atomic_write_json, json_cached, sha256_file
 from metrics import paired_differences
-from runs import finished_run
+from runs import finished_run, log_seconds
 from sweep import run_pool, threads_per_job, visible_gpus
 
 ROOT = Path(__file__).resolve().parent
@@ -256,16 +256,6 @@ def _main(argv=None) -> dict:
         raise SystemExit(f"benchmark: {len(failed)} training runs failed ({', '.join(failed)}); see their logs. "
                          "Run the same command again to retry them; finished runs are kept.")
     return results
-
-
-def log_seconds(path: Path) -> float:
-    """Training time of one seed, summed over the epochs in its log.csv (all sessions of a resumed run)."""
-    import csv
-
-    if not path.exists():
-        return 0.0
-    with open(path) as f:
-        return sum(float(row["seconds"] or 0) for row in csv.DictReader(f))
 
 
 def summarize(results: dict, cfg: dict) -> dict:

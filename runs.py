@@ -173,6 +173,19 @@ def write_log(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def read_log(path: Path) -> list[dict]:
+    """The rows of a log.csv (every epoch of every session of a resumed run); [] when it is missing."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def log_seconds(path: Path) -> float:
+    """Training time of one seed: the epochs' seconds in its log.csv, summed."""
+    return sum(float(row.get("seconds") or 0) for row in read_log(path))
+
+
 # ----------------------------------------------------------------------------- data
 
 

@@ -37,7 +37,7 @@ from EEG_Dataset import DataError, mean_by_subject, read_challenge_labels, read_
 from evaluation import predict, zscore_prediction
 from fileio import FileError, atomic_write_json, read_json, sha256_file
 from metrics import pearson
-from runs import corpus_from_config, lock_holder
+from runs import corpus_from_config, lock_holder, read_log
 
 MANIFEST = "manifest.json"
 EVAL_KEYS = ("subjects", "exclude_subjects", "val_recordings", "test_recordings", "split", "time_fold", "eval_window_s",
@@ -224,17 +224,21 @@ def _main(argv) -> dict:
         print(f"scores written to {Path(cfg['result_dir']) / 'eval_score.json'}")
     if "ensemble" not in result and "eval" not in result and not (test_dir and test_dir.is_dir()):
         raise SystemExit(f"nothing to test: test_dir {test_dir} does not exist and no --eval_dir was given")
-    print(run_time(loaded, time.time() - t0))
+    print(run_time(ckpts, loaded, time.time() - t0))
     return result
 
 
-def run_time(loaded, test_s: float) -> str:
-    """test.py's time, and the whole run's when the checkpoints record their epochs' times."""
-    epochs = [row for _, ck in loaded for row in ck.get("history") or [] if "seconds" in row]
-    if not epochs:
+def run_time(ckpts, loaded, test_s: float) -> str:
+    """test.py's time, and the whole run's: the epochs each seed's log.csv records (all of them,
+    not only those up to the kept best.pt), or its checkpoint's history when there is no log."""
+    rows = []
+    for path, (_, ck) in zip(ckpts, loaded):
+        log = Path(path).parent / "log.csv" if Path(path).name in ("best.pt", "last.pt") else None
+        rows += (read_log(log) if log else []) or ck.get("history") or []
+    if not rows:
         return f"test.py: {test_s:.1f} s"
-    train_s = sum(float(row["seconds"]) for row in epochs)
-    return (f"time: training {train_s:.1f} s ({len(loaded)} seed(s), {len(epochs)} epochs) + test.py {test_s:.1f} s "
+    train_s = sum(float(row.get("seconds") or 0) for row in rows)
+    return (f"time: training {train_s:.1f} s ({len(loaded)} seed(s), {len(rows)} epochs) + test.py {test_s:.1f} s "
             f"= {train_s + test_s:.1f} s")
 
 

@@ -33,7 +33,7 @@ from averaging import average_state_dicts  # noqa: E402
 from checkpoint import load_model, model_from_checkpoint  # noqa: E402
 from EEG_Dataset import DataError  # noqa: E402
 from evaluation import evaluate  # noqa: E402
-from runs import corpus_from_config, ensure_data, lock_holder  # noqa: E402
+from runs import corpus_from_config, ensure_data, lock_holder, read_log, write_log  # noqa: E402
 
 # test.py by path: the name 'test' is also the standard library's regression-test package.
 _spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
@@ -295,13 +295,24 @@ def test_two_seeds_run_dirs_ensemble_and_per_seed_scores(corpus, two_seeds, tmp_
     assert saved["per_seed"]["seed-1"]["total"] != saved["per_seed"]["seed-2"]["total"]
     assert f"total {total:.4f}" in out and "ensemble of 2 seeds" in out
     # the run's time: the recorded epochs of both seeds, plus test.py's own
-    epochs = [row for s in (1, 2) for row in torch.load(two_seeds / "ivlaai" / f"seed-{s}" / "best.pt",
-                                                        weights_only=True)["history"]]
+    epochs = [row for s in (1, 2) for row in read_log(two_seeds / "ivlaai" / f"seed-{s}" / "log.csv")]
     line = next(ln for ln in out.splitlines() if ln.startswith("time: "))
     m = re.fullmatch(r"time: training ([\d.]+) s \(2 seed\(s\), (\d+) epochs\) \+ test.py ([\d.]+) s = ([\d.]+) s", line)
     assert m and int(m[2]) == len(epochs) > 0, line
-    assert float(m[1]) == pytest.approx(sum(r["seconds"] for r in epochs), abs=0.06)
-    assert float(m[4]) == pytest.approx(float(m[1]) + float(m[3]), abs=0.06)
+    assert float(m[1]) == pytest.approx(sum(float(r["seconds"]) for r in epochs), abs=0.06)
+    assert float(m[4]) == pytest.approx(float(m[1]) + float(m[3]), abs=0.11)  # each printed to 0.1 s
+
+
+def test_run_time_counts_every_logged_epoch_not_only_those_before_the_best(tmp_path):
+    seed_dir = tmp_path / "ivlaai" / "seed-1"
+    seed_dir.mkdir(parents=True)
+    write_log(seed_dir / "log.csv", [{"epoch": e, "seconds": 2.5} for e in (1, 2, 3)])
+    best = {"history": [{"epoch": 1, "seconds": 2.5}]}          # best.pt was kept after epoch 1
+    line = test_script.run_time([seed_dir / "best.pt"], [(None, best)], 1.0)
+    assert line == "time: training 7.5 s (1 seed(s), 3 epochs) + test.py 1.0 s = 8.5 s"
+    # a file outside a run folder (published weights): its history only, or test.py's time alone
+    assert test_script.run_time([tmp_path / "w.h5"], [(None, {})], 1.0) == "test.py: 1.0 s"
+    assert "1 epochs" in test_script.run_time([seed_dir / "other.pt"], [(None, best)], 1.0)
 
 
 # ----------------------------------------------------------------------------------- 3. determinism
