@@ -55,23 +55,25 @@ def _conv_span(conv: nn.Conv1d) -> int:
     return conv.dilation[0] * (conv.kernel_size[0] - 1)
 
 
-def _conv_time(x: torch.Tensor, conv: nn.Conv1d | None = None, *, weight: torch.Tensor | None = None,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
+def _conv_time(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int = 1,
+               groups: int = 1) -> torch.Tensor:
     """A Conv1d over time, 'valid', on a time-first tensor: (B, T, Cin) -> (B, T - span, Cout).
 
-    ``conv``'s parameters, or a Conv1d ``weight`` (Cout, Cin / groups, k) and ``bias``.
-    Runs as a conv2d on the (B, Cin, 1, T) channels-last view of ``x``, with no transposing
-    copies: oneDNN then convolves the time-first memory in place with its brgemm kernel, about
-    1.3x faster on CPU than ``nn.Conv1d`` on a channels-first copy (blocked kernel plus a layout
-    reorder around every conv). The output is the (B, T', Cout) view of a channels-last result.
-    The parameters stay ``nn.Conv1d``'s, so checkpoints are unchanged. Needs T > span.
+    ``weight`` (Cout, Cin / groups, k) and ``bias`` (Cout,) are a Conv1d's. Runs as a conv2d on
+    the (B, Cin, 1, T) channels-last view of ``x``, with no transposing copies: oneDNN then
+    convolves the time-first memory in place with its brgemm kernel, about 1.3x faster on CPU
+    than ``nn.Conv1d`` on a channels-first copy (blocked kernel plus a layout reorder around every
+    conv). The output is the (B, T', Cout) view of a channels-last result. The parameters stay
+    ``nn.Conv1d``'s, so checkpoints are unchanged. Needs T > span.
     """
-    dilation, groups = (conv.dilation[0], conv.groups) if conv is not None else (1, 1)
-    if conv is not None:
-        weight, bias = conv.weight, conv.bias
     y = F.conv2d(x.contiguous().transpose(1, 2).unsqueeze(2), weight.unsqueeze(2), bias,
                  dilation=(1, dilation), groups=groups)
     return y.squeeze(2).transpose(1, 2)
+
+
+def _apply_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``_conv_time`` with an ``nn.Conv1d``'s parameters and settings."""
+    return _conv_time(x, conv.weight, conv.bias, conv.dilation[0], conv.groups)
 
 
 def _pad_time(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
@@ -106,7 +108,7 @@ class _VLAAIExtractor(nn.Module):
             if T <= k:   # 'valid' leaves nothing: every output is a padded zero
                 x = x.new_zeros(x.shape[0], T, conv.out_channels)
                 continue
-            x = _pad_time(self.act(norm(_conv_time(x, conv))), 0, k)
+            x = _pad_time(self.act(norm(_apply_conv(x, conv))), 0, k)
         return x
 
     def span(self) -> int:
@@ -127,7 +129,7 @@ class _VLAAIOutputContext(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, time, in_chans) -> (batch, time, filters)."""
-        y = _conv_time(_pad_time(x, _conv_span(self.conv), 0), self.conv)
+        y = _apply_conv(_pad_time(x, _conv_span(self.conv), 0), self.conv)
         return self.act(self.norm(y))
 
     def span(self) -> int:
@@ -335,7 +337,7 @@ def vlaai_from_keras(path) -> "VLAAI":
 # ----------------------------------------------------------------------------------------------
 def _forward_lag_conv(eeg: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """out[t] = bias + sum_k weight[0, :, k] . eeg[t + k]; zeros past the end. (B,T,C) -> (B,T,1)."""
-    return _conv_time(_pad_time(eeg, 0, weight.shape[-1] - 1), weight=weight, bias=bias)
+    return _conv_time(_pad_time(eeg, 0, weight.shape[-1] - 1), weight, bias)
 
 
 class RidgeDecoder(nn.Module):
@@ -536,9 +538,9 @@ class _ConvNormAct(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, time, cin) -> (batch, time, cout)."""
         k = _conv_span(self.conv)
-        y = _conv_time(_pad_time(x, 0, k) if self.look == "ahead" else _pad_time(x, k, 0), self.conv)
+        y = _apply_conv(_pad_time(x, 0, k) if self.look == "ahead" else _pad_time(x, k, 0), self.conv)
         if self.point is not None:
-            y = _conv_time(y, self.point)
+            y = _apply_conv(y, self.point)
         return self.drop(self.act(self.norm(y)))
 
     def span(self) -> int:

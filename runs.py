@@ -181,9 +181,14 @@ def read_log(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def epoch_seconds(rows: list[dict]) -> float:
+    """The seconds of log rows (log.csv's or a checkpoint's history), summed."""
+    return sum(float(row.get("seconds") or 0) for row in rows)
+
+
 def log_seconds(path: Path) -> float:
     """Training time of one seed: the epochs' seconds in its log.csv, summed."""
-    return sum(float(row.get("seconds") or 0) for row in read_log(path))
+    return epoch_seconds(read_log(path))
 
 
 # ----------------------------------------------------------------------------- data

@@ -37,7 +37,7 @@ from EEG_Dataset import DataError, mean_by_subject, read_challenge_labels, read_
 from evaluation import predict, zscore_prediction
 from fileio import FileError, atomic_write_json, read_json, sha256_file
 from metrics import pearson
-from runs import corpus_from_config, lock_holder, read_log
+from runs import corpus_from_config, epoch_seconds, lock_holder, read_log
 
 MANIFEST = "manifest.json"
 EVAL_KEYS = ("subjects", "exclude_subjects", "val_recordings", "test_recordings", "split", "time_fold", "eval_window_s",
@@ -237,7 +237,7 @@ def run_time(ckpts, loaded, test_s: float) -> str:
         rows += (read_log(log) if log else []) or ck.get("history") or []
     if not rows:
         return f"test.py: {test_s:.1f} s"
-    train_s = sum(float(row.get("seconds") or 0) for row in rows)
+    train_s = epoch_seconds(rows)
     return (f"time: training {train_s:.1f} s ({len(loaded)} seed(s), {len(rows)} epochs) + test.py {test_s:.1f} s "
             f"= {train_s + test_s:.1f} s")
 

@@ -7,7 +7,7 @@
 Clones the repository's committed HEAD into a temporary folder, then runs the demo command it
 finds in the README ("python3 -m venv .venv && ... && python train.py && python test.py") there,
 timing each of its steps. pip installs from its cache when the wheels are in it. A 4096^2 float32
-matmul with 2 threads, timed before and after the demo in the same environment, gives the
+matmul with 2 threads (``benchmarks.throughput.dense_rate``), timed before and after the demo in the same environment, gives the
 machine's dense rate; the demo's time scaled by (this rate / ``--ref_gflops``) estimates it on a
 host of that rate (default 67 GFLOP/s: the 2-core AVX2 host of the speed targets). Every step is
 scaled, the install too, though pip barely uses vector units: an upper estimate.
@@ -32,16 +32,9 @@ from fileio import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-MATMUL = r"""
-import json, time, torch
-torch.set_num_threads(2)
-a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
-a @ b
-best = 1e9
-for _ in range(3):
-    t = time.perf_counter(); a @ b; best = min(best, time.perf_counter() - t)
-print(json.dumps({"gflops": 2 * 4096 ** 3 / best / 1e9, "capability": torch.backends.cpu.get_cpu_capability()}))
-"""
+MATMUL = ("import json, torch; torch.set_num_threads(2); from benchmarks.throughput import dense_rate; "
+          "print(json.dumps({'gflops': dense_rate(torch.device('cpu'))['matmul_flops'] / 1e9, "
+          "'capability': torch.backends.cpu.get_cpu_capability()}))")
 
 
 def readme_demo_command(readme: Path) -> str:
@@ -54,7 +47,8 @@ def readme_demo_command(readme: Path) -> str:
 
 
 def matmul_rate(env: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", MATMUL], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", MATMUL], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -88,9 +82,10 @@ def main(argv=None) -> dict:
                             text=True).stdout.strip()
     if dirty:
         print(f"note: uncommitted changes are not timed; the clone holds HEAD {commit}", flush=True)
+    # the demo makes and activates its own venv: leave ours out of its environment
+    venv = os.environ.get("VIRTUAL_ENV")
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", *AVX2_ENV)}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if not os.environ.get("VIRTUAL_ENV") or not p.startswith(os.environ["VIRTUAL_ENV"]))
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if not (venv and p.startswith(venv)))
     if args.isa == "avx2":
         env.update(AVX2_ENV)
     work = Path(args.work or tempfile.mkdtemp(prefix="demo_time_"))

@@ -451,11 +451,11 @@ def test_conv_time_matches_conv1d_on_channels_first(cin, cout, kernel, dilation,
     conv = torch.nn.Conv1d(cin, cout, kernel, dilation=dilation, groups=groups).double()
     x = torch.randn(3, 29, cin, dtype=torch.float64)
     want = conv(x.transpose(1, 2)).transpose(1, 2)
-    got = newmodel._conv_time(x, conv)
+    got = newmodel._apply_conv(x, conv)
     assert got.shape == want.shape == (3, 29 - dilation * (kernel - 1), cout)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     x32 = torch.randn(2, 40, cin).transpose(0, 1).transpose(0, 1)       # non-contiguous input
-    torch.testing.assert_close(newmodel._conv_time(x32[:, ::2], conv.float()),
+    torch.testing.assert_close(newmodel._apply_conv(x32[:, ::2], conv.float()),
                                conv.float()(x32[:, ::2].transpose(1, 2)).transpose(1, 2), rtol=1e-5, atol=1e-5)
 
 
