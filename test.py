@@ -17,6 +17,7 @@ is listed in ``result_dir/manifest.json``; ``--overwrite`` removes only files li
 """
 from __future__ import annotations
 
+import csv
 import os
 import sys
 import time
@@ -230,14 +231,18 @@ def _main(argv) -> dict:
 
 def run_time(ckpts, loaded, test_s: float) -> str:
     """test.py's time, and the whole run's: the epochs each seed's log.csv records (all of them,
-    not only those up to the kept best.pt), or its checkpoint's history when there is no log."""
+    not only those up to the kept best.pt), or its checkpoint's history when there is no log.
+    An unreadable log only drops the training time: the predictions are already written."""
     rows = []
-    for path, (_, ck) in zip(ckpts, loaded):
-        log = Path(path).parent / "log.csv" if Path(path).name in ("best.pt", "last.pt") else None
-        rows += (read_log(log) if log else []) or ck.get("history") or []
+    try:
+        for path, (_, ck) in zip(ckpts, loaded):
+            log = Path(path).parent / "log.csv" if Path(path).name in ("best.pt", "last.pt") else None
+            rows += (read_log(log) if log else []) or ck.get("history") or []
+        train_s = epoch_seconds(rows)
+    except (OSError, ValueError, csv.Error) as exc:
+        return f"test.py: {test_s:.1f} s (training time unknown: {' '.join(str(exc).split())})"
     if not rows:
         return f"test.py: {test_s:.1f} s"
-    train_s = epoch_seconds(rows)
     return (f"time: training {train_s:.1f} s ({len(loaded)} seed(s), {len(rows)} epochs) + test.py {test_s:.1f} s "
             f"= {train_s + test_s:.1f} s")
 

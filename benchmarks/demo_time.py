@@ -90,6 +90,8 @@ def main(argv=None) -> dict:
         env.update(AVX2_ENV)
     work = Path(args.work or tempfile.mkdtemp(prefix="demo_time_"))
     clone = work / "xf-eeg"
+    if clone.exists():  # never reuse or overwrite an earlier clone
+        raise SystemExit(f"{clone} exists: give another --work folder")
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     command = readme_demo_command(clone / "README.md")
     load = os.getloadavg()[0]

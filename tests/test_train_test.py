@@ -313,6 +313,10 @@ def test_run_time_counts_every_logged_epoch_not_only_those_before_the_best(tmp_p
     # a file outside a run folder (published weights): its history only, or test.py's time alone
     assert test_script.run_time([tmp_path / "w.h5"], [(None, {})], 1.0) == "test.py: 1.0 s"
     assert "1 epochs" in test_script.run_time([seed_dir / "other.pt"], [(None, best)], 1.0)
+    # a damaged log costs only the training time, never the finished predictions
+    (seed_dir / "log.csv").write_text("epoch,seconds\n1,abc\n")
+    line = test_script.run_time([seed_dir / "best.pt"], [(None, best)], 1.0)
+    assert line.startswith("test.py: 1.0 s (training time unknown: ") and "abc" in line
 
 
 # ----------------------------------------------------------------------------------- 3. determinism
