@@ -1,7 +1,8 @@
 """Benchmark models on real EEG with the field's two protocols (DTU-style npz folder).
 
     python benchmark.py --quick       # heldout fold S10-S12, 2 seeds, 6 epochs: 21 min on 2 CPU cores
-    python benchmark.py               # 4 heldout folds + seen-subjects, 3 seeds: many hours on a CPU
+    python benchmark.py               # heldout, speech CV and transfer, 3 seeds: hours on a CPU
+    python benchmark.py --protocols=[transfer] --records_dir=results   # also write the committed records
     python benchmark.py --models=[linear,ivlaai] --seeds=[1,2] --protocols=[seen]
     python benchmark.py --variants="{'ivlaai_add': ['--model=ivlaai', '--ivlaai_concat=False']}"
 
@@ -10,11 +11,21 @@ folder per protocol/fold/model/seed under ``out_dir``. A finished run is never r
 interrupted benchmark resumes where it stopped: run the same command again. Results:
 ``out_dir/results.json``, ``out_dir/results.md`` and ``out_dir/results.png``.
 
-Protocols
+Protocols (every one trains with train.py's default recipe, except seen)
   heldout  4 folds over S1-S12, test subjects {S1-3}, {S4-6}, {S7-9}, {S10-12}; train on the other
            9 (validation: each training trial's 80/10/10 time split). ``--quick``: fold S10-S12 only.
            Another folder's subjects are cut the same way: natural order, 4 consecutive runs.
-  seen     train trials 000-006 of every subject, validate on 007, test 008 and 009.
+  speechcv speech cross-validation: each run holds out 3 listeners and one tenth of the speech
+           (``--time_fold=K``; K = 1, 4, 6, 9 paired with S7-9, S1-3, S10-12, S4-6) and scores that
+           tenth of every listener: speech no model heard, of new and of seen listeners.
+  transfer train on every listener of data_dir (80/10/10 in time), score the whole recordings of
+           ``transfer_dir`` (default: the SparrKULee sample): other listeners, speech and lab.
+  seen     train trials 000-006 of every subject, validate on 007, test 008 and 009 (its own recipe:
+           at most 30 epochs, early stopping on the whole validation trial, patience 10).
+With ``records_dir``, each scored run writes one small JSON record there (protocol, fold, model,
+seed, train config, commit, host, per-subject r, wall time), and each group of seeds the record of
+its ensemble; ``python -m benchmarks.report`` builds the tables of README.md and docs/results.md
+from them.
 Scores: Pearson r of whole 50 s test trials and of 5 s windows (1 s hop), mean per subject, then
 over subjects; each trial standardized per channel. Model choices use validation r only.
 """
@@ -23,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,33 +56,42 @@ DTU_DEFAULT = str(ROOT.parent / "shared" / "data" / "dtu")
 N_FOLDS = 4  # held-out-subject folds: the folder's subjects in natural order, cut into 4 runs (S1-S3 ... S10-S12)
 
 # The benchmark's own keys: (default, comment). The training recipe keys take one value for every
-# protocol or a {protocol: value} dict. lr and patience were chosen on validation r (docs/model.md:
-# lr 3e-4 / patience 10 beat lr 1e-3 / patience 3-5). Held-out subjects: the stopping-rule study
-# (docs/model.md; inner held-out listeners of the training set, validation data only) found that 10
-# epochs keeping the average of epochs 6-10 decode new listeners better than early stopping on the
-# 5 s validation pieces, for both networks. Seen subjects: validation is a whole trial of the same
-# listeners, and early stopping on it stays.
+# protocol or a {protocol: value} dict; a protocol a dict leaves out (or None) trains with
+# train.py's defaults (config.py: lr 3e-4, 10 epochs, the average of the last 5 kept). Seen
+# subjects: validation is a whole trial of the same listeners, and early stopping on it stays.
 KEYS = {
     "data_dir": (DTU_DEFAULT, "DTU-style npz folder with subjects S1..S12"),
     "out_dir": (None, "run folders and result tables (None: bench_runs/full, or bench_runs/quick with --quick)",
                 (str, type(None))),
-    "protocols": (["heldout", "seen"], "which protocols to run (--quick: heldout only)"),
+    "protocols": (["heldout", "speechcv", "transfer"], "which protocols to run: heldout, speechcv, transfer, seen "
+                  "(--quick: heldout only)"),
     "models": (["linear", "vlaai", "ivlaai"], "models (train.py --model names) to compare"),
     "variants": ({}, "extra named variants: {label: [train.py args]}, e.g. ablations"),
     "seeds": ([1, 2, 3], "seeds per model (--quick: [1, 2])"),
-    "lr": (3e-4, "Adam learning rate", (float, int, dict)),
-    "epochs": ({"heldout": 10, "seen": 30}, "(maximum) epochs per run (--quick: 6, ~21 min on 2 CPU cores)", (int, dict)),
-    "patience": (10, "early-stopping patience in epochs, where select is best_val (--quick: 6)", (int, dict)),
-    "select": ({"heldout": "last", "seen": "best_val"}, "train.py --select: the final epoch or the best val r", (str, dict)),
-    "avg_epochs": ({"heldout": 5, "seen": 1}, "train.py --avg_epochs: keep the average of the last N epochs (--quick: 3)", (int, dict)),
+    "lr": (None, "Adam learning rate (None: train.py's)", (float, int, dict, type(None))),
+    "epochs": ({"seen": 30}, "(maximum) epochs per run (--quick: 6, ~21 min on 2 CPU cores)", (int, dict, type(None))),
+    "patience": ({"seen": 10}, "early-stopping patience in epochs, where select is best_val (--quick: 6)",
+                 (int, dict, type(None))),
+    "select": ({"seen": "best_val"}, "train.py --select: the final epoch or the best val r", (str, dict, type(None))),
+    "avg_epochs": ({"seen": 1}, "train.py --avg_epochs: keep the average of the last N epochs (--quick: 3)",
+                   (int, dict, type(None))),
     "threads": (0, "torch CPU threads per run (0: the cores split between the jobs)"),
     "jobs": (1, "runs trained at once in separate processes: 2 one-thread jobs beat one 2-thread run on a 2-core CPU (--quick: 2)"),
     "quick": (False, "heldout fold S10-S12 only, 2 seeds, 6 epochs, 2 jobs: a check that ends in < 30 min"),
     "folds": (None, "heldout folds to run, by index 0-3 (None: all, or [3] with --quick)", (list, type(None))),
+    "time_folds": ([1, 4, 6, 9], "speechcv: the tenths of the speech held out, 0-9 (each with a listener fold)"),
+    "transfer_dir": (str(ROOT.parent / "shared" / "data" / "sparrkulee_sample"),
+                     "transfer: the labelled folder whose whole recordings are scored"),
+    "records_dir": (None, "also write one JSON record per scored run here (e.g. results, committed)", (str, type(None))),
+    "ensemble_sizes": ([], "also score the ensembles of the first k seeds, for each k given, e.g. [1,2,3,5]"),
     "extra": ([], "more train.py args for every run, e.g. ['--batch_size=32']"),
 }
 QUICK = {"protocols": ["heldout"], "folds": [3], "seeds": [1, 2], "epochs": 6, "patience": 6, "avg_epochs": 3, "jobs": 2}
 RECIPE = ("lr", "epochs", "patience", "select", "avg_epochs")  # train.py options, per protocol or for all
+PROTOCOLS = ("heldout", "speechcv", "transfer", "seen")
+# speechcv: the time fold (tenth of the speech tested) -> the listener fold held out with it, so that
+# each listener is new once; 1, 4, 6, 9 are the tenths no choice of the model was made on
+SPEECH_CV_PAIRS = {0: 0, 1: 2, 2: 1, 3: 3, 4: 0, 5: 2, 6: 3, 7: 3, 8: 1, 9: 1}
 OURS = "ivlaai"  # the project's network: the comparisons in results.md are made against it
 
 
@@ -85,24 +106,32 @@ def parse_args(argv) -> dict:
     if cfg["folds"] is None:
         cfg["folds"] = [0, 1, 2, 3]
     for key in RECIPE:
-        for proto in ("heldout", "seen"):
+        for proto in PROTOCOLS:
             recipe_value(cfg, key, proto)  # a bad per-protocol dict stops here, before any training
+    for proto in cfg["protocols"]:
+        if proto not in PROTOCOLS:
+            raise SystemExit(f"--protocols: unknown protocol {proto!r}; known: {', '.join(PROTOCOLS)}")
+    for k in cfg["time_folds"]:
+        if k not in SPEECH_CV_PAIRS:
+            raise SystemExit(f"--time_folds: {k!r} is not a time fold 0-9")
     return cfg
 
 
 def recipe_value(cfg: dict, key: str, proto: str):
-    """The value of recipe option ``key`` for ``proto``: the option itself, or its dict's entry."""
+    """The value of recipe option ``key`` for ``proto``: the option itself, or its dict's entry
+    (None: train.py's default)."""
     value = cfg[key]
     if isinstance(value, dict):
-        if set(value) != {"heldout", "seen"}:
-            raise SystemExit(f"--{key}: a per-protocol value needs exactly the keys 'heldout' and 'seen', got {value!r}")
-        value = value[proto]
+        unknown = set(value) - set(PROTOCOLS)
+        if unknown:
+            raise SystemExit(f"--{key}: a per-protocol value takes the keys {', '.join(PROTOCOLS)}, got {value!r}")
+        value = value.get(proto)
     return value
 
 
 def recipe_args(cfg: dict, proto: str) -> list[str]:
-    """train.py options of the training recipe for one protocol."""
-    return [f"--{key}={recipe_value(cfg, key, proto)}" for key in RECIPE]
+    """train.py options of the training recipe for one protocol (those left to train.py's defaults omitted)."""
+    return [f"--{key}={recipe_value(cfg, key, proto)}" for key in RECIPE if recipe_value(cfg, key, proto) is not None]
 
 
 def folds_of(subjects: list[str]) -> list[list[str]]:
@@ -114,7 +143,8 @@ def folds_of(subjects: list[str]) -> list[list[str]]:
 
 
 def protocol_runs(cfg: dict, subjects: list[str]):
-    """(protocol, fold label, train args, eval args, unseen-speech eval args or None) per protocol/fold."""
+    """(protocol, fold label, train args, eval args, unseen-speech eval args or None, eval folder)
+    per protocol/fold."""
     for proto in cfg["protocols"]:
         if proto == "heldout":
             folds = folds_of(subjects)
@@ -128,12 +158,20 @@ def protocol_runs(cfg: dict, subjects: list[str]):
                 # the last 10 % of each held-out trial: the time whose speech was never a training
                 # or validation target (it matters when recordings share a stimulus, see main)
                 unseen_args = [f"--subjects={test_subj}", "--split=time"]
-                yield proto, label, train_args, eval_args, unseen_args
+                yield proto, label, train_args, eval_args, unseen_args, cfg["data_dir"]
+        elif proto == "speechcv":
+            folds = folds_of(subjects)
+            for tf in cfg["time_folds"]:
+                held = folds[SPEECH_CV_PAIRS[tf]]
+                train_args = [f"--exclude_subjects={held}", "--split=time", f"--time_fold={tf}"]
+                eval_args = ["--split=time", f"--time_fold={tf}"]  # that tenth of every listener's trials
+                yield proto, f"tf{tf}-{held[0]}-{held[-1]}", train_args, eval_args, None, cfg["data_dir"]
+        elif proto == "transfer":
+            eval_args = ["--split=whole", "--test_recordings=['*']"]
+            yield proto, Path(cfg["transfer_dir"]).name, ["--split=time"], eval_args, None, cfg["transfer_dir"]
         elif proto == "seen":
             sel = ["--val_recordings=['*_007']", "--test_recordings=['*_008','*_009']", "--split=whole"]
-            yield proto, "trials-008-009", sel, sel, None
-        else:
-            raise SystemExit(f"unknown protocol {proto!r}: use heldout and/or seen")
+            yield proto, "trials-008-009", sel, sel, None, cfg["data_dir"]
 
 
 def model_specs(cfg: dict) -> dict:
@@ -155,7 +193,7 @@ def _run_groups(cfg: dict, out: Path, subjects: list[str]) -> list[dict]:
     its scoring arguments, and the seeds still to train (a group is scored once they are all done)."""
     common = [f"--data_dir={cfg['data_dir']}", f"--threads={cfg['threads']}"]
     groups = []
-    for proto, fold, train_args, eval_args, unseen_args in protocol_runs(cfg, subjects):
+    for proto, fold, train_args, eval_args, unseen_args, eval_dir in protocol_runs(cfg, subjects):
         for label, margs in model_specs(cfg).items():
             run_dir = out / proto / fold / label
             model_name = next(a.split("=", 1)[1] for a in margs if a.startswith("--model="))
@@ -164,7 +202,7 @@ def _run_groups(cfg: dict, out: Path, subjects: list[str]) -> list[dict]:
                         "--resume"]
             groups.append({"proto": proto, "fold": fold, "label": label, "run_dir": run_dir, "model": model_name,
                            "run_args": run_args, "eval_args": eval_args, "unseen_args": unseen_args,
-                           "todo": set(cfg["seeds"])})
+                           "eval_dir": str(eval_dir), "todo": set(cfg["seeds"])})
     return groups
 
 
@@ -172,27 +210,38 @@ def _scores_key(cfg: dict, g: dict) -> dict:
     """What a group's scores depend on: its seeds' best.pt (by content) and the scoring setup."""
     return {"best_pt_sha256": {f"seed-{s}": sha256_file(g["run_dir"] / g["model"] / f"seed-{s}" / "best.pt")
                                for s in cfg["seeds"]},
-            "data_dir": str(cfg["data_dir"]), "eval_args": g["eval_args"], "unseen_args": g["unseen_args"]}
+            "data_dir": str(cfg["data_dir"]), "eval_dir": g["eval_dir"], "eval_args": g["eval_args"],
+            "unseen_args": g["unseen_args"], "ensemble_sizes": sorted(set(cfg["ensemble_sizes"]))}
 
 
 def _score_group(cfg: dict, g: dict) -> dict:
     """Seed summary and test scores of a group whose seeds are all trained."""
     t0 = time.time()
-    evals = {}
+    evals, growth = {}, {}
+
+    def score(name: str, args: list, seeds: list) -> dict:
+        return test_script.main([
+            f"--run_dir={g['run_dir']}", f"--model={g['model']}", f"--seeds={seeds}", "--test_dir=None",
+            f"--eval_dir={g['eval_dir']}", *args, f"--result_dir={g['run_dir'] / name}", "--overwrite"])["eval"]
+
     for name, args in (("eval", g["eval_args"]), ("eval_unseen_speech", g["unseen_args"])):
         if args is not None:
-            evals[name] = test_script.main([
-                f"--run_dir={g['run_dir']}", f"--model={g['model']}", f"--seeds={cfg['seeds']}", "--test_dir=None",
-                f"--eval_dir={cfg['data_dir']}", *args, f"--result_dir={g['run_dir'] / name}", "--overwrite"])["eval"]
-    val_r, train_s = {}, 0.0
+            evals[name] = score(name, args, cfg["seeds"])
+    eval_s = time.time() - t0
+    for k in sorted(set(cfg["ensemble_sizes"])):  # how the ensemble grows with its seeds
+        if 1 <= k <= len(cfg["seeds"]):
+            growth[str(k)] = score(f"eval_first_{k}", g["eval_args"], cfg["seeds"][:k])["ensemble"]
+    val_r, train_s, seconds = {}, 0.0, {}
     for seed in cfg["seeds"]:
         seed_dir = g["run_dir"] / g["model"] / f"seed-{seed}"
         ck = load_checkpoint(seed_dir / "best.pt")
         val_r[f"seed-{seed}"] = float(ck["best_val_r"])
         val_r.setdefault("epochs", {})[f"seed-{seed}"] = len(ck["history"]) if ck["history"] else 0
-        train_s += log_seconds(seed_dir / "log.csv")
+        seconds[f"seed-{seed}"] = round(log_seconds(seed_dir / "log.csv"), 1)
+        train_s += seconds[f"seed-{seed}"]
     return {"eval": evals["eval"], "eval_unseen_speech": evals.get("eval_unseen_speech"), "val_r": val_r,
-            "train_eval_s": round(train_s + time.time() - t0, 1)}
+            "train_eval_s": round(train_s + eval_s, 1), "train_s": seconds, "eval_s": round(eval_s, 1),
+            "ensemble_growth": growth}
 
 
 def _training_tasks(cfg: dict, groups: list[dict], threads: int, finish) -> tuple[list[dict], dict]:
@@ -234,6 +283,9 @@ def _main(argv=None) -> dict:
         if hit:
             print(f"  {g['proto']} {g['fold']} {g['label']}: scored earlier ({cache})", flush=True)
         results["runs"].setdefault(g["proto"], {}).setdefault(g["label"], {})[g["fold"]] = entry
+        if cfg["records_dir"]:
+            for path in write_records(Path(cfg["records_dir"]), cfg, g, entry):
+                print(f"  record: {path}", flush=True)
         write_results(out, results, cfg, time.time() - t_start)
 
     # One pool of (group, seed) train.py processes over all groups, so no core idles while the last
@@ -279,11 +331,13 @@ def summarize(results: dict, cfg: dict) -> dict:
                     continue
                 per_seed_subj = {s: {} for s in seeds}
                 ens_subj = {}
-                for fold in folds.values():
+                for name, fold in folds.items():
                     ev = fold[which]
+                    # speechcv scores every listener in every fold: a (fold, listener) pair is one score
+                    tag = (lambda subj, name=name: f"{name}:{subj}") if proto == "speechcv" else (lambda subj: subj)
                     for s in seeds:
-                        per_seed_subj[s].update(ev["per_seed"][s].get(key, {}))
-                    ens_subj.update(ev["ensemble"].get(key, {}))
+                        per_seed_subj[s].update({tag(k): v for k, v in ev["per_seed"][s].get(key, {}).items()})
+                    ens_subj.update({tag(k): v for k, v in ev["ensemble"].get(key, {}).items()})
                 seed_means = [float(np.mean(list(v.values()))) for v in per_seed_subj.values() if v]
                 row[metric] = {
                     "seed_means": dict(zip(seeds, seed_means)),
@@ -374,6 +428,76 @@ def stimulus_overlap(data_dir) -> dict:
                  "model was trained or validated on." if k == 1 else " Some recordings share speech.")
     subjects = sorted({r.subject for r in recs}, key=natural_key)
     return {"recordings": n, "distinct_envelopes": k, "note": note, "subjects": subjects}
+
+
+def git_state() -> dict:
+    """The commit this code runs at, and whether its tracked files differ from it."""
+    def git(*args) -> str:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD") or None, "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def host_info() -> dict:
+    """What a record's figures depend on besides the code: CPU, its vector units, torch."""
+    import torch
+
+    from benchmarks.throughput import cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    return {"node": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
+            "avx512f": "avx512f" in flags, "amx": any(f.startswith("amx") for f in flags),
+            "avx512_bf16": "avx512_bf16" in flags, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
+def _scores(ev: dict | None, which: str) -> dict | None:
+    """One score block of test.py's eval (a seed's or the ensemble's) as a record keeps it."""
+    if ev is None:
+        return None
+    return {"r": ev["r"], "per_subject": ev["per_subject"], "window_r": ev.get("window_r"),
+            "window_per_subject": ev.get("window_per_subject")}
+
+
+def write_records(folder: Path, cfg: dict, g: dict, entry: dict) -> list[Path]:
+    """One record per seed and one for the group's ensemble, in folder/<protocol>/<fold>/<label>/.
+
+    A record holds what its figures came from (train config, commit, host, data) and the figures
+    themselves (per-subject r, validation r per epoch, wall time); never weights. Records of the
+    same run written again (a resumed benchmark) are replaced by identical figures."""
+    where = folder / g["proto"] / g["fold"] / g["label"]
+    common = {"protocol": g["proto"], "fold": g["fold"], "label": g["label"], "model": g["model"],
+              "git": git_state(), "host": host_info(), "benchmark_args": sys.argv[1:],
+              "data_dir": str(cfg["data_dir"]), "eval_dir": g["eval_dir"], "eval_args": g["eval_args"],
+              "unseen_args": g["unseen_args"],
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    paths = []
+    for seed in cfg["seeds"]:
+        key = f"seed-{seed}"
+        ck = load_checkpoint(g["run_dir"] / g["model"] / key / "best.pt")
+        train_cfg = dict(ck["config"])
+        record = dict(common, kind="seed", seed=seed,
+                      data_seed=seed if train_cfg.get("data_seed") is None else train_cfg["data_seed"],
+                      train_args=[*g["run_args"], f"--seeds=[{seed}]"], train_config=train_cfg,
+                      n_params=int(ck["n_params"]), epochs=int(ck["epoch"]), val_r=float(ck["best_val_r"]),
+                      history=[{k: row.get(k) for k in ("epoch", "train_r", "val_r", "seconds")} for row in ck["history"]],
+                      train_s=entry["train_s"][key],
+                      scores={"test": _scores(entry["eval"]["per_seed"][key], "test"),
+                              "unseen": _scores((entry.get("eval_unseen_speech") or {}).get("per_seed", {}).get(key),
+                                                "unseen")})
+        paths.append(where / f"{key}.json")
+        atomic_write_json(paths[-1], record)
+    record = dict(common, kind="ensemble", seeds=list(cfg["seeds"]), eval_s=entry["eval_s"],
+                  train_s=entry["train_s"],
+                  scores={"test": _scores(entry["eval"]["ensemble"], "test"),
+                          "unseen": _scores((entry.get("eval_unseen_speech") or {}).get("ensemble"), "unseen")},
+                  growth={k: _scores(v, "test") for k, v in entry.get("ensemble_growth", {}).items()})
+    paths.append(where / f"ensemble-{'-'.join(map(str, cfg['seeds']))}.json")
+    atomic_write_json(paths[-1], record)
+    return paths
 
 
 def machine() -> str:

@@ -40,6 +40,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def data_stream_seed(data_seed: int) -> int:
+    """The torch seed of a run's dropout masks, drawn from ``data_seed`` apart from the stream that
+    initialized the weights, so that the initial weights and the training randomness vary apart."""
+    return int(np.random.SeedSequence([int(data_seed), 1]).generate_state(1, np.uint64)[0])
+
+
 def autocast(device: torch.device, amp: str):
     """bfloat16 autocast for ``amp='bf16'`` (the loss is still computed in float32)."""
     if amp == "bf16":

@@ -122,6 +122,9 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0) -> dict:
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
     model, meta = build(cfg, corpus, seed, device)
+    # the seed set the initial weights; data_seed sets the window order and the dropout masks
+    data_seed = seed if cfg["data_seed"] is None else cfg["data_seed"]
+    torch.manual_seed(runtime.data_stream_seed(data_seed))
     subject_index = {s: i for i, s in enumerate(meta["subjects"])}
     if lead:
         par = f", {world} ranks x {cfg['batch_size'] // world} windows" if world > 1 else ""
@@ -134,7 +137,7 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0) -> dict:
     avg = WeightAverage(model, cfg["ema_decay"], cfg["avg_epochs"])
     # Each rank takes a strided shard of the epoch's seeded window order and batch_size/world of
     # every batch, so one step of all ranks covers the same windows as one step of one process.
-    ds = WindowDataset(corpus.recordings, int(round(cfg["window_s"] * cfg["fs"])), seed=seed,
+    ds = WindowDataset(corpus.recordings, int(round(cfg["window_s"] * cfg["fs"])), seed=data_seed,
                        subject_index=subject_index, rank=runtime.rank(), world_size=world)
     loader = DataLoader(ds, batch_size=cfg["batch_size"] // world, shuffle=False, num_workers=cfg["num_workers"],
                         pin_memory=device.type == "cuda", persistent_workers=cfg["num_workers"] > 0)
@@ -153,7 +156,7 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0) -> dict:
         if lead:
             print(f"[seed {seed}] resuming after epoch {state['epoch']} (best val r {state['best_val_r']:.4f})", flush=True)
     if world > 1:  # same initial weights everywhere (one seed), but each rank its own dropout draws
-        torch.manual_seed(seed * 1_000_003 + runtime.rank() * 7919 + state["epoch"])
+        torch.manual_seed(data_seed * 1_000_003 + runtime.rank() * 7919 + state["epoch"])
     fwd = model
     if world > 1:
         fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
