@@ -55,18 +55,18 @@ linear_conv_taps = 32  # linear_conv: taps of the challenge's Conv1D linear base
 
 # ---- training -------------------------------------------------------------------------------
 seeds = [1]  # one model is trained per seed; edit this list (or --seeds=[1,2,3]) to change seeds. Several seeds
-#   and test.py's ensemble of them give a steadier result than any one seed (README, "Seeds, runs and outputs")
+#   and test.py's ensemble of them give a steadier result than any one seed (README, "The default recipe")
 data_seed = None  # seed of the window order and the dropout masks (None: each run's seed); the seed itself
 #   still sets the initial weights, so the two sources of seed-to-seed spread can be told apart (docs/model.md)
-epochs = 10  # number of epochs (select='best_val': the most). 10 epochs averaging the last 5 decode new listeners
-#   better and steadier than early stopping (docs/model.md#the-default-recipe)
+epochs = 10  # number of epochs (select='best_val': the most). 10 epochs averaging the last 5 decoded inner
+#   held-out listeners better than early stopping (docs/model.md#the-default-recipe)
 patience = 5  # select='best_val' only: stop after this many epochs without a better validation r
 batch_size = 64  # windows per step (the VLAAI recipe uses 64)
-lr = 3e-4  # Adam learning rate; 3e-4 beat 1e-3 on validation r for both networks (docs/model.md#the-default-recipe)
+lr = 3e-4  # Adam learning rate; 3e-4 reached a higher validation r than 1e-3 (docs/model.md#the-default-recipe)
 weight_decay = 0.0  # Adam weight decay (L2)
 ema_decay = 0.0  # >0: validate, keep and test an exponential moving average of the weights (e.g. 0.999)
 avg_epochs = 5  # >1: validate, keep and test the uniform average of the last avg_epochs epochs' weights; 5 of
-#   10 epochs halved the seed-to-seed spread on new listeners (docs/model.md#the-default-recipe); 1: no averaging
+#   10 epochs beat early stopping on inner held-out listeners for both networks (docs/model.md#the-default-recipe)
 select = "last"  # what best.pt keeps: 'last' (the final epoch's weights, or their average; trains all epochs) or
 #   'best_val' (highest validation r; stops after patience epochs without a better one). A 5 s validation piece
 #   per trial picks a lucky epoch for new listeners; best_val suits seen listeners with a whole validation trial

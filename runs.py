@@ -21,8 +21,14 @@ RUN_FILES = ("best.pt", "last.pt", "log.csv")
 RUN_DIRS = ("epochs",)
 # Keys that shape the model or the data it sees: a resumed run must keep them.
 ARCH_KEYS = ("model", "n_chans", "subject_embedding", "ema_decay", "avg_epochs", "select", "window_s", "batch_size",
+             "data_seed",
              "data_dir", "subjects", "exclude_subjects", "val_recordings", "test_recordings", "monitor_recordings",
              "split", "time_fold", *config_module.MODEL_KEYS)
+
+
+# What a run did before these keys existed: no weight averaging, the best validation epoch kept.
+# A checkpoint that lacks one of them was trained so, whatever today's default is.
+LEGACY = {"avg_epochs": 1, "select": "best_val", "ema_decay": 0.0}
 
 
 class RunError(RuntimeError):
@@ -136,8 +142,8 @@ def prepare_run_dir(out: Path, cfg: dict, seed: int, dry_run: bool = False) -> N
 def check_same_setup(path: Path, ck: dict, cfg: dict) -> None:
     """Stop when the run in ``path`` was made with other ARCH_KEYS than ``cfg`` asks for: neither
     continuing it nor passing it off as finished would give the run that was asked for. A key the
-    checkpoint lacks counts as its default."""
-    base = config_module.defaults()
+    checkpoint lacks counts as the value it had before the key existed (LEGACY), else its default."""
+    base = dict(config_module.defaults(), **LEGACY)
     was = {k: ck["config"].get(k, base.get(k)) for k in ARCH_KEYS}
     changed = {k: (was[k], cfg[k]) for k in ARCH_KEYS if was[k] != cfg[k]}
     if changed:

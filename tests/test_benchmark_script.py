@@ -102,18 +102,22 @@ def test_quick_settings_and_separate_output_folders():
     full = benchmark.parse_args([])
     assert full["folds"] == [0, 1, 2, 3] and full["seeds"] == benchmark.KEYS["seeds"][0]
     assert (quick["out_dir"], full["out_dir"]) == ("bench_runs/quick", "bench_runs/full")
-    # per-protocol values: each protocol gets its own entry, in train.py's --key=value form
-    for proto in ("heldout", "seen"):
-        want = [f"--{k}={full[k][proto] if isinstance(full[k], dict) else full[k]}" for k in benchmark.RECIPE]
-        assert benchmark.recipe_args(full, proto) == want
+    # per-protocol values: seen keeps its own recipe; the others train with train.py's defaults
+    for proto in ("heldout", "speechcv", "transfer"):
+        assert benchmark.recipe_args(full, proto) == []
+    assert benchmark.recipe_args(full, "seen") == ["--epochs=30", "--patience=10", "--select=best_val", "--avg_epochs=1"]
     one = benchmark.parse_args(["--epochs=4", "--select=best_val", "--patience=7"])  # a plain value: every protocol
-    assert benchmark.recipe_args(one, "heldout")[1:4] == benchmark.recipe_args(one, "seen")[1:4] == \
-        ["--epochs=4", "--patience=7", "--select=best_val"]
+    assert benchmark.recipe_args(one, "heldout") == ["--epochs=4", "--patience=7", "--select=best_val"]
+    assert benchmark.recipe_args(one, "seen") == ["--epochs=4", "--patience=7", "--select=best_val", "--avg_epochs=1"]
     mine = benchmark.parse_args(["--quick", "--seeds=[4]", "--epochs=2", "--protocols=[seen]", "--out_dir=x"])
     assert (mine["seeds"], mine["epochs"], mine["protocols"], mine["out_dir"]) == ([4], 2, ["seen"], "x")
     assert mine["folds"] == benchmark.QUICK["folds"]  # what was not given still comes from --quick
-    with pytest.raises(SystemExit, match="--epochs: a per-protocol value needs exactly the keys"):
-        benchmark.parse_args(["--epochs={'heldout': 3}"])
+    with pytest.raises(SystemExit, match="--epochs: a per-protocol value takes the keys"):
+        benchmark.parse_args(["--epochs={'heldin': 3}"])
+    with pytest.raises(SystemExit, match="--protocols: unknown protocol 'sen'"):
+        benchmark.parse_args(["--protocols=[sen]"])
+    with pytest.raises(SystemExit, match="--time_folds: 10 is not a time fold"):
+        benchmark.parse_args(["--time_folds=[10]"])
     with pytest.raises(SystemExit, match="config error: unknown config key 'epoch'"):
         benchmark.parse_args(["--epoch=3"])
 

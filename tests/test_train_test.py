@@ -332,6 +332,25 @@ def test_same_seed_same_weights_other_seed_other_weights(corpus, two_seeds, tmp_
                    for k in first["model"] if first["model"][k].is_floating_point() and first["model"][k].numel() > 1)
 
 
+def test_data_seed_sets_the_window_order_and_dropout_apart_from_the_initial_weights(corpus, tmp_path):
+    """data_seed defaults to the seed; another data_seed trains other weights from the same
+    initial weights, and another seed with the same data_seed other weights again."""
+    def run(name, *extra):
+        train.main(data_args(corpus) + TINY + [f"--run_dir={tmp_path / name}", "--epochs=1", *extra])
+        return load(tmp_path / name / "ivlaai" / f"seed-{extra[0][9:-1]}" / "best.pt")
+
+    plain, same, other_data, other_init = (run("a", "--seeds=[1]"), run("b", "--seeds=[1]", "--data_seed=1"),
+                                           run("c", "--seeds=[1]", "--data_seed=2"),
+                                           run("d", "--seeds=[2]", "--data_seed=1"))
+    assert same_tensors(plain["model"], same["model"]) and same["config"]["data_seed"] == 1
+    assert not same_tensors(plain["model"], other_data["model"])
+    assert not same_tensors(plain["model"], other_init["model"])
+    assert not same_tensors(other_data["model"], other_init["model"])
+    with pytest.raises(SystemExit, match="data_seed was 1, now 2"):
+        train.main(data_args(corpus) + TINY + [f"--run_dir={tmp_path / 'b'}", "--epochs=1", "--seeds=[1]",
+                                               "--data_seed=2", "--resume"])
+
+
 # ----------------------------------------------------------------------------------- 4. checkpoints
 def test_checkpoint_contents_and_log(corpus, two_seeds):
     out = two_seeds / "ivlaai" / "seed-1"
@@ -343,7 +362,7 @@ def test_checkpoint_contents_and_log(corpus, two_seeds):
         assert {"model", "optimizer", "epoch", "best_val_r", "config", "model_args"} <= set(ck)
         assert ck["version"] == checkpoint.FORMAT_VERSION
         assert ck["seed"] == 1 and ck["model_name"] == "ivlaai" and ck["n_chans"] == N_CHANS
-        assert ck["optimizer"]["state"] and ck["optimizer"]["param_groups"][0]["lr"] == 1e-3
+        assert ck["optimizer"]["state"] and ck["optimizer"]["param_groups"][0]["lr"] == config.lr
         assert ck["model_args"]["n_chans"] == N_CHANS
         cfg = ck["config"]
         assert set(cfg) == set(config.defaults("train"))  # the resolved config, every key train.py reads
@@ -351,8 +370,9 @@ def test_checkpoint_contents_and_log(corpus, two_seeds):
         assert cfg["data_dir"] == str(corpus / "split_data") and cfg["n_chans"] == N_CHANS
     assert last["epoch"] == 2 and last["finished"]
     val = [float(r["val_r"]) for r in rows]
-    assert best["epoch"] == 1 + int(np.argmax(val))
-    assert best["best_val_r"] == pytest.approx(max(val), abs=1e-5) == pytest.approx(last["best_val_r"], abs=1e-5)
+    assert config.select == "last"  # the default keeps the last epoch (the average of the last avg_epochs)
+    assert best["epoch"] == 2 and same_tensors(best["model"], last["model"])
+    assert best["best_val_r"] == pytest.approx(val[-1], abs=1e-5) == pytest.approx(last["best_val_r"], abs=1e-5)
     # the checkpoint rebuilds its model from its own model_args (not from the run config)
     best["config"] = {}
     m = model_from_checkpoint(best)
@@ -739,7 +759,7 @@ def test_degenerate_training_settings_are_rejected(corpus, tmp_path, bad):
 def test_ema_weights_are_tested_and_resume_exactly(corpus, tmp_path):
     """With --ema_decay the checkpoint's 'model' is the weight average (what test.py loads), the
     raw weights are kept for resuming, and an interrupted EMA run resumes bit for bit."""
-    ema = ["--ema_decay=0.9", "--seeds=[3]"]
+    ema = ["--ema_decay=0.9", "--avg_epochs=1", "--seeds=[3]"]
     full, split = tmp_path / "full", tmp_path / "split"
     train.main([*data_args(corpus), *TINY, *ema, f"--run_dir={full}", "--epochs=2"])
     train.main([*data_args(corpus), *TINY, *ema, f"--run_dir={split}", "--epochs=1"])
@@ -876,10 +896,10 @@ def test_avg_epochs_tests_the_average_of_the_last_epochs_and_resumes_exactly(cor
 
 def test_select_last_keeps_the_final_epoch_and_ignores_patience(corpus, tmp_path):
     """--select=last: best.pt is the final epoch's weights and training runs every epoch even
-    when validation r does not improve (patience 1); the default keeps the best validation r."""
+    when validation r does not improve (patience 1); --select=best_val keeps the best validation r."""
     run_dir = tmp_path / "last"
     train.main([*data_args(corpus), *TINY, "--seeds=[1]", "--epochs=4", "--patience=1", "--select=last",
-                f"--run_dir={run_dir}"])
+                "--avg_epochs=1", f"--run_dir={run_dir}"])
     out = run_dir / "ivlaai" / "seed-1"
     rows = read_log(out / "log.csv")
     best, last = load(out / "best.pt"), load(out / "last.pt")
@@ -887,7 +907,8 @@ def test_select_last_keeps_the_final_epoch_and_ignores_patience(corpus, tmp_path
     assert best["best_val_r"] == pytest.approx(float(rows[-1]["val_r"]), abs=1e-6)
     val = [float(r["val_r"]) for r in rows]
     assert max(val) > val[-1]  # so the default rule keeps another epoch, and patience 1 stops it early
-    train.main([*data_args(corpus), *TINY, "--seeds=[1]", "--epochs=4", "--patience=1", f"--run_dir={tmp_path / 'bv'}"])
+    train.main([*data_args(corpus), *TINY, "--seeds=[1]", "--epochs=4", "--patience=1", "--select=best_val",
+                "--avg_epochs=1", f"--run_dir={tmp_path / 'bv'}"])
     bv = tmp_path / "bv" / "ivlaai" / "seed-1"
     assert load(bv / "best.pt")["epoch"] == int(np.argmax(val)) + 1 and len(read_log(bv / "log.csv")) < 4
     with pytest.raises(config.ConfigError, match="select"):
@@ -897,18 +918,23 @@ def test_select_last_keeps_the_final_epoch_and_ignores_patience(corpus, tmp_path
 def test_a_finished_run_with_another_recipe_is_not_passed_off_as_done(corpus, tmp_path):
     """--resume on a finished run made with another select/avg_epochs stops with the file and the
     change (it is neither reused as if it were the run asked for, nor overwritten); a checkpoint
-    from before a key existed counts as that key's default."""
+    from before a key existed counts as what runs did then (no averaging, the best validation
+    epoch), whatever the key's default is now."""
     run_dir = tmp_path / "runs"
     args = [*data_args(corpus), *TINY, "--seeds=[1]", "--epochs=1", f"--run_dir={run_dir}"]
     train.main(args)
     last = run_dir / "ivlaai" / "seed-1" / "last.pt"
     before = file_bytes(run_dir / "ivlaai" / "seed-1")
-    with pytest.raises(SystemExit, match=r"last\.pt: cannot resume.*select was 'best_val', now 'last'"):
-        train.main([*args, "--resume", "--select=last"])
+    with pytest.raises(SystemExit, match=r"last\.pt: cannot resume.*select was 'last', now 'best_val'"):
+        train.main([*args, "--resume", "--select=best_val"])
+    with pytest.raises(SystemExit, match=r"avg_epochs was 5, now 1"):
+        train.main([*args, "--resume", "--avg_epochs=1"])
     ck = load(last)
-    del ck["config"]["avg_epochs"]  # as written before --avg_epochs existed
+    del ck["config"]["avg_epochs"]  # as written before --avg_epochs existed: no averaging
     torch.save(ck, last)
-    train.main([*args, "--resume"])  # the default: the same run, kept as finished
+    with pytest.raises(SystemExit, match=r"avg_epochs was 1, now 5"):
+        train.main([*args, "--resume"])  # today's default averages: not the run that file holds
+    train.main([*args, "--resume", "--avg_epochs=1"])  # the same run, kept as finished
     with pytest.raises(SystemExit, match=r"avg_epochs was 1, now 2"):
         train.main([*args, "--resume", "--avg_epochs=2"])
     assert {k: v for k, v in file_bytes(run_dir / "ivlaai" / "seed-1").items() if k != "last.pt"} == \
