@@ -912,10 +912,13 @@ def read_test_set(test_dir, n_chans: int | None = None) -> dict[str, dict[str, n
                         + (f" (ignored: {', '.join(ignored)})" if ignored else ""))
     if ignored:
         print(f"{test_dir}: not subject files, ignored: {', '.join(ignored)}", flush=True)
-    out = {}
+    out, where = {}, {}
     for p in files:
         segs = read_challenge_segments(p)
         for key, eeg in segs.items():
+            if key in where:  # scored by id alone, it would meet the other file's EEG or labels
+                raise DataError(f"{p}: segment {key!r} is also in {where[key]}; every segment id must be unique")
+            where[key] = p
             if n_chans is not None and eeg.shape[1] != n_chans:
                 raise DataError(
                     f"{p}: segment {key!r} has {eeg.shape[1]} EEG channels, but the model expects {n_chans}"

@@ -197,9 +197,7 @@ def _run_groups(cfg: dict, out: Path, subjects: list[str]) -> list[dict]:
         for label, margs in model_specs(cfg).items():
             run_dir = out / proto / fold / label
             model_name = next(a.split("=", 1)[1] for a in margs if a.startswith("--model="))
-            # --resume: a finished seed is kept, an interrupted one continues, a missing one starts
-            run_args = [*common, *recipe_args(cfg, proto), *cfg["extra"], *train_args, *margs, f"--run_dir={run_dir}",
-                        "--resume"]
+            run_args = [*common, *recipe_args(cfg, proto), *cfg["extra"], *train_args, *margs, f"--run_dir={run_dir}"]
             groups.append({"proto": proto, "fold": fold, "label": label, "run_dir": run_dir, "model": model_name,
                            "run_args": run_args, "eval_args": eval_args, "unseen_args": unseen_args,
                            "eval_dir": str(eval_dir), "todo": set(cfg["seeds"])})
@@ -260,9 +258,11 @@ def _training_tasks(cfg: dict, groups: list[dict], threads: int, finish) -> tupl
         for seed in cfg["seeds"]:
             key = f"{g['proto']} {g['fold']} {g['label']} seed {seed}"
             owner[key] = (g, seed)
+            # --resume: a finished seed is kept, an interrupted one continues; a missing one starts
+            started = (g["run_dir"] / g["model"] / f"seed-{seed}" / "last.pt").is_file()
             tasks.append({"key": key, "log": g["run_dir"] / g["model"] / "logs" / f"seed-{seed}.log",
                           "cmd": [sys.executable, str(ROOT / "train.py"), *g["run_args"], f"--seeds=[{seed}]",
-                                  f"--threads={threads}"]})
+                                  f"--threads={threads}", *(["--resume"] if started else [])]})
     return tasks, owner
 
 

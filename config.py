@@ -95,6 +95,11 @@ seen_subjects = None  # scoring: None = plain mean over subjects; 'auto' = the t
 eval_dir = None  # test.py: also score the test split of this labelled data folder (any readable format)
 eval_window_s = 5.0  # eval_dir: also score windows of this length (0: whole recordings only)
 eval_hop_s = 1.0  # eval_dir: hop between those windows
+chance_draws = 1000  # chance level of every score: null scores from this many random circular shifts of the
+#   envelopes (0: none); the p value is one-sided, (1 + #null >= observed) / (1 + draws)
+chance_min_shift_s = 2.0  # the shifts stay at least this far from zero and from the ends, so the envelope's own
+#   autocorrelation cannot carry the true alignment into the null
+mm_window_s = 5.0  # match-mismatch: window length; each heard window against 4 imposter windows of the same segment
 
 # ---- demo corpus ----------------------------------------------------------------------------
 demo_subjects = 8  # subjects in the built-in demo corpus
@@ -134,7 +139,8 @@ _DEMO = ("demo_subjects", "demo_minutes", "demo_seed", "demo_dir")  # train.py b
 PROGRAMS = {
     "train": (*_DATA, *_MODEL, *_TRAINING, "init", "run_dir", "resume", "keep_epochs", "overwrite", *_DEMO),
     "test": ("run_dir", "checkpoint", "model", "seeds", "device", "threads", "test_dir", "label_dir", "result_dir", "seen_subjects",
-             "eval_dir", "eval_window_s", "eval_hop_s", "overwrite", "fs", "subjects", "exclude_subjects",
+             "eval_dir", "eval_window_s", "eval_hop_s", "chance_draws", "chance_min_shift_s", "mm_window_s",
+             "overwrite", "fs", "subjects", "exclude_subjects",
              "val_recordings", "test_recordings", "split", "time_fold"),
     "preprocess": ("pairs", "out_dir", "fs", "overwrite", "pre_channels", "pre_highpass_hz", "pre_artifact_k",
                    "pre_artifact_uv", "pre_artifact_pad_s", "pre_align", "pre_trigger_source", "pre_trigger_code",
@@ -184,7 +190,8 @@ _RANGES = {
     "threads": _NON_NEGATIVE, "num_workers": _NON_NEGATIVE, "pre_highpass_hz": _NON_NEGATIVE,
     "pre_artifact_k": _NON_NEGATIVE, "pre_artifact_uv": _NON_NEGATIVE, "pre_artifact_pad_s": _NON_NEGATIVE,
     "pre_tolerance_s": _NON_NEGATIVE, "pre_env_fmin_hz": _POSITIVE, "pre_env_fmax_hz": _POSITIVE,
-    "pre_env_power": _POSITIVE, "demo_seed": _NON_NEGATIVE,
+    "pre_env_power": _POSITIVE, "demo_seed": _NON_NEGATIVE, "chance_draws": _NON_NEGATIVE,
+    "chance_min_shift_s": _POSITIVE, "mm_window_s": _POSITIVE,
     "dropout": _RATE, "ivlaai_chan_dropout": _RATE, "ivlaai_subject_dropout": _RATE, "ema_decay": _RATE,
     **{k: _AT_LEAST_1 for k in ("epochs", "patience", "batch_size", "avg_epochs", "jobs", "n_chans", "ivlaai_blocks",
                                 "ivlaai_width", "ivlaai_layers", "ivlaai_kernel", "ivlaai_feat", "ivlaai_context",

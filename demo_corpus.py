@@ -33,6 +33,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ from EEG_Dataset import (SEP, SPLIT_FRACTIONS, SPLITS, read_challenge_labels, re
 from fileio import atomic_write_bytes, read_json
 from metrics import pearson
 from newmodel import RidgeDecoder
+from outputs import JOURNAL, LOCK_FILE, STAGING_PREFIX, FolderLock, OutputError, Staging, recover
 
 GENERATOR_VERSION = 1
 
@@ -58,6 +60,12 @@ INFO_FILE = "demo_info.json"
 RECORDING_MINUTES = 1.5  # typical length of one training recording
 TEST_PREROLL_S = 2.0  # a test segment is cut from a longer listening period: 2 s of context before it
 LAGS_S = 0.4  # linear decoder: EEG lags 0-400 ms after the envelope sample
+SUBFOLDERS = (SPLIT_DIR, TEST_DIR, LABEL_DIR)
+# The corpus shape train.py's demo uses besides its three config keys (demo_subjects,
+# demo_minutes, demo_seed): the arguments ``ensure_demo_corpus`` builds and checks with.
+DEMO_SHAPE = dict(n_heldout=2, n_test_segments=2, segment_s=60.0, n_chans=64, fs=64, measure=True)
+# The config key behind each corpus parameter, for messages.
+CONFIG_KEYS = {"n_subjects": "demo_subjects", "minutes": "demo_minutes", "seed": "demo_seed"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,8 +333,8 @@ def _is_split_file(name: str) -> bool:
     return len(parts) == 4 and parts[0] in SPLITS and parts[3] in ("eeg.npy", "envelope.npy") and all(parts)
 
 
-def _our_files(out: Path):
-    """Files of a previous demo corpus in ``out`` (the only ones overwrite=True removes)."""
+def _our_files(out: Path) -> list[Path]:
+    """Files of a previous demo corpus in ``out`` by their names (what overwrite=True removes)."""
     found = []
     if (out / INFO_FILE).is_file():
         found.append(out / INFO_FILE)
@@ -341,6 +349,161 @@ def _our_files(out: Path):
     return found
 
 
+def _cuts(n: int) -> list[int]:
+    """Bounds of the train/val/test parts of an n-sample recording: the field's fractions with
+    floored cut points (time_split rounds them), so the same arguments keep giving the same files."""
+    return [0, int(SPLIT_FRACTIONS[0] * n), int((SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1]) * n), n]
+
+
+def _npy_size(shape) -> int:
+    """Bytes of the .npy file np.save writes for a float32 array of ``shape``."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                               "fortran_order": False, "shape": tuple(shape)})
+    return len(buf.getvalue()) + 4 * math.prod(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a complete corpus is: demo_info.json, written last, lists every file with its size
+# ---------------------------------------------------------------------------------------------
+def _corpus_args(n_subjects, minutes, seed, n_heldout, n_test_segments, segment_s, n_chans, fs) -> dict:
+    """The arguments that decide a corpus's files, as the types demo_info.json records them."""
+    return dict(n_subjects=int(n_subjects), n_heldout=int(n_heldout), minutes=float(minutes),
+                n_test_segments=int(n_test_segments), segment_s=float(segment_s), n_chans=int(n_chans),
+                fs=int(fs), seed=int(seed))
+
+
+def _params(args: dict) -> dict:
+    """demo_info.json's ``parameters``: equal parameters, byte-identical files."""
+    return dict(args, neural_gain=NEURAL_GAIN, generator_version=GENERATOR_VERSION)
+
+
+def _planned_files(args: dict) -> dict:
+    """{path relative to out_dir: size in bytes, None where only generating tells} of every file a
+    build with ``args`` writes, demo_info.json aside."""
+    recordings, _, _, _ = _plan(args["seed"], args["n_subjects"], args["n_heldout"], args["minutes"],
+                                args["n_test_segments"], args["segment_s"], args["fs"])
+    files = {}
+    for name, recs in recordings.items():
+        for stim, n in recs:
+            cuts = _cuts(n)
+            for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:]):
+                stem = f"{SPLIT_DIR}/{split}{SEP}{name}{SEP}{stim}{SEP}"
+                files[f"{stem}eeg.npy"] = _npy_size((b - a, args["n_chans"]))
+                files[f"{stem}envelope.npy"] = _npy_size((b - a, 1))
+    for s in range(args["n_subjects"] + args["n_heldout"]):
+        for sub in (TEST_DIR, LABEL_DIR):
+            files[f"{sub}/{subject_name(s)}.json"] = None
+    return files
+
+
+def _read_info(out: Path):
+    """out_dir's demo_info.json: the dict, None when there is none, {} when it is unreadable."""
+    if not (out / INFO_FILE).exists():
+        return None
+    try:
+        info = read_json(out / INFO_FILE)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _listed_files(info) -> set:
+    """The files (relative paths) a demo_info.json says its build wrote: its ``files``; for one
+    written before it listed them, the names its recordings and subjects give."""
+    if not info:
+        return set()
+    if isinstance(info.get("files"), dict):
+        return set(info["files"])
+    listed = set()
+    for name, recs in (info.get("recordings") or {}).items():
+        for rec in recs:
+            listed |= {f"{SPLIT_DIR}/{split}{SEP}{name}{SEP}{rec['stimulus']}{SEP}{feat}.npy"
+                       for split in SPLITS for feat in ("eeg", "envelope")}
+    for name in [*(info.get("seen_subjects") or []), *(info.get("heldout_subjects") or [])]:
+        listed |= {f"{TEST_DIR}/{name}.json", f"{LABEL_DIR}/{name}.json"}
+    return listed
+
+
+def _present_files(out: Path) -> dict:
+    """{path relative to out_dir: size} of every file in the three corpus subfolders."""
+    found = {}
+    for sub in SUBFOLDERS:
+        if (out / sub).is_dir():
+            found.update({f"{sub}/{p.name}": p.stat().st_size for p in sorted((out / sub).iterdir()) if p.is_file()})
+    return found
+
+
+def _planned_present(present: dict, planned: dict) -> set:
+    """The present files that a build with these arguments writes, by name and (for .npy) size:
+    the leftovers of a build that stopped before demo_info.json. JSON files count only beside such
+    .npy files, since a challenge test set of the user's has the same names."""
+    ours = {rel for rel, size in present.items() if rel in planned and planned[rel] in (None, size)}
+    return ours if any(rel.startswith(f"{SPLIT_DIR}/") for rel in ours) else set()
+
+
+class CorpusState(NamedTuple):
+    """What a demo folder holds compared with the corpus some arguments build (``corpus_state``)."""
+
+    state: str  # 'complete', 'absent', 'rebuild', 'foreign' or 'blocked'
+    reason: str  # one line: why it is not complete ('' when it is)
+    ours: set  # files (relative paths) of a demo build found there: what a rebuild may remove
+
+
+def _info_problem(out: Path, info, args: dict) -> str:
+    """Why the corpus that ``info`` (out_dir's demo_info.json) describes is not the complete corpus
+    of ``args``; '' when it is."""
+    where = f"the demo corpus in {out}/"
+    if not info:
+        return f"{where} is incomplete ({INFO_FILE} is unreadable)"
+    was, now = info.get("parameters") or {}, _params(args)
+    changed = [f"{CONFIG_KEYS.get(k, k)}={was.get(k)!r} (now {now[k]!r})" for k in now if was.get(k) != now[k]]
+    if changed:
+        return f"{where} was built with {', '.join(changed)}"
+    if not isinstance(info.get("files"), dict):
+        return f"{where} was built by an older demo_corpus.py ({INFO_FILE} lists no files)"
+    for rel, size in sorted(info["files"].items()):
+        path = out / rel
+        if not path.is_file():
+            return f"{where} is incomplete ({rel} is missing)"
+        if path.stat().st_size != size:
+            return f"{where} is incomplete ({rel} has {path.stat().st_size} bytes, {INFO_FILE} says {size})"
+    return ""
+
+
+def corpus_state(out_dir, n_subjects, minutes, seed, **shape) -> CorpusState:
+    """Compare ``out_dir`` with the corpus ``make_demo_corpus`` builds from these arguments
+    (``shape``: its other corpus arguments, DEMO_SHAPE's by default). Changes nothing. States:
+
+    complete  demo_info.json has these parameters and every file it lists is there at its size;
+    absent    no demo_info.json and no file in the corpus subfolders;
+    rebuild   a demo corpus (demo_info.json says so, or every file is one this build writes) that is
+              incomplete or of other parameters; ``reason`` says which;
+    foreign   no demo_info.json, and the subfolders hold files no demo build wrote: the user's data;
+    blocked   a demo corpus to rebuild, but its subfolders also hold a file no demo build wrote.
+    """
+    out = Path(out_dir)
+    shape = {k: v for k, v in {**DEMO_SHAPE, **shape}.items() if k != "measure"}
+    args = _corpus_args(n_subjects, minutes, seed, **shape)
+    info, present = _read_info(out), _present_files(out)
+    if info is None and not present:
+        return CorpusState("absent", f"no demo corpus in {out}/", set())
+    problem = _info_problem(out, info, args) if info is not None else ""
+    if info is not None and not problem:
+        return CorpusState("complete", "", _listed_files(info))
+    ours = _listed_files(info) | _planned_present(present, _planned_files(args))
+    foreign = sorted(set(present) - ours)
+    if info is None and foreign:
+        return CorpusState("foreign", f"{out / foreign[0]} is not a file of the demo corpus ({out / INFO_FILE} does "
+                                      "not exist); choose another --demo_dir, or give your data as --data_dir", ours)
+    if info is None:
+        problem = f"the demo corpus in {out}/ is incomplete (no {INFO_FILE}: its build was interrupted)"
+    if foreign:
+        return CorpusState("blocked", f"{problem}, but {out / foreign[0]} is not one of its files; move it away "
+                                      "or choose another --demo_dir", ours)
+    return CorpusState("rebuild", problem, ours)
+
+
 # ---------------------------------------------------------------------------------------------
 # main entry point
 # ---------------------------------------------------------------------------------------------
@@ -353,23 +516,27 @@ def _check_corpus_args(n_subjects, n_heldout, n_test_segments, n_chans, fs, seed
         raise ValueError("minutes and segment_s must be positive")
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Make ``out`` and its three subfolders. A non-empty ``out`` is refused unless ``overwrite``,
-    and even then only files of a previous demo corpus are removed: anything else there belongs to
-    the user."""
+def _is_machinery(name: str) -> bool:
+    """Names that never make a demo folder 'not empty': the README that xfdata/ ships with, the
+    lock, and the journal and staging folders of a build."""
+    return name in ("README.md", LOCK_FILE, JOURNAL) or name.startswith(STAGING_PREFIX)
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that is not a folder, or that is not empty unless ``overwrite``. Changes nothing."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a folder")
-    # xfdata/ ships with a README.md only; that does not make it 'not empty'.
-    if out.is_dir() and any(p.name != "README.md" for p in out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"{out} already exists and is not empty; refusing to write the demo corpus into it. "
-                f"Choose another out_dir, or pass overwrite=True (--overwrite=True) to replace a "
-                f"previous demo corpus there.")
-        for p in _our_files(out):
-            p.unlink()
-    for sub in (SPLIT_DIR, TEST_DIR, LABEL_DIR):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    if not overwrite and out.is_dir() and any(not _is_machinery(p.name) for p in out.iterdir()):
+        raise FileExistsError(
+            f"{out} already exists and is not empty; refusing to write the demo corpus into it. "
+            f"Choose another out_dir, or pass overwrite=True (--overwrite=True) to replace a "
+            f"previous demo corpus there.")
+
+
+def _demo_lock(out: Path) -> FolderLock:
+    """The lock (out/.lock) a build holds from its first check to its demo_info.json."""
+    return FolderLock(out, busy="building the demo corpus in this folder",
+                      hint="wait for it to finish, then run this command again", error=OutputError)
 
 
 def _write_split_data(out: Path, seed: int, n_subjects: int, recordings: dict, stimuli: dict, models: list):
@@ -389,9 +556,7 @@ def _write_split_data(out: Path, seed: int, n_subjects: int, recordings: dict, s
             eeg = subject_eeg(models[s], env, level, _rng(seed, "eeg", s, k))
             eeg32 = eeg.astype(np.float32)
             env32 = env.astype(np.float32)[:, None]
-            # The field's fractions with floored cut points (time_split rounds them): the same
-            # arguments must keep giving the same files.
-            cuts = [0, int(SPLIT_FRACTIONS[0] * n), int((SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1]) * n), n]
+            cuts = _cuts(n)
             for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:]):
                 train_parts.append((split, name, stim, eeg32[a:b], env32[a:b]))
                 for feat, arr in (("eeg", eeg32[a:b]), ("envelope", env32[a:b])):
@@ -434,10 +599,10 @@ def _write_test_set(out: Path, seed: int, n_all: int, tests: dict, test_stimuli:
 
 
 def _demo_info(params: dict, seen: list, heldout: list, recordings: dict, tests: dict, train_stimuli: list,
-               test_stimuli: list, models: list, figures: dict) -> dict:
+               test_stimuli: list, models: list, figures: dict, files: dict) -> dict:
     """The demo_info.json content: parameters, the corpus plan, each subject's generating model
     parameters and the reference figures, so users can compare their scores with what the
-    corpus allows."""
+    corpus allows; and every file with its size, so a reader can tell a complete corpus."""
     return {
         "description": "Synthetic demo corpus (demo_corpus.py); generating model in docs/demo_corpus.md.",
         "parameters": params,
@@ -455,6 +620,7 @@ def _demo_info(params: dict, seen: list, heldout: list, recordings: dict, tests:
             for m in models},
         "channel_positions_xyz": np.round(models[0]["pos"], 4).tolist(),
         "reference_figures": figures,
+        "files": files,
     }
 
 
@@ -467,7 +633,9 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=1.0, n
     ~1.5 min split 80/10/10 in time (split_data); they and ``n_heldout`` further subjects get
     ``n_test_segments`` test segments of ``segment_s`` seconds each, from stimuli not in split_data.
     Same arguments -> byte-identical files. Refuses a non-empty ``out_dir`` unless ``overwrite``;
-    then only files of a previous demo corpus are removed (see ``docs/demo_corpus.md``).
+    then only files of a previous demo corpus are removed (see ``docs/demo_corpus.md``). The build
+    holds ``out_dir/.lock`` throughout (a second build there stops at once, naming the pid),
+    writes into a staging folder, moves the files into place and writes demo_info.json last.
 
     measure: also fit the pooled linear backward model and score it on the test segments
     (~5 s). ceiling_factor > 0: also the "best r the model allows", a subject-specific ridge
@@ -475,42 +643,85 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=1.0, n
     documented setting; minutes for the default corpus, so off by default; also available later
     as ``model_ceiling_r(out_dir)``). Both figures go to demo_info.json and the summary.
     """
-    t_start = time.perf_counter()
-    n_subjects, n_heldout, n_test_segments = int(n_subjects), int(n_heldout), int(n_test_segments)
-    n_chans, fs, seed = int(n_chans), int(fs), int(seed)
-    minutes, segment_s = float(minutes), float(segment_s)
-    _check_corpus_args(n_subjects, n_heldout, n_test_segments, n_chans, fs, seed, minutes, segment_s)
+    args = _corpus_args(n_subjects, minutes, seed, n_heldout, n_test_segments, segment_s, n_chans, fs)
+    _check_corpus_args(**args)
     out = Path(out_dir)
-    _prepare_out_dir(out, overwrite)
+    _check_out_dir(out, overwrite)  # before anything is touched
+    with _demo_lock(out):
+        recover(out)  # finish the commit of a killed build, drop its staging folder
+        _check_out_dir(out, overwrite)
+        remove = set()
+        if overwrite:
+            remove = {str(p.relative_to(out)) for p in _our_files(out)} | _listed_files(_read_info(out))
+        return _build(out, args, remove, measure, ceiling_factor)
 
-    recordings, tests, stim_len, test_pool = _plan(seed, n_subjects, n_heldout, minutes,
-                                                  n_test_segments, segment_s, fs)
+
+def ensure_demo_corpus(out_dir, n_subjects, minutes, seed, say=print, **shape) -> bool:
+    """Make ``out_dir`` hold the complete demo corpus of these arguments (``shape``: the other
+    corpus arguments and ``measure``, DEMO_SHAPE's by default): build it when it is absent,
+    incomplete or of other parameters, removing only files of a demo build; ``say`` gets one line
+    saying why. Returns whether it built. Raises OutputError naming the folder and pid while another
+    process builds there, and naming a file when the corpus subfolders hold one no demo build wrote."""
+    shape = {**DEMO_SHAPE, **shape}
+    measure = shape.pop("measure")
+    args = _corpus_args(n_subjects, minutes, seed, **shape)
+    _check_corpus_args(**args)
+    out = Path(out_dir)
+    state = corpus_state(out, n_subjects, minutes, seed, **shape)
+    if state.state == "complete":
+        return False
+    if state.state in ("foreign", "blocked"):
+        raise OutputError(state.reason)
+    with _demo_lock(out):
+        recover(out)
+        state = corpus_state(out, n_subjects, minutes, seed, **shape)  # another build may have finished
+        if state.state == "complete":
+            return False
+        if state.state in ("foreign", "blocked"):
+            raise OutputError(state.reason)
+        verb = "rebuilding" if state.state == "rebuild" else "building"
+        say(f"{state.reason}: {verb} it ({args['n_subjects']} subjects x {args['minutes']:g} min, seed {args['seed']})")
+        _build(out, args, state.ours, measure, 0)
+    return True
+
+
+def _build(out: Path, args: dict, remove: set, measure: bool, ceiling_factor) -> dict:
+    """Generate the corpus of ``args`` into a staging folder inside ``out`` (held under its lock),
+    then commit it: the old files ``remove`` lists and the old demo_info.json go, the new files move
+    into place, and the new demo_info.json, listing them, is written last. Returns the summary."""
+    t_start = time.perf_counter()
+    seed, n_subjects, n_heldout, fs = args["seed"], args["n_subjects"], args["n_heldout"], args["fs"]
+    recordings, tests, stim_len, test_pool = _plan(seed, n_subjects, n_heldout, args["minutes"],
+                                                  args["n_test_segments"], args["segment_s"], fs)
     stimuli = {name: _stimulus(seed, name, n, fs) for name, n in sorted(stim_len.items())}
     pre = int(round(TEST_PREROLL_S * fs))
-    seg_n = int(round(segment_s * fs))
+    seg_n = int(round(args["segment_s"] * fs))
     used_tests = sorted({s for v in tests.values() for s in v})
     test_stimuli = {name: _stimulus(seed, name, pre + seg_n, fs) for name in used_tests}
 
     n_all = n_subjects + n_heldout
-    models = [subject_model(seed, i, n_chans, fs, NEURAL_GAIN) for i in range(n_all)]
-    train_parts, n_train_files, train_bytes = _write_split_data(out, seed, n_subjects, recordings, stimuli, models)
-    segments, n_test_files, test_bytes = _write_test_set(out, seed, n_all, tests, test_stimuli, models, pre)
-
+    models = [subject_model(seed, i, args["n_chans"], fs, NEURAL_GAIN) for i in range(n_all)]
     seen = [subject_name(i) for i in range(n_subjects)]
     heldout = [subject_name(i) for i in range(n_subjects, n_all)]
     figures = {}
-    t_gen = time.perf_counter() - t_start
-    if measure and n_test_segments > 0:
-        figures["linear"] = _linear_reference(sorted(train_parts, key=lambda p: p[:3]), segments, seen, fs)
-    if ceiling_factor and n_test_segments > 0:
-        figures["ceiling"] = _ceiling(seed, models, minutes, fs, ceiling_factor, segments, seen)
-
-    params = dict(n_subjects=n_subjects, n_heldout=n_heldout, minutes=minutes,
-                  n_test_segments=n_test_segments, segment_s=segment_s, n_chans=n_chans, fs=fs,
-                  seed=seed, neural_gain=NEURAL_GAIN, generator_version=GENERATOR_VERSION)
-    info = _demo_info(params, seen, heldout, recordings, tests, sorted(stim_len), used_tests, models, figures)
+    with Staging(out) as stage:
+        train_parts, n_train_files, train_bytes = _write_split_data(stage.stage, seed, n_subjects, recordings,
+                                                                    stimuli, models)
+        segments, n_test_files, test_bytes = _write_test_set(stage.stage, seed, n_all, tests, test_stimuli,
+                                                             models, pre)
+        t_gen = time.perf_counter() - t_start
+        if measure and args["n_test_segments"] > 0:
+            figures["linear"] = _linear_reference(sorted(train_parts, key=lambda p: p[:3]), segments, seen, fs)
+        if ceiling_factor and args["n_test_segments"] > 0:
+            figures["ceiling"] = _ceiling(seed, models, args["minutes"], fs, ceiling_factor, segments, seen)
+        files = {rel: (stage.stage / rel).stat().st_size for rel in stage.files()}
+        info = _demo_info(_params(args), seen, heldout, recordings, tests, sorted(stim_len), used_tests, models,
+                          figures, files)
+        stage.commit(remove=sorted(set(remove) | {INFO_FILE}))
+    for sub in SUBFOLDERS:
+        (out / sub).mkdir(exist_ok=True)
     data = (json.dumps(info, indent=1) + "\n").encode()
-    atomic_write_bytes(out / INFO_FILE, data)
+    atomic_write_bytes(out / INFO_FILE, data)  # last: only now is the corpus complete
     summary = {
         "out_dir": str(out),
         "split_data": str(out / SPLIT_DIR),
@@ -522,7 +733,7 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=1.0, n
         "seen_subjects": seen,
         "heldout_subjects": heldout,
         "n_recordings": sum(len(v) for v in recordings.values()),
-        "n_test_segments": n_all * n_test_segments,
+        "n_test_segments": n_all * args["n_test_segments"],
         "n_files": n_train_files + n_test_files + 1,
         "bytes": train_bytes + test_bytes + len(data),
         "generation_s": round(t_gen, 2),
@@ -680,7 +891,7 @@ def main(argv=None) -> int:
     try:
         summary = make_demo_corpus(out_dir=cfg["demo_dir"], n_subjects=cfg["demo_subjects"],
                                    minutes=cfg["demo_minutes"], seed=cfg["demo_seed"], overwrite=cfg["overwrite"])
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, OutputError) as e:
         print(f"demo_corpus.py: {e}", file=sys.stderr)
         return 2
     figs = summary.pop("reference_figures")

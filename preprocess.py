@@ -13,15 +13,22 @@ EEG (per EEG file, via MNE): channel selection, 0.5 Hz high-pass (1st-order Butt
 optional artifact interpolation, alignment to the stimulus onset (trigger or ``onset_s``), polyphase
 resampling to ``fs``, common average reference, cut to the envelope's duration.
 Output: ``{split}_-_{subject}_-_{stimulus}_-_{eeg|envelope}.npy`` cut 80/10/10 in time, plus
-``manifest.json`` (inputs with sizes and hashes, every parameter, library versions). The folder is
-built beside ``out_dir`` under a temp name and renamed into place only when everything succeeded.
-An existing non-empty ``out_dir`` is replaced only with ``--overwrite`` and only when it is an earlier
-output of this program (it holds its ``manifest.json``); an ``out_dir`` that holds the pairs CSV or
-any file it lists is always refused.
+``manifest.json`` (every file written with its size, inputs with sizes and hashes, every parameter,
+library versions). Every input is checked before any output is touched, and the run holds a lock
+beside ``out_dir`` (``.NAME.lock``) throughout: a second run into the same ``out_dir`` stops at once,
+naming the pid. A new ``out_dir`` is built beside it under a temp name and renamed into place only
+when everything succeeded. An existing non-empty ``out_dir`` is written only with ``--overwrite`` and
+only when it is an earlier output of this program (it holds its ``manifest.json``): the new files
+are built in a staging folder inside it and replace just the files the earlier manifest lists;
+anything else there (notes, subfolders, runs) is kept, and an ``out_dir`` where another process
+holds a lock (a train.py training into a folder there) is refused. An ``out_dir`` that holds the
+pairs CSV or any file it lists is always refused.
 """
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 import os
@@ -43,7 +50,9 @@ from scipy.io import wavfile
 
 import config as config_module
 from EEG_Dataset import SEP, SPLIT_FRACTIONS, SPLITS, DataError, time_split
-from fileio import dir_mode, read_json, sha256_file
+from fileio import FileError, atomic_write_bytes, atomic_write_json, dir_mode, read_json, sha256_file
+from outputs import (JOURNAL, LOCK_FILE, STAGING_PREFIX, FolderLock, OutputError, lock_holder_of, recover,
+                     sibling_lock)
 
 MANIFEST = "manifest.json"
 MARGIN_OUT = 64  # output samples of EEG kept on each side of a cut while resampling, so the
@@ -118,6 +127,7 @@ def read_pairs(csv_path) -> list[Pair]:
             p = p if p.is_absolute() else csv_path.parent / p
             if not p.is_file():
                 raise DataError(f"{where}: {what} {p} does not exist")
+            _check_readable(p, where, what)
             paths.append(p)
         pair = Pair(subject, paths[0], paths[1], onset_s, where)
         if SEP in pair.stimulus:
@@ -131,6 +141,15 @@ def read_pairs(csv_path) -> list[Pair]:
     if not pairs:
         raise DataError(f"{csv_path}: no rows; expected 'subject,eeg_file,audio_file[,onset_s]' lines")
     return pairs
+
+
+def _check_readable(path: Path, where: str, what: str) -> None:
+    """Open ``path`` for reading, so that an unreadable input stops the run before any output is touched."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise DataError(f"{where}: {what} {path} cannot be read ({exc.strerror or exc})") from exc
 
 
 # ============================================================================= envelope
@@ -527,14 +546,27 @@ def process_eeg_file(eeg_path: Path, results: list[Result], cfg: dict) -> dict:
 # ============================================================================= output
 
 
+def save_npy(path: Path, arr: np.ndarray) -> None:
+    """Write one .npy file atomically (fileio.atomic_write_bytes): a full disk or a read-only folder
+    is a FileError naming the file, and no half-written file stays."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def recording_files(subject: str, stimulus: str) -> list[str]:
+    """The names of the split_data files ``write_recording`` writes for one recording."""
+    return [f"{split}{SEP}{subject}{SEP}{stimulus}{SEP}{feat}.npy" for split in SPLITS for feat in ("eeg", "envelope")]
+
+
 def write_recording(folder: Path, subject: str, stimulus: str, eeg: np.ndarray, envelope: np.ndarray) -> dict:
     """Save one recording as split_data files, cut 80/10/10 in time as EEG_Dataset.load_corpus cuts
     recordings that come unsplit. eeg (T, C), envelope (T,). Returns {split: [start, stop)}."""
     bounds = {}
     for split, lo, hi in time_split(len(envelope)):
         stem = f"{split}{SEP}{subject}{SEP}{stimulus}{SEP}"
-        np.save(folder / f"{stem}eeg.npy", np.ascontiguousarray(eeg[lo:hi], dtype=np.float32))
-        np.save(folder / f"{stem}envelope.npy", np.ascontiguousarray(envelope[lo:hi, None], dtype=np.float32))
+        save_npy(folder / f"{stem}eeg.npy", np.ascontiguousarray(eeg[lo:hi], dtype=np.float32))
+        save_npy(folder / f"{stem}envelope.npy", np.ascontiguousarray(envelope[lo:hi, None], dtype=np.float32))
         bounds[split] = [lo, hi]
     return bounds
 
@@ -564,13 +596,30 @@ def check_config(cfg: dict) -> None:
         raise config_module.ConfigError("; ".join(bad))
 
 
-def is_preprocess_output(folder: Path) -> bool:
-    """Whether ``folder`` holds the manifest.json of an earlier preprocess.py run."""
+def read_manifest(folder: Path):
+    """The manifest.json of an earlier preprocess.py run in ``folder``, or None (missing, unreadable,
+    not JSON, or written by something else)."""
     try:
         manifest = read_json(folder / MANIFEST)
-    except ValueError:  # missing, unreadable or not JSON
-        return False
-    return isinstance(manifest, dict) and manifest.get("created_by") == "preprocess.py"
+    except ValueError:
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("created_by") == "preprocess.py" else None
+
+
+def is_preprocess_output(folder: Path) -> bool:
+    """Whether ``folder`` holds the manifest.json of an earlier preprocess.py run."""
+    return read_manifest(folder) is not None
+
+
+def manifest_files(manifest: dict) -> set[str]:
+    """The files an earlier run wrote, as its manifest lists them (its ``files``; for a manifest
+    written before it listed them, the names its recordings give), manifest.json included: the
+    only files --overwrite replaces or removes."""
+    if isinstance(manifest.get("files"), dict):
+        return set(manifest["files"]) | {MANIFEST}
+    return {name for rec in manifest.get("recordings") or []
+            for split in rec.get("splits") or {} for feat in ("eeg", "envelope")
+            for name in [f"{split}{SEP}{rec['subject']}{SEP}{rec['stimulus']}{SEP}{feat}.npy"]} | {MANIFEST}
 
 
 def _inside(path, folder: Path) -> bool:
@@ -580,27 +629,59 @@ def _inside(path, folder: Path) -> bool:
     return any(p.is_relative_to(f) for p in paths for f in folders)
 
 
-def check_out_dir(out: Path, overwrite: bool, inputs=()) -> None:
-    """Refuse an out_dir that preprocess.py may not replace. It replaces out_dir as a whole, so it
-    must never hold an input (``inputs``: (what, path) pairs, e.g. the pairs CSV and the files it
-    lists), and a non-empty out_dir is replaced only with ``overwrite`` and only when it is an
-    earlier preprocess.py output (its manifest.json says so): anything else there is not ours to
-    delete."""
+def _is_machinery(name: str) -> bool:
+    """Names of this program's own work in out_dir: a build's staging folder and commit journal."""
+    return name == JOURNAL or name.startswith(STAGING_PREFIX)
+
+
+def refuse_locked(out: Path) -> None:
+    """Refuse an out_dir where a live process holds a lock file (``.lock``, ``.NAME.lock``) in any
+    folder, e.g. a train.py training into a run folder there: its outputs are not replaced under it."""
+    for folder, _, names in os.walk(out):
+        for name in sorted(names):
+            if name == LOCK_FILE or name.endswith(".lock"):
+                pid = lock_holder_of(Path(folder) / name)
+                if pid is not None:
+                    locked = Path(folder) if name == LOCK_FILE else Path(folder) / name
+                    raise DataError(f"{locked}: a running process (pid {pid if pid > 0 else '?'}) holds its lock "
+                                    f"(e.g. train.py training into it), so preprocess.py does not write {out}; "
+                                    "wait for it or choose another --out_dir")
+
+
+def check_out_dir(out: Path, overwrite: bool, inputs=(), new_files=()) -> set[str]:
+    """Refuse an out_dir that preprocess.py may not write; return the files of the earlier output
+    there that the run replaces or removes (those its manifest lists; none for a new out_dir).
+
+    It never writes into a folder holding an input (``inputs``: (what, path) pairs, e.g. the pairs
+    CSV and the files it lists). A non-empty out_dir is written only with ``overwrite``, only when it
+    is an earlier preprocess.py output (its manifest.json says so), only when no live process holds
+    a lock in it, and only when none of ``new_files`` (the names this run writes) is a file its
+    manifest does not list: anything else there is not ours to replace. Changes nothing."""
+    if out.is_symlink() and not out.exists():
+        raise DataError(f"{out}: out_dir is a symlink that points nowhere")
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: out_dir exists and is not a folder")
     for what, path in inputs:
         if _inside(path, out):
-            raise DataError(f"{out}: out_dir holds the {what} {path}; preprocess.py replaces its out_dir as a "
-                            "whole, so it never writes into a folder holding its inputs; choose another --out_dir")
-    if not (out.is_dir() and any(out.iterdir())):
-        return
-    if not is_preprocess_output(out):
+            raise DataError(f"{out}: out_dir holds the {what} {path}; preprocess.py replaces the files of its "
+                            "out_dir, so it never writes into a folder holding its inputs; choose another --out_dir")
+    if not (out.is_dir() and any(not _is_machinery(p.name) for p in out.iterdir())):
+        return set()
+    manifest = read_manifest(out)
+    if manifest is None:
         raise DataError(f"{out}: out_dir already exists, is not empty and holds no {MANIFEST} written by "
                         "preprocess.py, so it is not replaced, not even with --overwrite (that would delete files "
                         "preprocess.py did not write); choose another --out_dir")
     if not overwrite:
         raise DataError(f"{out}: out_dir already exists and is not empty; pass --overwrite to replace it "
                         "(it holds an earlier preprocess.py output) or choose another --out_dir")
+    refuse_locked(out)
+    listed = manifest_files(manifest)
+    clash = sorted(n for n in set(new_files) - listed if os.path.lexists(out / n))
+    if clash:
+        raise DataError(f"{out / clash[0]}: this run would write it, but {out / MANIFEST} does not list it, so it "
+                        "is not ours to replace; move it away or choose another --out_dir")
+    return listed
 
 
 def versions() -> dict:
@@ -666,8 +747,9 @@ def _write_recordings(pairs: list[Pair], tmp: Path, cfg: dict) -> dict:
     return records
 
 
-def _manifest(cfg: dict, recordings: list[dict], t0: float) -> dict:
-    """The manifest.json content: inputs, every parameter, a description of each step and library
+def _manifest(cfg: dict, recordings: list[dict], t0: float, files: dict) -> dict:
+    """The manifest.json content: every file written with its size (``files``; the only files a
+    later --overwrite replaces), inputs, every parameter, a description of each step and library
     versions, so that an output folder says how it was made. ``t0``: when the run started."""
     fs_out = int(cfg["fs"])
     return {
@@ -696,44 +778,112 @@ def _manifest(cfg: dict, recordings: list[dict], t0: float) -> dict:
         "split": {"fractions": list(SPLIT_FRACTIONS), "order": list(SPLITS)},
         "versions": versions(),
         "recordings": recordings,
+        "files": files,
         "seconds": round(time.time() - t0, 2),
     }
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished temp folder to ``out``. An existing ``out`` is swapped aside first and
-    deleted only after the rename, so a failure never leaves neither the old nor the new output."""
-    os.chmod(tmp, dir_mode())  # mkdtemp makes 0700; the output should be as readable as any folder
-    if out.is_dir():  # --overwrite (or an empty folder)
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / "x")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def _clear_killed_runs(out: Path) -> None:
+    """Under out_dir's lock: finish the commit of a run killed while committing (outputs.recover),
+    and delete the build folders killed runs left inside and beside out_dir (no other run can be
+    using them while this one holds the lock)."""
+    leftover = re.compile(rf"^\.{re.escape(out.name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
+    if out.parent.is_dir():
+        for p in out.parent.iterdir():
+            if leftover.match(p.name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+    if out.is_dir():
+        recover(out)
+
+
+def _new_build_dir(out: Path, inside: bool) -> Path:
+    """Where the new files are built: with ``inside``, a staging folder inside the existing out_dir
+    (committed file by file, so nothing else there moves), else a temp folder beside out_dir
+    (renamed to it at the end)."""
+    where = out if inside else out.parent
+    try:
+        if inside:
+            return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise DataError(f"{where}: cannot write ({exc.strerror or exc})") from exc
+
+
+def _commit(build: Path, out: Path, inside: bool, old: set[str]) -> None:
+    """Put the finished build in place. Beside out_dir: rename it to out_dir. Inside: a journal
+    commit (outputs.recover) removes the earlier output's files that this run does not write again,
+    moves the new files in and manifest.json last; a run killed midway leaves the journal and the
+    next run finishes it under the lock. Files the earlier manifest does not list never move."""
+    try:
+        os.chmod(build, dir_mode())  # mkdtemp makes 0700; the output should be as readable as any folder
+        if not inside:
+            os.replace(build, out)
+            return
+        files = sorted(p.name for p in build.iterdir() if p.name != MANIFEST) + [MANIFEST]
+        atomic_write_json(out / JOURNAL, {"stage": build.name, "files": files, "remove": sorted(old),
+                                          "manifest_name": None, "manifest": None})
+        recover(out)
+    except OSError as exc:
+        raise DataError(f"{out}: cannot move the new files into place ({exc.strerror or exc}); "
+                        "run the same command again to finish") from exc
+
+
+def _write_error(exc: OSError, out: Path) -> str:
+    """One line for a failed write: the file (FileError names it) or folder, and what went wrong."""
+    if isinstance(exc, FileError):
+        return str(exc)
+    what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return f"{exc.filename or out}: cannot write ({what})"
+
+
+def _build_and_commit(pairs: list[Pair], out: Path, cfg: dict, checks: dict, t0: float) -> dict:
+    """Under out_dir's lock: preprocess every pair into a new build folder, write the manifest, check
+    out_dir once more and commit. Any failure before the commit removes the build folder and leaves
+    out_dir as it was; a failed write (full disk, read-only folder) is a DataError naming the file."""
+    inside = out.is_dir()
+    build = _new_build_dir(out, inside)
+    committing = False
+    try:
+        try:
+            records = _write_recordings(pairs, build, cfg)
+            files = {p.name: p.stat().st_size for p in sorted(build.iterdir())}
+            manifest = _manifest(cfg, [records[id(p)] for p in pairs], t0, files)
+            atomic_write_bytes(build / MANIFEST, json.dumps(manifest, indent=1).encode())
+        except OSError as exc:
+            raise DataError(f"{_write_error(exc, out)}; {out} was left as it was") from exc
+        old = check_out_dir(out, cfg["overwrite"], **checks)
+        committing = True
+        _commit(build, out, inside, old)
+    except BaseException:
+        if not (committing and (out / JOURNAL).is_file()):  # a journal: the next run finishes the commit
+            shutil.rmtree(build, ignore_errors=True)
+        raise
+    return manifest
 
 
 def preprocess(cfg: dict) -> dict:
     """Run the whole pipeline for a parsed config; returns the manifest. Raises DataError (naming the
-    file) on bad input, leaving nothing behind: the output is built in a temp folder beside out_dir."""
+    file) on bad input or a failed write, leaving out_dir as it was. Order: every check that needs
+    no output (config, pairs CSV, every input readable, out_dir may be written), then out_dir's lock,
+    the checks again under it, the work, and the commit."""
     check_config(cfg)
     t0 = time.time()
     out = Path(cfg["out_dir"])
     pairs = read_pairs(cfg["pairs"])
     inputs = [("pairs CSV", Path(cfg["pairs"]))]
     inputs += [(what, path) for p in pairs for what, path in (("EEG file", p.eeg_path), ("audio file", p.audio_path))]
-    check_out_dir(out, cfg["overwrite"], inputs)  # before the work, and again before the rename
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        records = _write_recordings(pairs, tmp, cfg)
-        manifest = _manifest(cfg, [records[id(p)] for p in pairs], t0)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        check_out_dir(out, cfg["overwrite"], inputs)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    checks = dict(inputs=inputs, new_files=[n for p in pairs for n in recording_files(p.subject, p.stimulus)])
+    if not (out / JOURNAL).exists():  # a killed commit is finished under the lock first, then checked
+        check_out_dir(out, cfg["overwrite"], **checks)
+    with FolderLock(out, lock_path=sibling_lock(out), busy="preprocessing into this folder",
+                    hint="wait for it or choose another --out_dir", error=DataError):
+        _clear_killed_runs(out)
+        old = check_out_dir(out, cfg["overwrite"], **checks)
+        kept = sorted(p.name for p in out.iterdir() if p.name not in old and not _is_machinery(p.name)) if old else []
+        manifest = _build_and_commit(pairs, out, cfg, checks, t0)
+    if kept:
+        print(f"--overwrite: replaced the earlier output in {out}/; kept {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} "
+              f"its {MANIFEST} does not list: {', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}", flush=True)
     print(f"wrote {len(pairs)} recording(s) to {out}/ ({manifest['seconds']:.1f} s); "
           f"train with: python train.py --data_dir={out}", flush=True)
     return manifest
@@ -745,7 +895,7 @@ def main(argv=None) -> dict:
         return preprocess(cfg)
     except config_module.ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from exc
-    except DataError as exc:
+    except (DataError, OSError, OutputError) as exc:
         raise SystemExit(f"preprocess error: {exc}") from exc
 
 

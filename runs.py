@@ -3,21 +3,18 @@ unless asked, and a finished run is recognised as finished. Also the data a run 
 from __future__ import annotations
 
 import csv
-import errno
-import fcntl
 import io
-import os
 import shutil
 from pathlib import Path
 
 import config as config_module
 from checkpoint import load_checkpoint
 from EEG_Dataset import DataError, load_corpus
-from fileio import atomic_write_bytes, remove_stale_temps
+from fileio import atomic_write_bytes
+from outputs import LOCK_FILE, FolderLock, lock_holder_of
 
-LOCK_FILE = ".lock"
 # What train.py writes into a seed folder: the only files --overwrite removes.
-RUN_FILES = ("best.pt", "last.pt", "log.csv")
+RUN_FILES = ("best.pt", "last.pt", "log.csv", "curves.png")
 RUN_DIRS = ("epochs",)
 # Keys that shape the model or the data it sees: a resumed run must keep them.
 ARCH_KEYS = ("model", "n_chans", "subject_embedding", "ema_decay", "avg_epochs", "select", "window_s", "batch_size",
@@ -43,64 +40,16 @@ def seed_dir(cfg: dict, seed: int) -> Path:
 
 
 def lock_holder(folder) -> int | None:
-    """The pid of the live process that holds ``folder``'s run lock, or None."""
-    path = Path(folder) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+    """The pid of the live process that holds ``folder``'s lock, or None."""
+    return lock_holder_of(Path(folder) / LOCK_FILE)
 
 
-class RunLock:
-    """An exclusive OS lock (flock) on a seed folder, held while this process writes there.
-
-    The holder's pid is written into the lock file. The OS drops the lock when the process ends,
-    however it ends, so a lock left by a dead process never blocks."""
+class RunLock(FolderLock):
+    """An exclusive OS lock on a seed folder, held while this process trains there (outputs.FolderLock)."""
 
     def __init__(self, folder):
-        self.folder, self.fd = Path(folder), None
-
-    def __enter__(self):
-        if self.folder.exists() and not self.folder.is_dir():
-            raise RunError(f"{self.folder}: exists and is not a folder")
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise RunError(f"{self.folder}: cannot create the run folder ({exc.strerror or exc})") from exc
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            pid = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
-            os.close(self.fd)
-            self.fd = None
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise RunError(f"{self.folder}: another process (pid {pid or '?'}) is training into this "
-                               "folder; wait for it or choose another --run_dir") from exc
-            raise
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-        remove_stale_temps(self.folder)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        super().__init__(folder, busy="training into this folder", hint="wait for it or choose another --run_dir",
+                         error=RunError)
 
 
 # ----------------------------------------------------------------------------- folder policy
@@ -112,31 +61,28 @@ def run_files(folder) -> list[Path]:
     return [folder / n for n in (*RUN_FILES, *RUN_DIRS) if (folder / n).exists()]
 
 
-def prepare_run_dir(out: Path, cfg: dict, seed: int, dry_run: bool = False) -> None:
+def prepare_run_dir(out: Path, cfg: dict, seed: int) -> list[Path]:
     """Check that the locked seed folder ``out`` may be written as ``cfg`` asks: a folder holding
     another run is only continued with --resume (which needs that run's last.pt) or replaced with
-    --overwrite (which removes only what train.py wrote). ``dry_run``: decide, change nothing."""
+    --overwrite. Returns the earlier run's files that --overwrite replaces (only what train.py
+    wrote); the caller removes them once the new run first saves. Nothing is changed here."""
     others = [p for p in out.iterdir() if p.name != LOCK_FILE] if out.is_dir() else []
-    if not others:
-        return
     if cfg["resume"]:
         if not (out / "last.pt").is_file():
-            raise RunError(f"{out}: --resume, but the folder holds no last.pt of a run "
-                           f"(it holds {', '.join(sorted(p.name for p in others)[:5])})")
+            held = f" (it holds {', '.join(sorted(p.name for p in others)[:5])})" if others else ""
+            raise RunError(f"{out}: --resume, but the folder holds no last.pt of a run to continue{held}; "
+                           "drop --resume to start a new run")
         ck = load_checkpoint(out / "last.pt")
         if ck["model_name"] != cfg["model"] or ck["seed"] != seed:
             raise RunError(f"{out / 'last.pt'}: holds {ck['model_name']} seed {ck['seed']}, not {cfg['model']} seed {seed}")
         check_same_setup(out / "last.pt", ck, cfg)
-        return
+        return []
+    if not others:
+        return []
     if not cfg["overwrite"]:
         raise RunError(f"{out} already holds files. Pass --resume to continue its run, --overwrite to replace "
                        "it, or choose another --run_dir.")
-    ours = run_files(out)
-    if dry_run or not ours:
-        return
-    print(f"--overwrite: removing the run in {out} ({', '.join(p.name for p in ours)})", flush=True)
-    for p in ours:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return run_files(out)
 
 
 def check_same_setup(path: Path, ck: dict, cfg: dict) -> None:
@@ -201,32 +147,51 @@ def log_seconds(path: Path) -> float:
 
 
 def ensure_data(cfg: dict, given: set) -> None:
-    """Only the default ``data_dir`` may fall back to the built-in demo corpus (built in
-    ``demo_dir`` when missing). A ``data_dir`` the user gave that is missing, empty or unreadable
-    is an error naming it, and nothing is written."""
+    """Only the default ``data_dir`` may fall back to the built-in demo corpus in ``demo_dir``. A
+    ``data_dir`` the user gave that is missing, empty or unreadable is an error naming it, and
+    nothing is written.
+
+    The demo corpus is used only when complete and built with the config's demo keys (its
+    demo_info.json, written last, lists every file and the keys); otherwise it is (re)built, one
+    line saying why, under its lock: a second process that finds the build under way stops at
+    once naming the pid. A default data_dir that holds files but no demo corpus (no demo_info.json)
+    is the user's own data and is used as it is."""
     d = Path(cfg["data_dir"])
     try:
         usable = d.is_dir() and any(d.iterdir())
     except OSError as exc:
         raise DataError(f"{d}: cannot read the data folder ({exc.strerror or exc})") from exc
-    if usable:
-        return
     if "data_dir" in given:
+        if usable:
+            return
         what = ("is a symlink that loops or points nowhere" if d.is_symlink() and not d.exists() else
                 "does not exist" if not d.exists() else "is not a folder" if not d.is_dir() else "is empty")
         raise DataError(f"data_dir {d} {what}")
     import demo_corpus
 
     demo = Path(cfg["demo_dir"])
-    split = demo / "split_data"
-    if not (split.is_dir() and any(split.iterdir())):
-        print(f"data_dir {d} is missing or empty: building the built-in demo corpus in {demo}/ "
-              f"({cfg['demo_subjects']} subjects x {cfg['demo_minutes']} min, seed {cfg['demo_seed']})", flush=True)
-        demo_corpus.make_demo_corpus(out_dir=str(demo), n_subjects=cfg["demo_subjects"], minutes=cfg["demo_minutes"],
-                                     seed=cfg["demo_seed"], overwrite=(demo / "demo_info.json").is_file())
-    if d.resolve() != split.resolve():
+    split = demo / demo_corpus.SPLIT_DIR
+    in_demo = _same_folder(d, split)
+    if usable and not in_demo:
+        return
+    keys = dict(n_subjects=cfg["demo_subjects"], minutes=cfg["demo_minutes"], seed=cfg["demo_seed"])
+    try:
+        if usable and demo_corpus.corpus_state(demo, **keys).state == "foreign":
+            return
+        demo_corpus.ensure_demo_corpus(demo, say=lambda line: print(line, flush=True), **keys)
+    except (demo_corpus.OutputError, ValueError) as exc:
+        raise DataError(str(exc)) from exc
+    if not in_demo:
         print(f"data_dir {d} is missing or empty: training on the demo corpus in {split}", flush=True)
     cfg["data_dir"] = str(split)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Whether two paths name one folder (symlinks resolved where they can be)."""
+    try:
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return a.absolute() == b.absolute()
 
 
 def corpus_from_config(cfg: dict, folder=None, n_chans=None):

@@ -178,8 +178,8 @@ def format_p(p: float, n: int) -> str:
 
 
 def format_chance(total: float, ch: dict, label: str = "total") -> str:
-    """One line, e.g. 'total 0.207 (chance 95th percentile 0.030, p < 0.001)'. ch: ``chance``'s dict."""
-    return f"{label} {total:.3f} (chance 95th percentile {ch['total_p95']:.3f}, {format_p(ch['p_value'], ch['n'])})"
+    """One line, e.g. 'total 0.2073 (chance 95th percentile 0.030, p < 0.001)'. ch: ``chance``'s dict."""
+    return f"{label} {total:.4f} (chance 95th percentile {ch['total_p95']:.3f}, {format_p(ch['p_value'], ch['n'])})"
 
 
 def _window_r(pred_w: np.ndarray, env_w: np.ndarray) -> np.ndarray:

@@ -12,8 +12,11 @@ test segment per channel (as the reference inference does), predicts it with eve
 averages the seeds' z-scored predictions into an ensemble. Writes ``result_dir/sub-XXX.json``
 ({segment_id: [floats]}) for the ensemble and ``result_dir/per_seed/seed-N/`` for each seed.
 When ``label_dir`` exists, scores them with the official rules, prints per-subject scores and
-the total, also for each seed alone, and writes ``result_dir/score.json``. Every file it writes
-is listed in ``result_dir/manifest.json``; ``--overwrite`` removes only files listed there.
+the total with its chance level, also for each seed alone, the match-mismatch accuracy, and
+writes ``result_dir/score.json`` and ``score.png``. Everything is checked before any output is
+touched; ``result_dir`` is locked while it is written, the new files are built in a staging
+folder and committed together (outputs.py), and ``result_dir/manifest.json`` lists them:
+``--overwrite`` removes only files listed there, and only once the new set is complete.
 """
 from __future__ import annotations
 
@@ -33,11 +36,14 @@ import torch
 
 import config as config_module
 import runtime
+import significance
 from checkpoint import CheckpointError, load_model
-from EEG_Dataset import DataError, mean_by_subject, read_challenge_labels, read_test_set, score, write_predictions, zscore
+from EEG_Dataset import (DataError, mean_by_subject, read_challenge_labels, read_test_set, score, segment_subject,
+                         write_predictions, zscore)
 from evaluation import predict, zscore_prediction
 from fileio import FileError, atomic_write_json, read_json, sha256_file
 from metrics import pearson
+from outputs import FolderLock, OutputError, Staging, recover
 from runs import corpus_from_config, epoch_seconds, lock_holder, read_log
 
 MANIFEST = "manifest.json"
@@ -80,14 +86,17 @@ def predict_segments(model, segments: dict, subject_idx: int, device) -> dict:
             for key, eeg in segments.items()}
 
 
-def check_result_dir(result_dir: Path, cfg: dict) -> None:
-    """result_dir may not be, hold or sit inside a folder test.py reads."""
+def check_result_dir(result_dir: Path, cfg: dict, ckpts: list[Path]) -> None:
+    """result_dir may not be, hold or sit inside a folder test.py reads (the data, the labels, a
+    seed folder whose checkpoint it loads)."""
     res = result_dir.resolve()
-    for key in ("test_dir", "label_dir", "eval_dir"):
-        if cfg.get(key) and Path(cfg[key]).exists():
-            src = Path(cfg[key]).resolve()
+    reads = [(key, Path(cfg[key])) for key in ("test_dir", "label_dir", "eval_dir") if cfg.get(key)]
+    reads += [("the checkpoint folder", p.parent) for p in ckpts]
+    for key, src in reads:
+        if src.exists():
+            src = src.resolve()
             if res == src or src in res.parents or res in src.parents:
-                raise SystemExit(f"result_dir {result_dir} and {key} {cfg[key]} overlap: predictions would be written "
+                raise SystemExit(f"result_dir {result_dir} and {key} {src} overlap: predictions would be written "
                                  "among the inputs; choose another --result_dir")
 
 
@@ -99,10 +108,11 @@ def _inside(folder: Path, rel: str) -> bool:
     return folder.resolve() in (folder / p).resolve().parents
 
 
-def claim_result_dir(result_dir: Path, inputs: dict, files: list[str], overwrite: bool) -> None:
-    """Never replace another run's results, nor a file test.py did not write. ``files`` (relative
-    to result_dir) are about to be written from ``inputs``; they are listed in the manifest first,
-    so even a killed run leaves its files accounted for."""
+def plan_result_dir(result_dir: Path, inputs: dict, files: list[str], overwrite: bool) -> tuple[list[str], list[str]]:
+    """Never replace another run's results, nor a file test.py did not write: decide before any
+    prediction what the commit will do. ``files`` (relative to result_dir) are about to be
+    written from ``inputs``. Returns (old files the commit removes, every file the new manifest
+    lists): the same inputs add to the folder; other inputs replace it with --overwrite only."""
     path = result_dir / MANIFEST
     old = {}
     if path.is_file():
@@ -112,29 +122,69 @@ def claim_result_dir(result_dir: Path, inputs: dict, files: list[str], overwrite
             old = {}
     listed = old.get("files", []) if isinstance(old, dict) and isinstance(old.get("files"), list) else []
     owned = {f for f in listed if isinstance(f, str) and _inside(result_dir, f)}  # never a path outside it
-    present = [f for f in files if (result_dir / f).exists()]
-    foreign = [f for f in present if f not in owned]
+    foreign = [f for f in files if (result_dir / f).exists() and f not in owned]
     if foreign:
         raise SystemExit(f"{result_dir}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
                          "which test.py did not write; choose another --result_dir")
-    stale = [f for f in owned if (result_dir / f).exists()]
-    if stale and old.get("inputs") != inputs:
+    present = {f for f in owned if (result_dir / f).exists()}
+    if present and old.get("inputs") != inputs:
         if not overwrite:
             raise SystemExit(f"{result_dir} already holds results from other checkpoints or data. "
                              "Choose another --result_dir or pass --overwrite.")
-        for f in stale:  # only what an earlier test.py listed as its own
-            (result_dir / f).unlink(missing_ok=True)
-        owned = set()
-    atomic_write_json(path, {"inputs": inputs, "files": sorted(owned | set(files))})
+        return sorted(present - set(files)), sorted(files)  # replaced once the new set is complete
+    return [], sorted(present | set(files))
 
 
 def print_scores(title: str, s: dict) -> None:
     subj = "  ".join(f"{k} {v:.4f}" for k, v in s["per_subject"].items())
     extra = "" if "seen" not in s else f"  (seen {s['seen']}, held-out {s['heldout']})"
-    print(f"{title}: total {s['total']:.4f}{extra}\n    {subj}")
+    total = (significance.format_chance(s["total"], s["chance"]) if isinstance(s.get("chance"), dict)
+             and "p_value" in s["chance"] else f"total {s['total']:.4f}")
+    mm = s.get("match_mismatch")
+    mm_txt = (f"\n    match-mismatch ({mm['candidates']} candidates, {mm['window_s']:g} s): accuracy "
+              f"{mm['accuracy']:.3f} over {mm['n_windows']} windows (chance {mm['chance']:.2f})"
+              if isinstance(mm, dict) and "accuracy" in mm else "")
+    print(f"{title}: {total}{extra}\n    {subj}{mm_txt}")
 
 
-def score_labels(cfg: dict, result: dict, ensemble: dict, per_seed: list, seeds: list, train_subjects: list) -> None:
+def chance_and_match(preds: list, envs: list, groups: list, names: list, cfg: dict, seen=None) -> dict:
+    """The score's chance level and the match-mismatch accuracy of one set of predictions, as
+    score dict entries: {'chance': ..., 'match_mismatch': ...}; a part that cannot be computed
+    (segments too short) gets {'error': why}."""
+    out = {}
+    if cfg["chance_draws"] > 0:
+        try:
+            null = significance.null_scores(preds, envs, groups, n=cfg["chance_draws"], seed=0, fs=cfg["fs"],
+                                            min_shift_s=cfg["chance_min_shift_s"], names=names, seen_subjects=seen)
+            out["chance"] = significance.chance(null["observed"]["total"], null["observed"]["per_subject"],
+                                                null["total"], null["per_subject"], null["method"])
+        except ValueError as exc:
+            out["chance"] = {"error": str(exc)}
+    try:
+        out["match_mismatch"] = significance.match_mismatch(preds, envs, groups, window_s=cfg["mm_window_s"],
+                                                            fs=cfg["fs"], candidates=5, seed=0)
+    except ValueError as exc:
+        out["match_mismatch"] = {"error": str(exc)}
+    return out
+
+
+def aligned(preds: dict, labels: dict) -> tuple[list, list, list, list]:
+    """(predictions, envelopes, subjects, segment ids) per label, each prediction zero-padded or cut
+    to its label's length (a missing one all zeros), as the official scoring treats them."""
+    p_out, e_out, groups, names = [], [], [], []
+    for key, lab in labels.items():
+        lab = np.asarray(lab, dtype=np.float64).reshape(-1)
+        pred = np.asarray(preds.get(key, np.zeros(0)), dtype=np.float64).reshape(-1)[: len(lab)]
+        p_out.append(np.pad(pred, (0, len(lab) - len(pred))))
+        e_out.append(lab)
+        groups.append(segment_subject(key))
+        names.append(key)
+    return p_out, e_out, groups, names
+
+
+def score_labels(cfg: dict, result: dict, ensemble: dict, per_seed: list, seeds: list, train_subjects: list) -> dict:
+    """Score the ensemble and each seed against the labels: {name: (predictions, envelopes)} of
+    the ensemble's best and median subject for the figure."""
     labels = read_challenge_labels(cfg["label_dir"])
     flat = lambda preds: {k: v for segs in preds.values() for k, v in segs.items()}  # noqa: E731
     matched = len(set(labels) & set(flat(ensemble)))
@@ -145,8 +195,14 @@ def score_labels(cfg: dict, result: dict, ensemble: dict, per_seed: list, seeds:
         print(f"warning: {matched} of {len(labels)} labels match a predicted segment; the other "
               f"{len(labels) - matched} score 0, as the official rules do", flush=True)
     seen = train_subjects if cfg["seen_subjects"] == "auto" else cfg["seen_subjects"]
-    result["ensemble"] = score(flat(ensemble), labels, seen)
-    result["per_seed"] = {f"seed-{s}": score(flat(p), labels, seen) for s, p in zip(seeds, per_seed)}
+
+    def scored(preds: dict) -> dict:
+        sc = score(flat(preds), labels, seen)
+        sc.update(chance_and_match(*aligned(flat(preds), labels), cfg, seen))
+        return sc
+
+    result["ensemble"] = scored(ensemble)
+    result["per_seed"] = {f"seed-{s}": scored(p) for s, p in zip(seeds, per_seed)}
     if len(seeds) > 1:
         for s, sc in result["per_seed"].items():
             print_scores(s, sc)
@@ -155,37 +211,88 @@ def score_labels(cfg: dict, result: dict, ensemble: dict, per_seed: list, seeds:
               f"(min {min(singles):.4f}, max {max(singles):.4f})")
     title = f"ensemble of {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
     print_scores(f"score ({title})", result["ensemble"])
+    traces = trace_pairs(result["ensemble"], flat(ensemble), labels, cfg["fs"])
     for sc in [result["ensemble"], *result["per_seed"].values()]:
         sc.pop("per_segment", None)
+    return traces
 
 
-def test_set(cfg: dict, loaded, inputs: dict, result: dict, device) -> None:
-    """Predict the challenge test set (and score it when labels exist)."""
-    result_dir, test_dir = Path(cfg["result_dir"]), Path(cfg["test_dir"])
-    data = read_test_set(test_dir, n_chans=loaded[0][1]["n_chans"])
-    seeds = [ck["seed"] for _, ck in loaded]
-    label_dir = Path(cfg["label_dir"]) if cfg["label_dir"] else None
-    scored = label_dir is not None and label_dir.is_dir()
-    files = [f"{s}.json" for s in data] + ([f"per_seed/seed-{k}/{s}.json" for k in seeds for s in data]
-                                           if len(seeds) > 1 else []) + (["score.json"] if scored else [])
-    claim_result_dir(result_dir, inputs, files, cfg["overwrite"])
+def trace_pairs(sc: dict, preds: dict, labels: dict, fs: int) -> list:
+    """(title, prediction, envelope, fs) of the best and the median subject's first segment."""
+    ranked = sorted(sc["per_subject"], key=sc["per_subject"].get)
+    out = []
+    for what, subj in (("best", ranked[-1]), ("median", ranked[len(ranked) // 2])):
+        key = next((k for k in labels if segment_subject(k) == subj and k in preds), None)
+        if key is not None:
+            lab = np.asarray(labels[key], dtype=np.float64).reshape(-1)
+            out.append((f"{what} subject {subj}, segment {key}",
+                        np.asarray(preds[key]).reshape(-1)[: len(lab)], lab, fs))
+    return out
+
+
+def draw_score(path: Path, sc: dict, traces: list, title: str) -> None:
+    """score.png beside the scores; a missing matplotlib costs the picture only."""
+    try:
+        import figures
+
+        figures.score_figure(path, sc["per_subject"], sc["total"],
+                             sc["chance"] if "p_value" in sc.get("chance", {}) else None, traces, title=title)
+    except ImportError:
+        print("matplotlib not installed: no score figure", flush=True)
+
+
+def predict_test_set(loaded, data: dict, device) -> tuple[dict, list]:
+    """(ensemble, per-seed predictions) {subject: {segment_id: (T,)}} of the challenge test set."""
     per_seed = []
     for model, ck in loaded:
         index = {s: i for i, s in enumerate(ck["subjects"])}
         per_seed.append({subj: predict_segments(model, segs, index.get(subj, -1), device) for subj, segs in data.items()})
     ensemble = {subj: {k: np.mean([p[subj][k] for p in per_seed], axis=0) for k in segs} for subj, segs in data.items()}
+    return ensemble, per_seed
+
+
+def test_set(cfg: dict, loaded, data: dict, result: dict, device, stage: Staging) -> None:
+    """Predict the challenge test set into the staging folder (and score it when labels exist)."""
+    seeds = [ck["seed"] for _, ck in loaded]
+    ensemble, per_seed = predict_test_set(loaded, data, device)
     if len(per_seed) > 1:
         for seed, preds in zip(seeds, per_seed):
-            write_predictions(result_dir / "per_seed" / f"seed-{seed}", preds)
-    write_predictions(result_dir, ensemble)
-    print(f"wrote {len(ensemble)} prediction files ({sum(len(s) for s in data.values())} segments) to {result_dir}/")
-    if not scored:
-        print(f"no labels at {label_dir}: predictions written, not scored")
+            write_predictions(stage.path(f"per_seed/seed-{seed}/x").parent, preds)
+    write_predictions(stage.path("x").parent, ensemble)
+    print(f"predicted {len(ensemble)} subjects ({sum(len(s) for s in data.values())} segments)")
+    if not cfg["_scored"]:
+        print(f"no labels at {cfg['label_dir']}: predictions written, not scored")
         return
-    score_labels(cfg, result, ensemble, per_seed, seeds, loaded[0][1]["subjects"])
-    atomic_write_json(result_dir / "score.json", {k: result[k] for k in ("model", "seeds", "checkpoints", "ensemble",
-                                                                         "per_seed")})
-    print(f"scores written to {result_dir / 'score.json'}")
+    traces = score_labels(cfg, result, ensemble, per_seed, seeds, loaded[0][1]["subjects"])
+    atomic_write_json(stage.path("score.json"), {k: result[k] for k in ("model", "seeds", "checkpoints", "ensemble",
+                                                                        "per_seed")})
+    draw_score(stage.path("score.png"), result["ensemble"], traces, f"{result['model']}, seeds {seeds}")
+
+
+def check_loaded(ckpts: list[Path], loaded: list, cfg: dict, given: set) -> None:
+    """The checkpoints fit together and with their folders: each seed folder holds its own seed,
+    every model reads the same channels; an unfinished run is scored with a note."""
+    seeds = {}
+    for path, (_, ck) in zip(ckpts, loaded):
+        folder = path.parent.name
+        if folder.startswith("seed-") and folder[5:].isdigit() and int(folder[5:]) != ck["seed"]:
+            raise SystemExit(f"{path}: holds seed {ck['seed']}, but sits in {folder}; move it to seed-{ck['seed']}")
+        if ck["seed"] in seeds:
+            raise SystemExit(f"{path} and {seeds[ck['seed']]}: both hold seed {ck['seed']}")
+        seeds[ck["seed"]] = path
+        last = path.parent / "last.pt"
+        if path.name == "best.pt" and last.is_file():
+            try:
+                lk = torch.load(last, map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - a damaged last.pt only costs this note
+                lk = {}
+            if isinstance(lk, dict) and lk.get("history") and not lk.get("finished"):
+                print(f"note: {path.parent} is an unfinished run (stopped after epoch {lk.get('epoch')} of "
+                      f"{lk.get('config', {}).get('epochs')}); its best.pt is scored as it is", flush=True)
+    chans = {ck["seed"]: ck["n_chans"] for _, ck in loaded}
+    if len(set(chans.values())) > 1:
+        raise SystemExit(f"{cfg['run_dir']}: the seeds read different EEG channel counts {chans}; "
+                         "score them separately with --seeds=[...]")
 
 
 def _main(argv) -> dict:
@@ -193,7 +300,12 @@ def _main(argv) -> dict:
     cfg, given = config_module.parse_or_exit(argv, "test")
     runtime.set_threads(cfg["threads"])
     device = runtime.pick_device(cfg["device"])
+    # ---- check everything first: nothing below this block is written before it passes
     if cfg["checkpoint"]:  # one given file, e.g. the published VLAAI weights: no training run needed
+        for key in ("model", "seeds", "run_dir"):
+            if key in given:
+                raise SystemExit(f"--{key} has no effect with --checkpoint (the file says which model and seed it "
+                                 "holds); drop one of them")
         ckpts = [Path(cfg["checkpoint"])]
         loaded = [load_model(ckpts[0], device)]
         model_name = loaded[0][1]["model_name"]
@@ -201,30 +313,56 @@ def _main(argv) -> dict:
     else:
         model_name, ckpts = find_checkpoints(cfg, given)
         loaded = [load_model(p, device, model_name) for p in ckpts]
+        check_loaded(ckpts, loaded, cfg, given)
         print(f"{model_name}: {len(loaded)} seed(s) {[ck['seed'] for _, ck in loaded]} from {cfg['run_dir']}", flush=True)
     result: dict = {"model": model_name, "seeds": [ck["seed"] for _, ck in loaded], "checkpoints": [str(p) for p in ckpts]}
-    check_result_dir(Path(cfg["result_dir"]), cfg)
+    result_dir = Path(cfg["result_dir"])
+    check_result_dir(result_dir, cfg, ckpts)
     test_dir = Path(cfg["test_dir"]) if cfg["test_dir"] else None
     if test_dir is not None and not test_dir.is_dir() and "test_dir" in given:
         raise SystemExit(f"test_dir {test_dir} does not exist")
+    label_dir = Path(cfg["label_dir"]) if cfg["label_dir"] else None
+    if label_dir is not None and not label_dir.is_dir() and "label_dir" in given:
+        raise SystemExit(f"label_dir {label_dir} does not exist: nothing could be scored")
     if cfg["eval_dir"]:
         cfg["time_fold"] = eval_time_fold(cfg, given, loaded)
+    has_test = test_dir is not None and test_dir.is_dir()
+    if not has_test and not cfg["eval_dir"]:
+        raise SystemExit(f"nothing to test: test_dir {test_dir} does not exist and no --eval_dir was given")
+    cfg["_scored"] = has_test and label_dir is not None and label_dir.is_dir()
+    data = read_test_set(test_dir, n_chans=loaded[0][1]["n_chans"]) if has_test else {}
     # what this run reads: results in result_dir from other inputs are never mixed with its own
     inputs = {"checkpoints": {str(p.resolve()): sha256_file(p, 16) for p in ckpts}}
-    if test_dir is not None and test_dir.is_dir():
-        label_dir = Path(cfg["label_dir"]) if cfg["label_dir"] and Path(cfg["label_dir"]).is_dir() else None
-        inputs.update(test_dir=str(test_dir.resolve()), label_dir=str(label_dir.resolve()) if label_dir else None)
+    files = []
+    if has_test:
+        inputs.update(test_dir=str(test_dir.resolve()), label_dir=str(label_dir.resolve()) if cfg["_scored"] else None)
+        multi = len(loaded) > 1
+        files += [f"{s}.json" for s in data] + ([f"per_seed/seed-{ck['seed']}/{s}.json" for _, ck in loaded
+                                                 for s in data] if multi else [])
+        files += ["score.json", "score.png"] if cfg["_scored"] else []
     if cfg["eval_dir"]:
         inputs["eval"] = dict({k: cfg[k] for k in EVAL_KEYS}, eval_dir=str(Path(cfg["eval_dir"]).resolve()))
-    if test_dir is not None and test_dir.is_dir():
-        test_set(cfg, loaded, inputs, result, device)
-    if cfg["eval_dir"]:
-        claim_result_dir(Path(cfg["result_dir"]), inputs, ["eval_score.json"], cfg["overwrite"])
-        result["eval"] = evaluate_folder(cfg, loaded, device)
-        atomic_write_json(Path(cfg["result_dir"]) / "eval_score.json", result["eval"])
-        print(f"scores written to {Path(cfg['result_dir']) / 'eval_score.json'}")
-    if "ensemble" not in result and "eval" not in result and not (test_dir and test_dir.is_dir()):
-        raise SystemExit(f"nothing to test: test_dir {test_dir} does not exist and no --eval_dir was given")
+        files += ["eval_score.json", "eval_score.png"]
+    # ---- then write: one writer per result_dir, the new set built aside and committed whole
+    try:
+        with FolderLock(result_dir, busy="writing results into this folder",
+                        hint="wait for it or choose another --result_dir"):
+            recover(result_dir)  # a commit a killed test.py left half done
+            remove, listed = plan_result_dir(result_dir, inputs, files, cfg["overwrite"])
+            with Staging(result_dir) as stage:
+                if has_test:
+                    test_set(cfg, loaded, data, result, device, stage)
+                if cfg["eval_dir"]:
+                    result["eval"] = evaluate_folder(cfg, loaded, device, stage)
+                    atomic_write_json(stage.path("eval_score.json"), result["eval"])
+                written = stage.files()
+                listed = sorted(set(listed) - (set(files) - set(written)))  # e.g. no png without matplotlib
+                stage.commit(remove=remove, manifest_name=MANIFEST, manifest={"inputs": inputs, "files": listed})
+    except OutputError as exc:
+        raise SystemExit(str(exc)) from exc
+    if remove:
+        print(f"--overwrite: replaced {len(remove)} earlier file(s) in {result_dir}")
+    print(f"results written to {result_dir}/: {', '.join(w for w in written if '/' not in w)}")
     print(run_time(ckpts, loaded, time.time() - t0))
     return result
 
@@ -271,13 +409,17 @@ def eval_time_fold(cfg: dict, given: set, loaded) -> int:
     return next(iter(folds.values()))
 
 
-def _summarize(recs, data, preds, wpreds, win: int, hop: int) -> dict:
-    """Recording r (and window r) per subject, then the mean over subjects."""
+def _summarize(recs, data, preds, wpreds, win: int, hop: int, cfg: dict) -> dict:
+    """Recording r (and window r) per subject, then the mean over subjects; the chance level of
+    the recording r and the match-mismatch accuracy."""
     def subject_means(values) -> dict:
         per_subject = mean_by_subject((rec.subject for rec in recs), values)
         return {"r": float(np.mean(list(per_subject.values()))), "per_subject": per_subject}
 
     out = subject_means([float(pearson(p, env[:, 0], dim=0)) for (_, env), p in zip(data, preds)])
+    out.update(chance_and_match([np.asarray(p, dtype=np.float64) for p in preds],
+                                [env[:, 0].astype(np.float64) for _, env in data], [rec.subject for rec in recs],
+                                [rec.rec_id for rec in recs], cfg))
     if wpreds:
         wr = [float(pearson(torch.from_numpy(w).double(), torch.from_numpy(env[:, 0]).unfold(0, win, hop).double(),
                             dim=1).mean()) for (_, env), w in zip(data, wpreds)]
@@ -286,7 +428,7 @@ def _summarize(recs, data, preds, wpreds, win: int, hop: int) -> dict:
     return out
 
 
-def evaluate_folder(cfg: dict, loaded, device) -> dict:
+def evaluate_folder(cfg: dict, loaded, device, stage: Staging) -> dict:
     """Score the test split of a labelled folder (any format EEG_Dataset reads), for each seed and
     for the ensemble: Pearson r of each whole test part, mean per subject, then over subjects."""
     cfg = dict(cfg, time_fold=cfg["time_fold"] if cfg["split"] == "time" else 0)
@@ -311,13 +453,27 @@ def evaluate_folder(cfg: dict, loaded, device) -> dict:
     out = {"eval_dir": str(cfg["eval_dir"]), "n_recordings": len(recs), "split": cfg["split"],
            "time_fold": cfg["time_fold"] if cfg["split"] == "time" else None, "window_s": cfg["eval_window_s"],
            "hop_s": cfg["eval_hop_s"],
-           "per_seed": {f"seed-{ck['seed']}": _summarize(recs, data, p, w, win, hop)
+           "per_seed": {f"seed-{ck['seed']}": _summarize(recs, data, p, w, win, hop, cfg)
                         for (_, ck), p, w in zip(loaded, per_seed, per_seed_win)},
-           "ensemble": _summarize(recs, data, [np.mean(ps, axis=0) for ps in zip(*per_seed)], ens_win, win, hop)}
+           "ensemble": _summarize(recs, data, ens := [np.mean(ps, axis=0) for ps in zip(*per_seed)], ens_win, win, hop,
+                                  cfg)}
     for s, sc in [*out["per_seed"].items(), (f"ensemble of {len(loaded)}", out["ensemble"])]:
         wtxt = f"  {cfg['eval_window_s']:g} s window r {sc['window_r']:.4f}" if "window_r" in sc else ""
-        print(f"eval {s}: recording r {sc['r']:.4f}{wtxt}")
+        ch = sc.get("chance", {})
+        rtxt = (significance.format_chance(sc["r"], ch, "recording r") if "p_value" in ch
+                else f"recording r {sc['r']:.4f}")
+        mm = sc.get("match_mismatch", {})
+        mtxt = f"  match-mismatch {mm['accuracy']:.3f} (chance 0.20)" if "accuracy" in mm else ""
+        print(f"eval {s}: {rtxt}{wtxt}{mtxt}")
     print("    " + "  ".join(f"{k} {v:.4f}" for k, v in out["ensemble"]["per_subject"].items()))
+    traces = []
+    ranked = sorted(out["ensemble"]["per_subject"], key=out["ensemble"]["per_subject"].get)
+    for what, subj in (("best", ranked[-1]), ("median", ranked[len(ranked) // 2])):
+        i = next(i for i, rec in enumerate(recs) if rec.subject == subj)
+        traces.append((f"{what} subject {subj}, {recs[i].rec_id}", ens[i],
+                       data[i][1][:, 0], cfg["fs"]))
+    draw_score(stage.path("eval_score.png"), dict(out["ensemble"], total=out["ensemble"]["r"]), traces,
+               f"{loaded[0][1]['model_name']}, {len(loaded)} seed(s), {Path(cfg['eval_dir']).name}")
     return out
 
 

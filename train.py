@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -54,22 +55,41 @@ class Diverged(RuntimeError):
     """The training loss or validation r is not finite: the seed stops, and nothing of that epoch is kept."""
 
 
-def build(cfg: dict, corpus, seed: int, device) -> tuple[torch.nn.Module, dict]:
-    """The seeded model and the checkpoint entries that describe it."""
-    runtime.seed_everything(seed, cfg["deterministic"])
+def architecture(cfg: dict, corpus) -> tuple[dict, list[str]]:
+    """(the model's constructor arguments, the training subjects) this config builds on this data."""
     # the listeners the model is trained on (a subject kept whole in val/monitor stays 'unseen' to it)
     subjects = sorted({r.subject for r in corpus.with_part("train")}, key=natural_key)
     args = newmodel.model_args(cfg["model"], dict(cfg, n_chans=corpus.n_chans,
                                                   n_subjects=len(subjects) if cfg["subject_embedding"] else 0))
+    return args, subjects
+
+
+def init_weights(cfg: dict, args: dict) -> dict:
+    """The checkpoint that --init names, refused unless it holds this run's architecture."""
+    src = load_weights_file(cfg["init"])
+    if src["model_name"] != cfg["model"] or src["model_args"] != args:
+        raise CheckpointError(f"{cfg['init']}: holds {src['model_name']} {src['model_args']}, but this run builds "
+                              f"{cfg['model']} {args}; the architectures must match to start from it")
+    return src
+
+
+def preflight(cfg: dict, corpus) -> None:
+    """Everything a run reads, checked before any output is touched: the device and the --init
+    weights (a typo, a file that is not a checkpoint, another architecture)."""
+    runtime.pick_device(cfg["device"])
+    if cfg["init"]:
+        init_weights(cfg, architecture(cfg, corpus)[0])
+
+
+def build(cfg: dict, corpus, seed: int, device) -> tuple[torch.nn.Module, dict]:
+    """The seeded model and the checkpoint entries that describe it."""
+    runtime.seed_everything(seed, cfg["deterministic"])
+    args, subjects = architecture(cfg, corpus)
     model = newmodel.MODELS[cfg["model"]](**args).to(device)
     meta = {"seed": seed, "model_name": cfg["model"], "model_args": args, "subjects": subjects,
             "n_chans": corpus.n_chans, "n_params": sum(p.numel() for p in model.parameters()), "config": cfg}
     if cfg["init"]:  # fine-tuning: start from these weights, recorded with their digest
-        src = load_weights_file(cfg["init"])
-        if src["model_name"] != cfg["model"] or src["model_args"] != args:
-            raise CheckpointError(f"{cfg['init']}: holds {src['model_name']} {src['model_args']}, but this run builds "
-                                  f"{cfg['model']} {args}; the architectures must match to start from it")
-        model.load_state_dict(src["model"])
+        model.load_state_dict(init_weights(cfg, args)["model"])
         meta["init"] = {"path": str(Path(cfg["init"]).resolve()), "sha256": sha256_file(cfg["init"])}
     return model, meta
 
@@ -116,7 +136,10 @@ def train_epoch(model, fwd, loader, opt, avg: WeightAverage, cfg: dict, device, 
     return -total / max(count, 1), 100 * wait_s / max(time.perf_counter() - t0, 1e-9)
 
 
-def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0) -> dict:
+def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0, replaced: list | None = None) -> dict:
+    """Train one seed into its folder; ``replaced``: an earlier run's files that --overwrite
+    removes at the first save."""
+    replaced = [] if replaced is None else replaced
     out, lead, world = seed_dir(cfg, seed), runtime.rank() == 0, runtime.world_size()
     device = runtime.pick_device(cfg["device"])
     if world > 1 and device.type == "cuda":
@@ -131,7 +154,7 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0) -> dict:
         print(f"[seed {seed}] {cfg['model']}: {meta['n_params']:,} parameters, {len(meta['subjects'])} subjects, "
               f"{corpus.n_samples('train') / cfg['fs'] / 60:.1f} min train, device {device}{par}", flush=True)
     if getattr(model, "closed_form", False):
-        return fit_closed_form(model, corpus, out, meta, device, subject_index)
+        return fit_closed_form(model, corpus, out, meta, device, subject_index, replaced)
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     avg = WeightAverage(model, cfg["ema_decay"], cfg["avg_epochs"])
@@ -145,16 +168,21 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0) -> dict:
     if not val_recs:
         raise DataError(f"{cfg['data_dir']}: no validation data; training needs a 'val' part")
 
-    state = {"epoch": 0, "best_val_r": -math.inf, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "best_val_r": -math.inf, "bad_epochs": 0, "history": [], "resumed": []}
     if cfg["resume"] and (out / "last.pt").exists():
         ck = load_checkpoint(out / "last.pt")
         avg.load(ck)
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["torch_rng"])
-        state = {k: ck[k] for k in state}
-        state["history"] = list(state["history"])
+        state = {k: ck.get(k, v) for k, v in state.items()}
+        state["history"], state["resumed"] = list(state["history"]), list(state["resumed"])
+        changed = apply_resume_changes(opt, ck["config"], cfg)
+        if changed:  # the checkpoint's config is the new one; this says from which epoch it applies
+            state["resumed"].append({"after_epoch": state["epoch"], "changed": changed})
         if lead:
-            print(f"[seed {seed}] resuming after epoch {state['epoch']} (best val r {state['best_val_r']:.4f})", flush=True)
+            note = "".join(f", {k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            print(f"[seed {seed}] resuming after epoch {state['epoch']} (best val r {state['best_val_r']:.4f}){note}",
+                  flush=True)
     if world > 1:  # same initial weights everywhere (one seed), but each rank its own dropout draws
         torch.manual_seed(data_seed * 1_000_003 + runtime.rank() * 7919 + state["epoch"])
     fwd = model
@@ -190,7 +218,7 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0) -> dict:
                                               cfg["amp"])["r"], 6)
         state["history"].append(row)
         if lead:
-            save_epoch(out, cfg, checkpoint(), improved, meta, row)
+            save_epoch(out, cfg, checkpoint(), improved, meta, row, replaced)
     if lead:
         save_checkpoint(out / "last.pt", checkpoint(finished=True))
         if not (out / "best.pt").is_file():
@@ -200,21 +228,59 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0) -> dict:
     return {"seed": seed, "best_val_r": state["best_val_r"], "epochs": state["epoch"], "dir": str(out)}
 
 
-def save_epoch(out: Path, cfg: dict, ck: dict, improved: bool, meta: dict, row: dict) -> None:
+# Training keys a resumed run may change: they take effect from the next epoch, and the checkpoint
+# records the change (ARCH_KEYS in runs.py may not change; the others act on every step anyway).
+RESUMABLE = ("lr", "weight_decay")
+
+
+def apply_resume_changes(opt, was: dict, cfg: dict) -> dict:
+    """Set the optimizer's lr / weight decay to ``cfg``'s when a resumed run asks for others than
+    its checkpoint's config: {key: (old, new)} of what changed."""
+    changed = {k: (was.get(k), cfg[k]) for k in RESUMABLE if was.get(k) is not None and was.get(k) != cfg[k]}
+    for group in opt.param_groups:
+        group["lr"], group["weight_decay"] = cfg["lr"], cfg["weight_decay"]
+    return changed
+
+
+def clear_replaced(out: Path, replaced: list[Path]) -> None:
+    """--overwrite: the earlier run's files that the new run does not write itself, removed when the
+    new run first saves (its checks passed and an epoch finished), so a failed start keeps them."""
+    if replaced:
+        print(f"--overwrite: replacing the run in {out} ({', '.join(p.name for p in replaced)})", flush=True)
+    for p in replaced:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    replaced.clear()
+
+
+def save_epoch(out: Path, cfg: dict, ck: dict, improved: bool, meta: dict, row: dict, replaced: list) -> None:
     """log.csv, best.pt (when the kept weights changed), last.pt, and the progress line."""
+    clear_replaced(out, replaced)
     write_log(out / "log.csv", ck["history"])
     if cfg["keep_epochs"]:  # weights of every epoch, for offline stopping-rule studies
         save_checkpoint(out / "epochs" / f"epoch-{row['epoch']:03d}.pt", dict(meta, **row, model=ck["model"]))
     if improved:
         save_checkpoint(out / "best.pt", ck)
     save_checkpoint(out / "last.pt", ck)
+    draw_curves(out, ck["history"], meta)
     monitor = f"  monitor r {row['monitor_r']:.4f}" if "monitor_r" in row else ""
     print(f"[seed {meta['seed']}] epoch {row['epoch']:3d}  train r {row['train_r']:.4f}  val r {row['val_r']:.4f}  "
           f"best {row['best_val_r']:.4f}{' *' if improved else ''}{monitor}  {row['seconds']:.1f}s "
           f"(data wait {row['data_wait_pct']:.1f}%)", flush=True)
 
 
-def fit_closed_form(model, corpus, out: Path, meta: dict, device, subject_index) -> dict:
+def draw_curves(out: Path, history: list, meta: dict) -> None:
+    """curves.png: train, validation (and monitor) r per epoch, redrawn after every epoch."""
+    try:
+        import figures
+    except ImportError:
+        return
+    try:
+        figures.curves_figure(out / "curves.png", history, title=f"{meta['model_name']} seed {meta['seed']}")
+    except ImportError:  # matplotlib missing: the curves are in log.csv all the same
+        pass
+
+
+def fit_closed_form(model, corpus, out: Path, meta: dict, device, subject_index, replaced: list) -> dict:
     """Ridge: solve on the train parts, choose the regularization on the val parts."""
     t0 = time.time()
     info = model.fit([rec.get("train") for rec in corpus.with_part("train")],
@@ -225,6 +291,7 @@ def fit_closed_form(model, corpus, out: Path, meta: dict, device, subject_index)
     ck = dict(meta, model=model.state_dict(), optimizer={}, epoch=0, best_val_r=val_r, bad_epochs=0, history=[],
               torch_rng=torch.get_rng_state(), finished=True,
               fit_info={k: v for k, v in info.items() if isinstance(v, (int, float, str))})
+    clear_replaced(out, replaced)
     save_checkpoint(out / "best.pt", ck)
     save_checkpoint(out / "last.pt", ck)
     write_log(out / "log.csv", [{"epoch": 0, "train_r": "", "val_r": round(val_r, 6), "best_val_r": round(val_r, 6),
@@ -240,19 +307,19 @@ def run_seed(cfg: dict, seed: int, corpus, local_rank: int) -> dict:
     if runtime.world_size() > 1:
         if runtime.rank() == 0:
             with RunLock(out):
-                prepare_run_dir(out, cfg, seed)
+                replaced = prepare_run_dir(out, cfg, seed)
                 runtime.barrier()
-                return train_seed(cfg, seed, corpus, local_rank)
-        prepare_run_dir(out, cfg, seed, dry_run=True)
+                return train_seed(cfg, seed, corpus, local_rank, replaced)
+        prepare_run_dir(out, cfg, seed)
         runtime.barrier()
         return train_seed(cfg, seed, corpus, local_rank)
     with RunLock(out):
-        prepare_run_dir(out, cfg, seed)
+        replaced = prepare_run_dir(out, cfg, seed)
         done = finished_run(out, cfg, seed) if cfg["resume"] else None
         if done is not None:
             print(f"[seed {seed}] already finished (best val r {done['best_val_r']:.4f}): {out}", flush=True)
             return {"seed": seed, "best_val_r": done["best_val_r"], "epochs": done["epoch"], "dir": str(out)}
-        return train_seed(cfg, seed, corpus, local_rank)
+        return train_seed(cfg, seed, corpus, local_rank, replaced)
 
 
 def check_setup(cfg: dict, corpus) -> None:
@@ -303,6 +370,7 @@ def _main(argv: list[str]) -> list[dict]:
         ensure_data(cfg, given)
     corpus = corpus_from_config(cfg)
     check_setup(cfg, corpus)
+    preflight(cfg, corpus)  # before any output is touched
     if lead:
         print(f"data: {corpus.folder} ({corpus.fmt}), {sum(r.piece_of is None for r in corpus.recordings)} recordings, "
               f"{len(corpus.subjects)} subjects, {corpus.n_chans} channels", flush=True)

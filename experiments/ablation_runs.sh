@@ -10,6 +10,8 @@
 # Two shells with different variants use both cores. Rerunning skips finished runs, resumes others.
 set -e
 cd "$(dirname "$0")/.."
+# continue an interrupted seed (train.py --resume refuses a folder with no run to continue)
+resume() { [ -f "$1/last.pt" ] && echo --resume; true; }
 # every variant is a switch away from the depthwise-separable ivlaai the study measured
 base="--ivlaai_separable=True"
 declare -A variants=(
@@ -32,7 +34,8 @@ for seed in ${SEEDS:-1 2}; do
       [ -n "${variants[$name]+x}" ] || { echo "unknown variant $name (${!variants[*]})" >&2; exit 2; }
       python train.py --data_dir=../shared/data/dtu --exclude_subjects=[S10,S11,S12] --monitor_recordings=[$inner] \
         --split=time --model=ivlaai --seeds=[$seed] --epochs=10 --select=last --avg_epochs=5 \
-        --lr=3e-4 --threads=1 $base ${variants[$name]} --run_dir=bench_runs/ablate-$name/inner-${inner//,/-} --resume
+        --lr=3e-4 --threads=1 $base ${variants[$name]} --run_dir=bench_runs/ablate-$name/inner-${inner//,/-} \
+        $(resume bench_runs/ablate-$name/inner-${inner//,/-}/ivlaai/seed-$seed)
     done
   done
 done

@@ -6,6 +6,8 @@
 #   python -m experiments.selection --runs='bench_runs/select/*/*/seed-*' --out=bench_runs/select/study.json
 set -e
 cd "$(dirname "$0")/.."
+# continue an interrupted seed (train.py --resume refuses a folder with no run to continue)
+resume() { [ -f "$1/last.pt" ] && echo --resume; true; }
 for seed in 1 2; do
   for inner in S7,S8,S9 S4,S5,S6; do
     for model in ivlaai vlaai; do
@@ -13,7 +15,8 @@ for seed in 1 2; do
       opts=(); [ "$model" = ivlaai ] && opts=(--ivlaai_separable=True)
       python train.py --data_dir=../shared/data/dtu --exclude_subjects=[S10,S11,S12] --monitor_recordings=[$inner] \
         --split=time --model=$model --seeds=[$seed] --epochs=30 --patience=30 --lr=3e-4 --threads=1 --keep_epochs "${opts[@]}" \
-        --run_dir=bench_runs/select/inner-${inner//,/-} --resume
+        --select=best_val --avg_epochs=1 --run_dir=bench_runs/select/inner-${inner//,/-} \
+        $(resume bench_runs/select/inner-${inner//,/-}/$model/seed-$seed)
     done
   done
 done

@@ -16,6 +16,8 @@
 #   summary (from the repo root): python -m experiments.speech_cv
 set -e
 cd "$(dirname "$0")/.."
+# continue an interrupted seed (train.py --resume refuses a folder with no run to continue)
+resume() { [ -f "$1/last.pt" ] && echo --resume; true; }
 variant=$1
 pairs=${2:-"0:S1,S2,S3 2:S4,S5,S6 5:S7,S8,S9 7:S10,S11,S12"}
 seeds=${3:-1}
@@ -38,7 +40,7 @@ for pair in $pairs; do
     if [ ! -f "$score" ]; then
       python train.py --data_dir=../shared/data/dtu --exclude_subjects="$held_list" --split=time --time_fold=$fold \
         --model=$model "${extra[@]}" --seeds=[$seed] --lr=3e-4 --epochs=12 --patience=4 --threads=1 \
-        --run_dir=$dir --resume
+        --select=best_val --avg_epochs=1 --run_dir=$dir $(resume $dir/$model/seed-$seed)
       python test.py --run_dir=$dir --model=$model --seeds=[$seed] --test_dir=None --eval_dir=../shared/data/dtu \
         --split=time --threads=1 --result_dir=$dir/eval/seed-$seed
     fi

@@ -10,6 +10,7 @@ import pytest
 from scipy.signal import welch
 
 import demo_corpus as dc  # noqa: E402
+from outputs import lock_holder_of  # noqa: E402
 
 FILE_RE = re.compile(r"^(train|val|test)_-_(sub-\d{3})_-_((?:audiobook|podcast)_\d+)_-_(eeg|envelope)\.npy$")
 SMALL = dict(n_subjects=3, n_heldout=2, minutes=1.0, n_test_segments=2, segment_s=60.0)
@@ -42,6 +43,8 @@ def test_deterministic_by_seed(tmp_path):
     eeg_c = [v for k, v in c.items() if k.endswith("_eeg.npy")]
     assert not set(eeg_a) & set(eeg_c)
     assert a["auditory-eeg-test-dataset/sub-001.json"] != c["auditory-eeg-test-dataset/sub-001.json"]
+    # the build's lock file stays (deleting a lock file races with the next locker), released
+    assert a.pop(".lock") == b"" and lock_holder_of(tmp_path / "a" / ".lock") is None
     assert not [k for k in a if ".tmp" in k or Path(k).name.startswith(".")], "temporary files left behind"
 
 

@@ -136,8 +136,12 @@ def read_out(out: Path, subject: str, stimulus: str) -> tuple[np.ndarray, np.nda
 
 
 def leftovers(folder: Path) -> list[str]:
-    """Temp folders preprocess.py may have left beside out_dir."""
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".out."))
+    """Temp folders preprocess.py may have left beside out_dir (its lock file ``.out.lock`` stays
+    there by design: deleting a lock file races with the next run that opens it) and staging
+    folders inside it."""
+    beside = [p.name for p in folder.iterdir() if p.name.startswith(".out.") and p.name != ".out.lock"]
+    inside = [p.name for p in (folder / "out").glob(".*")] if (folder / "out").is_dir() else []
+    return sorted(beside + inside)
 
 
 @pytest.fixture(scope="module")

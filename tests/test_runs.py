@@ -161,16 +161,16 @@ def test_resume_into_a_folder_without_last_pt_is_refused(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "notes.txt"]
 
 
-def test_overwrite_removes_only_what_train_wrote(tmp_path, capsys):
+def test_overwrite_names_only_what_train_wrote_and_changes_nothing(tmp_path):
+    """prepare_run_dir decides; train.py removes the listed files only when the new run first saves."""
     folder = _run_folder(tmp_path / "seed-1")
     (folder / "sub").mkdir()
-    prepare_run_dir(folder, _cfg(overwrite=True), 1, dry_run=True)  # decides, changes nothing
-    assert (folder / "best.pt").exists() and (folder / "epochs").exists()
     with RunLock(folder):
-        prepare_run_dir(folder, _cfg(overwrite=True), 1)
-        assert sorted(p.name for p in folder.iterdir()) == [runs.LOCK_FILE, "notes.txt", "sub"]
+        replaced = prepare_run_dir(folder, _cfg(overwrite=True), 1)
+        assert sorted(p.name for p in replaced) == sorted(p.name for p in runs.run_files(folder))
+        assert {p.name for p in replaced} >= {"best.pt", "epochs"} and not {"notes.txt", "sub"} & {p.name for p in replaced}
+        assert (folder / "best.pt").exists() and (folder / "epochs").exists()
     assert (folder / "notes.txt").read_text() == "my notes"
-    assert "removing" in capsys.readouterr().out
 
 
 def _last_pt(folder: Path, model="ivlaai", seed=1, **cfg_changes) -> dict:

@@ -146,7 +146,7 @@ def test_a_planted_signal_is_significant_and_far_above_chance():
     assert ch["total_p95"] < obs / 2
     assert max(ch["per_subject_p"].values()) < 0.05  # r 0.1 over 60 s is about 2.7 null sd per subject
     assert abs(np.mean(out["total"])) < 0.01  # the null is centred on zero
-    assert re.fullmatch(r"total 0\.\d{3} \(chance 95th percentile 0\.0\d\d, p < 0\.001\)", sg.format_chance(obs, ch))
+    assert re.fullmatch(r"total 0\.\d{4} \(chance 95th percentile 0\.0\d\d, p < 0\.001\)", sg.format_chance(obs, ch))
 
 
 def test_p_value_formula_and_its_wording():

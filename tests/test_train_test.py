@@ -44,7 +44,7 @@ N_CHANS = 8
 TINY = ["--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16", "--window_s=1", "--batch_size=16",
         f"--n_chans={N_CHANS}", "--threads=1", "--patience=10"]
 TEMP_RE = re.compile(r"^\.(best\.pt|last\.pt|log\.csv)\..+\.tmp$")  # atomic_write_bytes' temp files
-RUN_FILES = {".lock", "best.pt", "last.pt", "log.csv"}  # what train.py leaves in a seed folder
+RUN_FILES = {".lock", "best.pt", "last.pt", "log.csv", "curves.png"}  # what train.py leaves in a seed folder
 
 
 # ----------------------------------------------------------------------------------- fixtures
@@ -403,7 +403,7 @@ def test_clash_overwrite_and_resume_of_a_finished_run(corpus, tmp_path, capsys):
 
     (out / "notes.txt").write_text("mine")  # --overwrite removes only what train.py wrote
     train.main(args[:-2] + ["--epochs=1", "--overwrite"])
-    assert "removing the run" in capsys.readouterr().out
+    assert "--overwrite: replacing the run" in capsys.readouterr().out
     assert len(read_log(out / "log.csv")) == 1
     assert load(out / "last.pt")["epoch"] == 1
     assert set(file_bytes(out)) == RUN_FILES | {"notes.txt"}  # the old epochs/ went with the old run

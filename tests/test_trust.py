@@ -474,3 +474,205 @@ def test_a_damaged_best_pt_is_a_one_line_error_naming_the_file(processes, damage
     best = processes["work"] / damage / "ivlaai" / "seed-1" / "best.pt"
     assert str(best) in line and ("empty file" if damage == "empty" else "truncated") in line, line
     assert not (processes["work"] / f"pred-{damage}").exists()
+
+
+# ----------------------------------------------------------------------------------- check before you delete
+@pytest.mark.parametrize("bad", ["typo", "not_hdf5", "other_model", "cuda"])
+def test_overwrite_keeps_the_finished_run_when_an_input_is_bad(data, trained, tmp_path, bad):
+    """--overwrite with a bad --init (a typo, a file that is not HDF5, another architecture's
+    best.pt) or a device this machine lacks stops before the finished run is touched."""
+    run_dir = tmp_path / "runs"
+    shutil.copytree(trained, run_dir)
+    before = file_bytes(run_dir)
+    fake = tmp_path / "weights.h5"
+    fake.write_text("not an HDF5 file\n")
+    other = tmp_path / "linear_runs"
+    if bad == "other_model":
+        train.main([f"--data_dir={data}", "--model=linear", f"--run_dir={other}", "--threads=1"])
+    arg = {"typo": f"--init={tmp_path / 'nope.pt'}", "not_hdf5": f"--init={fake}",
+           "other_model": f"--init={other / 'linear' / 'seed-1' / 'best.pt'}", "cuda": "--device=cuda"}[bad]
+    if bad == "cuda" and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU, so --device=cuda is not a bad input here")
+    with pytest.raises(SystemExit) as exc:
+        train.main([f"--data_dir={data}", *TINY, f"--run_dir={run_dir}", "--epochs=1", "--overwrite", arg])
+    assert "removing" not in str(exc.value.code) and "replacing" not in str(exc.value.code)
+    assert file_bytes(run_dir) == before
+
+
+def test_overwrite_replaces_only_what_train_py_wrote_once_the_new_run_saves(data, trained, tmp_path, capsys):
+    run_dir = tmp_path / "runs"
+    shutil.copytree(trained, run_dir)
+    folder = run_dir / "ivlaai" / "seed-1"
+    (folder / "epochs").mkdir()
+    (folder / "epochs" / "epoch-001.pt").write_bytes(b"old")
+    (folder / "notes.txt").write_text("mine\n")
+    train.main([f"--data_dir={data}", *TINY, f"--run_dir={run_dir}", "--epochs=1", "--overwrite", "--seeds=[1]",
+                "--lr=1e-3"])
+    assert "--overwrite: replacing the run" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "best.pt", "curves.png", "last.pt", "log.csv", "notes.txt"]
+    assert torch_load(folder / "best.pt")["config"]["lr"] == 1e-3
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_resume_with_a_new_lr_applies_it_and_records_it(data, tmp_path, capsys):
+    """--resume --lr=X: the optimizer trains on at X, and the checkpoint says from which epoch."""
+    run_dir = tmp_path / "runs"
+    args = [f"--data_dir={data}", *TINY, f"--run_dir={run_dir}", "--seeds=[1]", "--avg_epochs=1"]
+    train.main([*args, "--epochs=1", "--lr=1e-3"])
+    capsys.readouterr()
+    train.main([*args, "--epochs=2", "--lr=5e-4", "--resume"])
+    assert "lr 0.001 -> 0.0005" in capsys.readouterr().out
+    last = torch_load(run_dir / "ivlaai" / "seed-1" / "last.pt")
+    assert last["optimizer"]["param_groups"][0]["lr"] == 5e-4 and last["config"]["lr"] == 5e-4
+    assert last["resumed"] == [{"after_epoch": 1, "changed": {"lr": (1e-3, 5e-4)}}] or \
+        last["resumed"] == [{"after_epoch": 1, "changed": {"lr": [1e-3, 5e-4]}}]
+
+
+def test_resume_with_no_run_folder_is_refused(data, tmp_path):
+    run_dir = tmp_path / "runs"
+    with pytest.raises(SystemExit, match="--resume, but the folder holds no last.pt of a run to continue"):
+        train.main([f"--data_dir={data}", *TINY, f"--run_dir={run_dir}", "--epochs=1", "--resume"])
+    assert not (run_dir / "ivlaai" / "seed-1" / "best.pt").exists()
+
+
+# ----------------------------------------------------------------------------------- test.py: one writer, whole sets
+def test_a_second_test_py_into_a_locked_result_dir_stops_naming_the_pid(trained, tmp_path):
+    from outputs import FolderLock
+
+    test_dir, label_dir = write_test_set(tmp_path / "set")
+    result_dir = tmp_path / "pred"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                             "from outputs import FolderLock; l = FolderLock(sys.argv[2]).__enter__();"
+                             "print('locked', flush=True); time.sleep(60)", str(ROOT), str(result_dir)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit, match=rf"{result_dir}: another process \(pid {proc.pid}\) is writing results"):
+            test_script.main(score_args(trained, test_dir, label_dir, result_dir))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not any(p.name.startswith("sub-") for p in result_dir.iterdir())
+    with FolderLock(result_dir):  # the dead holder's lock does not block
+        pass
+
+
+def test_overwrite_keeps_the_old_results_when_prediction_fails(data, trained, tmp_path, monkeypatch):
+    test_dir, label_dir = write_test_set(tmp_path / "set")
+    result_dir = tmp_path / "pred"
+    test_script.main(score_args(trained, test_dir, label_dir, result_dir))
+    before = {k: v for k, v in file_bytes(result_dir).items() if not k.startswith(".")}
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+
+    def broken(*a, **k):
+        raise KeyboardInterrupt  # Ctrl-C while predicting
+
+    monkeypatch.setattr(test_script, "predict_segments", broken)
+    with pytest.raises(KeyboardInterrupt):
+        test_script.main(score_args(other, test_dir, label_dir, result_dir, "--overwrite"))
+    assert {k: v for k, v in file_bytes(result_dir).items() if not k.startswith(".")} == before
+    assert not [p for p in result_dir.iterdir() if p.name.startswith(".staging-")]
+
+
+def test_seeds_of_different_channel_counts_stop_before_anything_is_written(data, trained, tmp_path):
+    run_dir = tmp_path / "runs"
+    shutil.copytree(trained, run_dir)
+    narrow = tmp_path / "narrow"
+    write_npz_folder(narrow, subjects=(1,), trials=(1,))
+    for p in narrow.glob("*.npz"):  # the same trial with 32 channels
+        z = dict(np.load(p))
+        np.savez(p, eeg=z["eeg"][:, :32], envelope=z["envelope"])
+    train.main([f"--data_dir={narrow}", *TINY, "--n_chans=32", f"--run_dir={run_dir}", "--epochs=1", "--seeds=[2]",
+                "--split=time"])
+    test_dir, label_dir = write_test_set(tmp_path / "set")
+    with pytest.raises(SystemExit, match=r"the seeds read different EEG channel counts \{1: 64, 2: 32\}"):
+        test_script.main(score_args(run_dir, test_dir, label_dir, tmp_path / "pred"))
+    assert not (tmp_path / "pred").exists()
+
+
+def test_a_segment_id_in_two_subjects_files_is_an_error_naming_both(trained, tmp_path):
+    test_dir, label_dir = write_test_set(tmp_path / "set")
+    segs = json.loads((test_dir / "sub-002.json").read_text())
+    segs["sub-001_0"] = segs.pop("sub-002_0")
+    (test_dir / "sub-002.json").write_text(json.dumps(segs))
+    with pytest.raises(SystemExit, match=r"sub-002.json: segment 'sub-001_0' is also in .*sub-001.json"):
+        test_script.main(score_args(trained, test_dir, label_dir, tmp_path / "pred"))
+
+
+def test_a_mistyped_label_dir_is_an_error(trained, tmp_path):
+    test_dir, _ = write_test_set(tmp_path / "set")
+    with pytest.raises(SystemExit, match=r"label_dir .*lables does not exist"):
+        test_script.main(score_args(trained, test_dir, tmp_path / "set" / "lables", tmp_path / "pred"))
+
+
+def test_an_unfinished_run_is_scored_with_a_note(data, tmp_path, capsys):
+    run_dir = tmp_path / "runs"
+    train.main([f"--data_dir={data}", *TINY, f"--run_dir={run_dir}", "--epochs=1", "--avg_epochs=1"])
+    last = run_dir / "ivlaai" / "seed-1" / "last.pt"
+    ck = torch_load(last)
+    ck["finished"], ck["config"]["epochs"] = False, 3  # as a run stopped after epoch 1 of 3 leaves it
+    import torch
+    torch.save(ck, last)
+    test_dir, label_dir = write_test_set(tmp_path / "set")
+    test_script.main(score_args(run_dir, test_dir, label_dir, tmp_path / "pred"))
+    assert "is an unfinished run (stopped after epoch 1 of 3)" in capsys.readouterr().out
+
+
+def test_result_dir_inside_a_seed_folder_it_reads_is_refused(trained, tmp_path):
+    run_dir = tmp_path / "runs"
+    shutil.copytree(trained, run_dir)
+    test_dir, label_dir = write_test_set(tmp_path / "set")
+    inside = run_dir / "ivlaai" / "seed-1" / "pred"
+    with pytest.raises(SystemExit, match="overlap"):
+        test_script.main(score_args(run_dir, test_dir, label_dir, inside))
+    assert not inside.exists()
+
+
+def test_a_seed_folder_holding_another_seeds_checkpoint_is_refused(trained, tmp_path):
+    run_dir = tmp_path / "runs"
+    shutil.copytree(trained, run_dir)
+    shutil.copytree(run_dir / "ivlaai" / "seed-1", run_dir / "ivlaai" / "seed-2")
+    test_dir, label_dir = write_test_set(tmp_path / "set")
+    with pytest.raises(SystemExit, match=r"seed-2/best.pt: holds seed 1, but sits in seed-2"):
+        test_script.main(score_args(run_dir, test_dir, label_dir, tmp_path / "pred"))
+
+
+@pytest.mark.parametrize("key", ["--model=vlaai", "--seeds=[1]"])
+def test_keys_that_cannot_act_with_checkpoint_are_errors(trained, tmp_path, key):
+    test_dir, label_dir = write_test_set(tmp_path / "set")
+    best = trained / "ivlaai" / "seed-1" / "best.pt"
+    with pytest.raises(SystemExit, match=rf"--{key[2:].split('=')[0]} has no effect with --checkpoint"):
+        test_script.main([f"--checkpoint={best}", f"--test_dir={test_dir}", f"--label_dir={label_dir}",
+                          f"--result_dir={tmp_path / 'pred'}", key])
+
+
+def test_a_commit_killed_halfway_is_finished_by_the_next_writer(tmp_path):
+    """The journal names the staged set; recover() moves the rest into place and writes the manifest."""
+    from outputs import JOURNAL, Staging, recover
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "a.json").write_text("old a")
+    (folder / "gone.json").write_text("old only")
+    (folder / "mine.txt").write_text("a user's file")
+    with Staging(folder) as st:
+        st.path("a.json").write_text("new a")
+        st.path("b.json").write_text("new b")
+        files = st.files()
+        # the process is killed after the journal is written and one file is moved
+        __import__("fileio").atomic_write_json(folder / JOURNAL, {
+            "stage": st.stage.name, "files": files, "remove": ["gone.json"], "manifest_name": "manifest.json",
+            "manifest": {"files": files}})
+        os.replace(st.stage / "a.json", folder / "a.json")
+        st.stage = None  # killed: nothing cleans up
+    assert recover(folder)
+    assert (folder / "a.json").read_text() == "new a" and (folder / "b.json").read_text() == "new b"
+    assert not (folder / "gone.json").exists() and (folder / "mine.txt").read_text() == "a user's file"
+    assert json.loads((folder / "manifest.json").read_text()) == {"files": ["a.json", "b.json"]}
+    assert sorted(p.name for p in folder.iterdir()) == ["a.json", "b.json", "manifest.json", "mine.txt"]
