@@ -330,7 +330,7 @@ def summarize(results: dict, cfg: dict) -> dict:
                 if any(f.get(which) is None for f in folds.values()):
                     continue
                 per_seed_subj = {s: {} for s in seeds}
-                ens_subj = {}
+                ens_subj, chance_subj = {}, {}
                 for name, fold in folds.items():
                     ev = fold[which]
                     # speechcv scores every listener in every fold: a (fold, listener) pair is one score
@@ -338,6 +338,9 @@ def summarize(results: dict, cfg: dict) -> dict:
                     for s in seeds:
                         per_seed_subj[s].update({tag(k): v for k, v in ev["per_seed"][s].get(key, {}).items()})
                     ens_subj.update({tag(k): v for k, v in ev["ensemble"].get(key, {}).items()})
+                    if key == "per_subject":  # the chance level of the ensemble's recording r
+                        ch = ev["ensemble"].get("chance") or {}
+                        chance_subj.update({tag(k): v for k, v in ch.get("per_subject_p95", {}).items()})
                 seed_means = [float(np.mean(list(v.values()))) for v in per_seed_subj.values() if v]
                 row[metric] = {
                     "seed_means": dict(zip(seeds, seed_means)),
@@ -346,6 +349,7 @@ def summarize(results: dict, cfg: dict) -> dict:
                     "ensemble": float(np.mean(list(ens_subj.values()))) if ens_subj else None,
                     "per_subject_ensemble": ens_subj,
                     "per_subject_seeds": per_seed_subj,
+                    "per_subject_chance_p95": chance_subj,
                 }
             vals = [f["val_r"][s] for f in folds.values() for s in seeds]
             row["val_r_mean"] = float(np.mean(vals))
@@ -459,7 +463,8 @@ def _scores(ev: dict | None, which: str) -> dict | None:
     if ev is None:
         return None
     return {"r": ev["r"], "per_subject": ev["per_subject"], "window_r": ev.get("window_r"),
-            "window_per_subject": ev.get("window_per_subject")}
+            "window_per_subject": ev.get("window_per_subject"), "chance": ev.get("chance"),
+            "match_mismatch": ev.get("match_mismatch")}
 
 
 def write_records(folder: Path, cfg: dict, g: dict, entry: dict) -> list[Path]:
@@ -565,6 +570,11 @@ def plot(path: Path, summary: dict) -> None:
         subjects = list(next(iter(rows.values()))["trial"]["per_subject_ensemble"])
         x = np.arange(len(subjects))
         width = 0.8 / max(len(rows), 1)
+        # the chance band: per subject, the highest 95th percentile of the null over the models
+        band = np.array([max((r["trial"].get("per_subject_chance_p95", {}).get(subj, np.nan) for r in rows.values()),
+                             default=np.nan) for subj in subjects])
+        if np.isfinite(band).any():
+            ax.bar(x, band, 0.9, color="0.85", zorder=0, label="chance (null 95th percentile)")
         for i, (label, row) in enumerate(rows.items()):
             seeds = row["trial"]["per_subject_seeds"]
             vals = np.array([[seeds[s].get(subj, np.nan) for subj in subjects] for s in seeds])

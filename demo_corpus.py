@@ -478,13 +478,18 @@ def corpus_state(out_dir, n_subjects, minutes, seed, **shape) -> CorpusState:
     complete  demo_info.json has these parameters and every file it lists is there at its size;
     absent    no demo_info.json and no file in the corpus subfolders;
     rebuild   a demo corpus (demo_info.json says so, or every file is one this build writes) that is
-              incomplete or of other parameters; ``reason`` says which;
+              incomplete or of other parameters, or a build's unfinished commit (a journal, which
+              outputs.recover finishes under the lock before the state is taken again); ``reason``
+              says which;
     foreign   no demo_info.json, and the subfolders hold files no demo build wrote: the user's data;
     blocked   a demo corpus to rebuild, but its subfolders also hold a file no demo build wrote.
     """
     out = Path(out_dir)
     shape = {k: v for k, v in {**DEMO_SHAPE, **shape}.items() if k != "measure"}
     args = _corpus_args(n_subjects, minutes, seed, **shape)
+    if (out / JOURNAL).exists():
+        return CorpusState("rebuild", f"the demo corpus in {out}/ is incomplete (a build was interrupted while "
+                                      "moving its files into place)", set())
     info, present = _read_info(out), _present_files(out)
     if info is None and not present:
         return CorpusState("absent", f"no demo corpus in {out}/", set())
@@ -717,7 +722,12 @@ def _build(out: Path, args: dict, remove: set, measure: bool, ceiling_factor) ->
         files = {rel: (stage.stage / rel).stat().st_size for rel in stage.files()}
         info = _demo_info(_params(args), seen, heldout, recordings, tests, sorted(stim_len), used_tests, models,
                           figures, files)
-        stage.commit(remove=sorted(set(remove) | {INFO_FILE}))
+        try:
+            stage.commit(remove=sorted(set(remove) | {INFO_FILE}))
+        except BaseException:
+            if (out / JOURNAL).is_file():  # the journal names the staged files: keep them for the next recover
+                stage.stage = None
+            raise
     for sub in SUBFOLDERS:
         (out / sub).mkdir(exist_ok=True)
     data = (json.dumps(info, indent=1) + "\n").encode()

@@ -246,12 +246,16 @@ def test_a_usable_data_dir_is_left_as_it_is(tmp_path):
     assert not (tmp_path / "demo").exists()
 
 
-def test_the_default_data_dir_falls_back_to_an_existing_demo_corpus(tmp_path, capsys):
+def test_the_default_data_dir_falls_back_to_an_existing_demo_corpus(tmp_path, capsys, monkeypatch):
+    import demo_corpus
+
+    shape = dict(n_heldout=0, n_test_segments=1, segment_s=5.0, n_chans=64, fs=64)
+    monkeypatch.setattr(demo_corpus, "DEMO_SHAPE", dict(shape, measure=False))
+    demo_corpus.make_demo_corpus(tmp_path / "demo", n_subjects=1, minutes=0.1, seed=0, measure=False, **shape)
     split = tmp_path / "demo" / "split_data"
-    split.mkdir(parents=True)
-    (split / "train_-_S1_-_eeg.npy").write_bytes(b"")  # a demo corpus already built: not rebuilt
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*")}
     cfg = _data_cfg(tmp_path, tmp_path / "missing")
     runs.ensure_data(cfg, set())  # data_dir not given: the default may fall back
     assert cfg["data_dir"] == str(split)
-    assert "demo corpus" in capsys.readouterr().out
-    assert sorted(p.name for p in split.iterdir()) == ["train_-_S1_-_eeg.npy"]
+    assert capsys.readouterr().out == f"data_dir {tmp_path / 'missing'} is missing or empty: training on the demo corpus in {split}\n"
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*")} == before  # complete: not rebuilt
