@@ -75,7 +75,9 @@ num_workers = 0  # DataLoader worker processes (0: load in the training process)
 device = "auto"  # 'auto' (CUDA when present), 'cpu' or 'cuda'
 deterministic = True  # use deterministic kernels, so one seed gives the same model on one machine
 threads = 0  # torch CPU threads (0: torch's default)
-amp = "none"  # mixed precision: 'none' (float32) or 'bf16' (bfloat16 autocast; fast on recent GPUs)
+amp = "none"  # precision: 'none' (float32), 'bf16' (bfloat16 autocast) or 'auto' (bf16 where the device has fast
+#   bf16 matrix units: a CPU with AMX or a CUDA GPU with bf16; float32 elsewhere). test.py: the checkpoint's own
+#   precision unless --amp is given. The loss, optimizer state and weight averages stay float32
 compile = False  # torch.compile the model (pays a one-off compile time; worth it for long GPU runs)
 init = None  # start from these weights (fine-tuning): a best.pt/last.pt or a Keras VLAAI .h5; None: random init
 jobs = 1  # train this many seeds at once in separate processes (one per GPU when several are visible)
@@ -138,7 +140,7 @@ _TRAINING = ("seeds", "data_seed", "epochs", "patience", "batch_size", "lr", "we
 _DEMO = ("demo_subjects", "demo_minutes", "demo_seed", "demo_dir")  # train.py builds the demo from these too
 PROGRAMS = {
     "train": (*_DATA, *_MODEL, *_TRAINING, "init", "run_dir", "resume", "keep_epochs", "overwrite", *_DEMO),
-    "test": ("run_dir", "checkpoint", "model", "seeds", "device", "threads", "test_dir", "label_dir", "result_dir", "seen_subjects",
+    "test": ("run_dir", "checkpoint", "model", "seeds", "device", "threads", "amp", "test_dir", "label_dir", "result_dir", "seen_subjects",
              "eval_dir", "eval_window_s", "eval_hop_s", "chance_draws", "chance_min_shift_s", "mm_window_s",
              "overwrite", "fs", "subjects", "exclude_subjects",
              "val_recordings", "test_recordings", "split", "time_fold"),
@@ -176,7 +178,7 @@ _CHOICES = {
     "time_fold": tuple(range(10)),  # EEG_Dataset.TIME_FOLDS
     "model": ("ivlaai", "vlaai", "linear", "linear_conv"),
     "device": ("auto", "cpu", "cuda"),
-    "amp": ("none", "bf16"),
+    "amp": ("none", "bf16", "auto"),
     "select": ("best_val", "last"),
     "pre_align": ("auto", "trigger", "onset"),
     "pre_trigger_source": ("auto", "stim", "annotations"),

@@ -882,8 +882,9 @@ def preprocess(cfg: dict) -> dict:
         kept = sorted(p.name for p in out.iterdir() if p.name not in old and not _is_machinery(p.name)) if old else []
         manifest = _build_and_commit(pairs, out, cfg, checks, t0)
     if kept:
-        print(f"--overwrite: replaced the earlier output in {out}/; kept {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} "
-              f"its {MANIFEST} does not list: {', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}", flush=True)
+        entries = f"{len(kept)} entr{'y' if len(kept) == 1 else 'ies'}"
+        print(f"--overwrite: replaced the earlier output in {out}/; kept {entries} its {MANIFEST} does not list: "
+              f"{', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}", flush=True)
     print(f"wrote {len(pairs)} recording(s) to {out}/ ({manifest['seconds']:.1f} s); "
           f"train with: python train.py --data_dir={out}", flush=True)
     return manifest

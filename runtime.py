@@ -46,6 +46,31 @@ def data_stream_seed(data_seed: int) -> int:
     return int(np.random.SeedSequence([int(data_seed), 1]).generate_state(1, np.uint64)[0])
 
 
+def bf16_is_fast(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware (a CUDA GPU with bf16, or a CPU
+    with AMX tiles, as torch's own CPU probe reports them), and why. Elsewhere bf16 autocast
+    costs conversions without faster matrix units: no speed-up, or a slowdown."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"GPU {torch.cuda.get_device_name(device)} {'runs' if ok else 'lacks'} bfloat16"
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    if caps.get("amx_bf16") and torch.cpu._init_amx():  # _init_amx: the OS grants this process the tiles
+        return True, f"CPU {caps.get('cpu_name', '')} has AMX bfloat16 tiles".replace("  ", " ")
+    return False, f"CPU {caps.get('cpu_name', '')} has no AMX bfloat16 tiles".replace("  ", " ")
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """(the precision to run: 'bf16' or 'none', why). 'auto' is bf16 where the device runs it fast."""
+    if amp == "auto":
+        fast, why = bf16_is_fast(device)
+        return ("bf16" if fast else "none"), f"amp=auto: {why}"
+    return amp, f"amp={amp}"
+
+
+def precision_name(amp: str) -> str:
+    return "bfloat16 autocast" if amp == "bf16" else "float32"
+
+
 def autocast(device: torch.device, amp: str):
     """bfloat16 autocast for ``amp='bf16'`` (the loss is still computed in float32)."""
     if amp == "bf16":

@@ -80,9 +80,9 @@ def find_checkpoints(cfg: dict, given: set) -> tuple[str, list[Path]]:
     return model, paths
 
 
-def predict_segments(model, segments: dict, subject_idx: int, device) -> dict:
+def predict_segments(model, segments: dict, subject_idx: int, device, amp: str = "none") -> dict:
     """{segment_id: eeg (T, C)} -> {segment_id: z-scored prediction (T,)}."""
-    return {key: zscore_prediction(predict(model, zscore(eeg), subject_idx, device).numpy())
+    return {key: zscore_prediction(predict(model, zscore(eeg), subject_idx, device, amp).float().numpy())
             for key, eeg in segments.items()}
 
 
@@ -246,7 +246,8 @@ def predict_test_set(loaded, data: dict, device) -> tuple[dict, list]:
     per_seed = []
     for model, ck in loaded:
         index = {s: i for i, s in enumerate(ck["subjects"])}
-        per_seed.append({subj: predict_segments(model, segs, index.get(subj, -1), device) for subj, segs in data.items()})
+        per_seed.append({subj: predict_segments(model, segs, index.get(subj, -1), device, ck["infer_amp"])
+                         for subj, segs in data.items()})
     ensemble = {subj: {k: np.mean([p[subj][k] for p in per_seed], axis=0) for k in segs} for subj, segs in data.items()}
     return ensemble, per_seed
 
@@ -315,6 +316,11 @@ def _main(argv) -> dict:
         loaded = [load_model(p, device, model_name) for p in ckpts]
         check_loaded(ckpts, loaded, cfg, given)
         print(f"{model_name}: {len(loaded)} seed(s) {[ck['seed'] for _, ck in loaded]} from {cfg['run_dir']}", flush=True)
+    for _, ck in loaded:  # each model infers in the precision it trained in, unless --amp says otherwise
+        ck["infer_amp"] = runtime.resolve_amp(cfg["amp"] if "amp" in given else ck.get("precision", "none"), device)[0]
+    if any(ck["infer_amp"] == "bf16" for _, ck in loaded):
+        which = ", ".join(f"seed {ck['seed']} {runtime.precision_name(ck['infer_amp'])}" for _, ck in loaded)
+        print(f"inference precision: {which}", flush=True)
     result: dict = {"model": model_name, "seeds": [ck["seed"] for _, ck in loaded], "checkpoints": [str(p) for p in ckpts]}
     result_dir = Path(cfg["result_dir"])
     check_result_dir(result_dir, cfg, ckpts)
@@ -443,10 +449,12 @@ def evaluate_folder(cfg: dict, loaded, device, stage: Staging) -> dict:
         index = {s: i for i, s in enumerate(ck["subjects"])}
         preds, wpreds = [], []
         for rec, (eeg, _) in zip(recs, data):
-            preds.append(zscore_prediction(predict(model, eeg, index.get(rec.subject, -1), device)).numpy())
+            preds.append(zscore_prediction(predict(model, eeg, index.get(rec.subject, -1), device,
+                                                   ck["infer_amp"]).float()).numpy())
             if win > 0 and len(eeg) >= win:  # each window predicted on its own, as a model sees a 5 s test window
                 xw = torch.from_numpy(eeg).unfold(0, win, hop).transpose(1, 2)  # (n_windows, win, C)
-                wpreds.append(zscore_prediction(predict(model, xw, index.get(rec.subject, -1), device), dim=1).numpy())
+                wpreds.append(zscore_prediction(predict(model, xw, index.get(rec.subject, -1), device, ck["infer_amp"])
+                                                .float(), dim=1).numpy())
         per_seed.append(preds)
         per_seed_win.append(wpreds)
     ens_win = [np.mean(ws, axis=0) for ws in zip(*per_seed_win)] if per_seed_win[0] else []

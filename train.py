@@ -145,6 +145,8 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0, replaced: list
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", local_rank)
     model, meta = build(cfg, corpus, seed, device)
+    amp, why = runtime.resolve_amp(cfg["amp"], device)
+    meta["precision"] = amp  # what this run computed in (cfg['amp'] may say 'auto')
     # the seed set the initial weights; data_seed sets the window order and the dropout masks
     data_seed = seed if cfg["data_seed"] is None else cfg["data_seed"]
     torch.manual_seed(runtime.data_stream_seed(data_seed))
@@ -152,7 +154,8 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0, replaced: list
     if lead:
         par = f", {world} ranks x {cfg['batch_size'] // world} windows" if world > 1 else ""
         print(f"[seed {seed}] {cfg['model']}: {meta['n_params']:,} parameters, {len(meta['subjects'])} subjects, "
-              f"{corpus.n_samples('train') / cfg['fs'] / 60:.1f} min train, device {device}{par}", flush=True)
+              f"{corpus.n_samples('train') / cfg['fs'] / 60:.1f} min train, device {device}{par}, "
+              f"{runtime.precision_name(amp)} ({why})", flush=True)
     if getattr(model, "closed_form", False):
         return fit_closed_form(model, corpus, out, meta, device, subject_index, replaced)
 
@@ -200,9 +203,10 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0, replaced: list
             break
         t0 = time.time()
         ds.set_epoch(epoch)
-        train_r, wait_pct = train_epoch(model, fwd, loader, opt, avg, cfg, device, f"seed {seed} epoch {epoch + 1}")
+        train_r, wait_pct = train_epoch(model, fwd, loader, opt, avg, dict(cfg, amp=amp), device,
+                                        f"seed {seed} epoch {epoch + 1}")
         avg.after_epoch()
-        val_r = evaluate(avg.eval_model, val_recs, "val", device, subject_index, cfg["amp"])["r"]
+        val_r = evaluate(avg.eval_model, val_recs, "val", device, subject_index, amp)["r"]
         if not (math.isfinite(train_r) and math.isfinite(val_r)):
             raise Diverged(f"seed {seed}, epoch {epoch + 1}, lr {cfg['lr']:g}: training r {train_r} / validation r "
                            f"{val_r} is not finite; the seed stopped (lower --lr or set --grad_clip)")
@@ -215,7 +219,7 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0, replaced: list
                "data_wait_pct": round(wait_pct, 2)}
         if monitor_recs:
             row["monitor_r"] = round(evaluate(avg.eval_model, monitor_recs, "monitor", device, subject_index,
-                                              cfg["amp"])["r"], 6)
+                                              amp)["r"], 6)
         state["history"].append(row)
         if lead:
             save_epoch(out, cfg, checkpoint(), improved, meta, row, replaced)

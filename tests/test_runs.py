@@ -257,5 +257,6 @@ def test_the_default_data_dir_falls_back_to_an_existing_demo_corpus(tmp_path, ca
     cfg = _data_cfg(tmp_path, tmp_path / "missing")
     runs.ensure_data(cfg, set())  # data_dir not given: the default may fall back
     assert cfg["data_dir"] == str(split)
-    assert capsys.readouterr().out == f"data_dir {tmp_path / 'missing'} is missing or empty: training on the demo corpus in {split}\n"
+    said = capsys.readouterr().out
+    assert said == f"data_dir {tmp_path / 'missing'} is missing or empty: training on the demo corpus in {split}\n"
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*")} == before  # complete: not rebuilt

@@ -147,7 +147,8 @@ def test_a_folder_locked_by_a_running_process_is_refused_before_anything_is_touc
         with pytest.raises(SystemExit) as exc:
             preprocess_main(pairs, out, "--overwrite")
         msg = message_of(exc)
-        assert msg.startswith(f"preprocess error: {seed}: a running process (pid {holder.proc.pid}) holds its lock"), msg
+        pid = holder.proc.pid
+        assert msg.startswith(f"preprocess error: {seed}: a running process (pid {pid}) holds its lock"), msg
         assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file() and p.name != ".lock"} == before
         assert build_leftovers(tmp_path, out) == []
         assert lock_holder_of(seed / ".lock") == holder.proc.pid
@@ -192,6 +193,34 @@ def test_a_full_disk_is_a_one_line_error_naming_the_file_and_leaves_out_dir_as_i
     assert msg.endswith(f".npy: cannot write (disk full); {out} was left as it was"), msg
     assert (tree(out) if out.exists() else None) == before
     assert build_leftovers(tmp_path, out) == []
+
+
+def test_a_commit_interrupted_midway_is_finished_by_the_next_run(earlier_output, tmp_path, monkeypatch):
+    """Ctrl-C while the new files move in: the journal and the staged files stay, and the next run
+    into that out_dir finishes the move under the lock before its own checks (a mix never stays)."""
+    out = earlier_output
+    (out / "notes.txt").write_text("mine")
+    pairs = write_inputs(tmp_path / "in2", ("S9",))
+    real_replace, moves = os.replace, []
+
+    def replace(src, dst):
+        if ".staging-" in str(src) and ".staging-" not in str(dst):
+            moves.append(dst)
+            if len(moves) == 2:
+                raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(KeyboardInterrupt):
+            preprocess_main(pairs, out, "--overwrite")
+    assert (out / ".commit.json").is_file()
+    with pytest.raises(SystemExit, match="pass --overwrite"):  # the same command without --overwrite
+        preprocess_main(pairs, out)
+    assert not (out / ".commit.json").exists()  # finished, under the lock
+    assert sorted(k.split("_-_")[1] for k in tree(out) if "_-_" in k) == ["S9"] * 6
+    assert json.loads((out / "manifest.json").read_text())["recordings"][0]["subject"] == "S9"
+    assert (out / "notes.txt").read_text() == "mine" and build_leftovers(tmp_path, out) == []
 
 
 # ----------------------------------------------------------------------------------- the demo corpus
