@@ -11,7 +11,8 @@ folder per protocol/fold/model/seed under ``out_dir``. A finished run is never r
 interrupted benchmark resumes where it stopped: run the same command again. Results:
 ``out_dir/results.json``, ``out_dir/results.md`` and ``out_dir/results.png``.
 
-Protocols (every one trains with train.py's default recipe, except seen)
+Protocols (each trains with its recipe file in configs/: heldout_listeners.py, the defaults of
+config.py, for all but seen, which uses seen_listeners.py)
   heldout  4 folds over S1-S12, test subjects {S1-3}, {S4-6}, {S7-9}, {S10-12}; train on the other
            9 (validation: each training trial's 80/10/10 time split). ``--quick``: fold S10-S12 only.
            Another folder's subjects are cut the same way: natural order, 4 consecutive runs.
@@ -20,7 +21,7 @@ Protocols (every one trains with train.py's default recipe, except seen)
            tenth of every listener: speech no model heard, of new and of seen listeners.
   transfer train on every listener of data_dir (80/10/10 in time), score the whole recordings of
            ``transfer_dir`` (default: the SparrKULee sample): other listeners, speech and lab.
-  seen     train trials 000-006 of every subject, validate on 007, test 008 and 009 (its own recipe:
+  seen     train trials 000-006 of every subject, validate on 007, test 008 and 009 (its recipe:
            at most 30 epochs, early stopping on the whole validation trial, patience 10).
 With ``records_dir``, each scored run writes one small JSON record there (protocol, fold, model,
 seed, train config, commit, host, per-subject r, wall time), and each group of seeds the record of
@@ -55,10 +56,9 @@ ROOT = Path(__file__).resolve().parent
 DTU_DEFAULT = str(ROOT.parent / "shared" / "data" / "dtu")
 N_FOLDS = 4  # held-out-subject folds: the folder's subjects in natural order, cut into 4 runs (S1-S3 ... S10-S12)
 
-# The benchmark's own keys: (default, comment). The training recipe keys take one value for every
-# protocol or a {protocol: value} dict; a protocol a dict leaves out (or None) trains with
-# train.py's defaults (config.py: lr 3e-4, 10 epochs, the average of the last 5 kept). Seen
-# subjects: validation is a whole trial of the same listeners, and early stopping on it stays.
+# The benchmark's own keys: (default, comment). Each protocol trains with its recipe file
+# (RECIPES); the recipe keys below override it, with one value for every protocol or a
+# {protocol: value} dict (a protocol the dict leaves out, or None, keeps its file's value).
 KEYS = {
     "data_dir": (DTU_DEFAULT, "DTU-style npz folder with subjects S1..S12"),
     "out_dir": (None, "run folders and result tables (None: bench_runs/full, or bench_runs/quick with --quick)",
@@ -68,12 +68,12 @@ KEYS = {
     "models": (["linear", "vlaai", "ivlaai"], "models (train.py --model names) to compare"),
     "variants": ({}, "extra named variants: {label: [train.py args]}, e.g. ablations"),
     "seeds": ([1, 2, 3], "seeds per model (--quick: [1, 2])"),
-    "lr": (None, "Adam learning rate (None: train.py's)", (float, int, dict, type(None))),
-    "epochs": ({"seen": 30}, "(maximum) epochs per run (--quick: 6, ~21 min on 2 CPU cores)", (int, dict, type(None))),
-    "patience": ({"seen": 10}, "early-stopping patience in epochs, where select is best_val (--quick: 6)",
+    "lr": (None, "Adam learning rate (None: the recipe file's)", (float, int, dict, type(None))),
+    "epochs": (None, "(maximum) epochs per run (--quick: 6, ~21 min on 2 CPU cores)", (int, dict, type(None))),
+    "patience": (None, "early-stopping patience in epochs, where select is best_val (--quick: 6)",
                  (int, dict, type(None))),
-    "select": ({"seen": "best_val"}, "train.py --select: the final epoch or the best val r", (str, dict, type(None))),
-    "avg_epochs": ({"seen": 1}, "train.py --avg_epochs: keep the average of the last N epochs (--quick: 3)",
+    "select": (None, "train.py --select: the final epoch or the best val r", (str, dict, type(None))),
+    "avg_epochs": (None, "train.py --avg_epochs: keep the average of the last N epochs (--quick: 3)",
                    (int, dict, type(None))),
     "threads": (0, "torch CPU threads per run (0: the cores split between the jobs)"),
     "jobs": (1, "runs trained at once in separate processes: 2 one-thread jobs beat one 2-thread run on a 2-core CPU (--quick: 2)"),
@@ -89,6 +89,9 @@ KEYS = {
 QUICK = {"protocols": ["heldout"], "folds": [3], "seeds": [1, 2], "epochs": 6, "patience": 6, "avg_epochs": 3, "jobs": 2}
 RECIPE = ("lr", "epochs", "patience", "select", "avg_epochs")  # train.py options, per protocol or for all
 PROTOCOLS = ("heldout", "speechcv", "transfer", "seen")
+# The recipe each protocol trains with: a config file, read by train.py --config
+RECIPES = {"heldout": "configs/heldout_listeners.py", "speechcv": "configs/heldout_listeners.py",
+           "transfer": "configs/heldout_listeners.py", "seen": "configs/seen_listeners.py"}
 # speechcv: the time fold (tenth of the speech tested) -> the listener fold held out with it, so that
 # each listener is new once; 1, 4, 6, 9 are the tenths no choice of the model was made on
 SPEECH_CV_PAIRS = {0: 0, 1: 2, 2: 1, 3: 3, 4: 0, 5: 2, 6: 3, 7: 3, 8: 1, 9: 1}
@@ -130,8 +133,9 @@ def recipe_value(cfg: dict, key: str, proto: str):
 
 
 def recipe_args(cfg: dict, proto: str) -> list[str]:
-    """train.py options of the training recipe for one protocol (those left to train.py's defaults omitted)."""
-    return [f"--{key}={recipe_value(cfg, key, proto)}" for key in RECIPE if recipe_value(cfg, key, proto) is not None]
+    """train.py options of the training recipe for one protocol: its recipe file, then the overrides."""
+    return [f"--config={ROOT / RECIPES[proto]}",
+            *[f"--{key}={recipe_value(cfg, key, proto)}" for key in RECIPE if recipe_value(cfg, key, proto) is not None]]
 
 
 def folds_of(subjects: list[str]) -> list[list[str]]:

@@ -102,13 +102,15 @@ def test_quick_settings_and_separate_output_folders():
     full = benchmark.parse_args([])
     assert full["folds"] == [0, 1, 2, 3] and full["seeds"] == benchmark.KEYS["seeds"][0]
     assert (quick["out_dir"], full["out_dir"]) == ("bench_runs/quick", "bench_runs/full")
-    # per-protocol values: seen keeps its own recipe; the others train with train.py's defaults
+    # each protocol names its recipe file; the recipe keys override it
+    held, seen = (f"--config={ROOT / benchmark.RECIPES[p]}" for p in ("heldout", "seen"))
     for proto in ("heldout", "speechcv", "transfer"):
-        assert benchmark.recipe_args(full, proto) == []
-    assert benchmark.recipe_args(full, "seen") == ["--epochs=30", "--patience=10", "--select=best_val", "--avg_epochs=1"]
+        assert benchmark.recipe_args(full, proto) == [held]
+    assert benchmark.recipe_args(full, "seen") == [seen]
     one = benchmark.parse_args(["--epochs=4", "--select=best_val", "--patience=7"])  # a plain value: every protocol
-    assert benchmark.recipe_args(one, "heldout") == ["--epochs=4", "--patience=7", "--select=best_val"]
-    assert benchmark.recipe_args(one, "seen") == ["--epochs=4", "--patience=7", "--select=best_val", "--avg_epochs=1"]
+    assert benchmark.recipe_args(one, "heldout") == [held, "--epochs=4", "--patience=7", "--select=best_val"]
+    per = benchmark.parse_args(["--epochs={'seen': 3}"])
+    assert benchmark.recipe_args(per, "seen") == [seen, "--epochs=3"] and benchmark.recipe_args(per, "heldout") == [held]
     mine = benchmark.parse_args(["--quick", "--seeds=[4]", "--epochs=2", "--protocols=[seen]", "--out_dir=x"])
     assert (mine["seeds"], mine["epochs"], mine["protocols"], mine["out_dir"]) == ([4], 2, ["seen"], "x")
     assert mine["folds"] == benchmark.QUICK["folds"]  # what was not given still comes from --quick
@@ -120,6 +122,18 @@ def test_quick_settings_and_separate_output_folders():
         benchmark.parse_args(["--time_folds=[10]"])
     with pytest.raises(SystemExit, match="config error: unknown config key 'epoch'"):
         benchmark.parse_args(["--epoch=3"])
+
+
+def test_recipe_files_are_what_they_say():
+    """configs/heldout_listeners.py is config.py's defaults written out; the seen recipe stops early."""
+    import config
+
+    held = config.read_config_file(ROOT / "configs" / "heldout_listeners.py")
+    assert held == {k: config.defaults()[k] for k in held}
+    seen = config.read_config_file(ROOT / "configs" / "seen_listeners.py")
+    assert seen["select"] == "best_val" and seen["avg_epochs"] == 1
+    for name in ("heldout_listeners", "seen_listeners", "finetune_vlaai"):  # each is a valid train.py --config
+        config.parse([f"--config={ROOT / 'configs' / (name + '.py')}"], "train")
 
 
 def test_comparisons_are_paired_over_subjects():
