@@ -1,5 +1,4 @@
-"""Read the field's EEG/envelope formats, split and standardize them, window them for training,
-and read, write and score the challenge's test-set files.
+"""Read the field's EEG/envelope formats, split and standardize them, and window them for training.
 
 Formats (detected from what a folder contains, see ``detect_format``):
   split_data  SparrKULee / challenge files ``{split}_-_{subject}_-_{stimulus}_-_{feature}.npy``
@@ -7,17 +6,15 @@ Formats (detected from what a folder contains, see ``detect_format``):
   npz         DTU-style trials ``<prefix>_<subject>_<trial>.npz`` with keys ``eeg`` and ``envelope``;
               ``DTU_S3_004.npz`` is subject ``S3``, recording ``DTU_S3_004``.
   challenge   a test set of ``sub-XXX.json`` files ``{segment_id: [[C floats] x T]}``, without labels;
-              labels (when given) ``{segment_id: [[[e0], [e1], ...], stimulus]}``.
-  sparrkulee  SparrKULee as downloaded (the dataset root, or its ``derivatives/`` folder):
-              ``derivatives/{preprocessed_eeg|eeg}/sub-*/ses-*/..._desc-preproc-audio-<stimulus>_eeg.npy``
-              (channels-first (64, T) float64) paired by stimulus with
-              ``derivatives/{preprocessed_stimuli|stimuli}/<stimulus>_-_envelope.npy``; both cut to
-              the shorter; memory-mapped and converted per window (``LazyEEG``), never loaded whole.
-              Subject ``sub-XXX``, recording ``sub-XXX_-_ses-YYY_-_<stimulus>``.
+              labels (when given) ``{segment_id: [[[e0], [e1], ...], stimulus]}``; read by ``challenge``,
+              which also writes, reads and scores predictions.
+  sparrkulee  SparrKULee as downloaded (the dataset root, or its ``derivatives/`` folder); read by
+              ``sparrkulee``, lazily (``LazyEEG``), never loaded whole. Subject ``sub-XXX``,
+              recording ``sub-XXX_-_ses-YYY_-_<stimulus>``.
 
 Every reader yields ``Recording(subject, rec_id, eeg (T, C) float32, envelope (T, 1) float32 or
-None, fs=64, path, split)``; eeg may be a memory map or a ``LazyEEG`` view (sliced lazily, read
-with ``np.asarray``). ``load_corpus`` then splits each recording (split_data keeps its own
+None, fs=64, path, split)`` (``recording``); eeg may be a memory map or a ``LazyEEG`` view (sliced
+lazily, read with ``np.asarray``). ``load_corpus`` then splits each recording (split_data keeps its own
 train/val/test; everything else is cut in time 80/10/10) and standardizes each recording's EEG
 (per channel) and envelope with the mean and std of *that recording's train part* - whatever the
 files claim, because the field's split scripts save unstandardized arrays by mistake.
@@ -25,103 +22,29 @@ files claim, because the field's split scripts save unstandardized arrays by mis
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fileio import atomic_write_json, read_json
-from metrics import pearson
+# read_challenge_folder reads the 'challenge' format; the other names are re-exported because
+# demo_corpus.py imports them from here
+from challenge import (read_challenge_folder, read_challenge_labels, read_test_set, score,  # noqa: F401
+                       segment_subject, zscore)
+from recording import (FS, SEP, DataError, Recording, as_eeg, as_envelope, check_dtype, check_finite, load_npy,
+                       match_lengths, natural_key)
+from sparrkulee import derivatives_folder, read_sparrkulee
 
-FS = 64  # Hz: the field's EEG and envelope rate; every format here is at 64 Hz
-LENGTH_TOLERANCE = 4  # samples: EEG and envelope may differ this much (rounding at resampling)
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # the field's per-recording split in time
 TIME_FOLDS = 10  # time_fold k in 0..9 rotates that split by k tenths (see time_split)
-SEP = "_-_"
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file and what is wrong with it."""
-
-
-@dataclass
-class Recording:
-    """One recording (or one part of one, for split_data) as read from disk, not standardized.
-
-    eeg: (T, C) float32, possibly a read-only memory map or a ``LazyEEG`` view of one (SparrKULee
-    derivatives). envelope: (T, 1) float32 or None
-    (challenge test set without labels). split: 'train'/'val'/'test' when the files fix it.
-    """
-
-    subject: str
-    rec_id: str
-    eeg: np.ndarray
-    envelope: np.ndarray | None
-    fs: int = FS
-    path: str = ""
-    split: str | None = None
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_finite(arr: np.ndarray, path, what: str, chunk: int = 1 << 16) -> None:
-    """Raise DataError if ``arr`` holds NaN or Inf. Reads memory maps in chunks."""
-    for start in range(0, arr.shape[0], chunk):
-        block = np.asarray(arr[start : start + chunk])
-        if not np.isfinite(block).all():
-            bad = np.argwhere(~np.isfinite(block))[0]
-            raise DataError(
-                f"{path}: {what} holds NaN or Inf values (first at sample {start + bad[0]}"
-                + (f", channel {bad[1]}" if block.ndim > 1 else "") + ")"
-            )
-
-
-def _check_dtype(arr: np.ndarray, path, what: str) -> None:
-    """Real numbers only: a complex array would lose its imaginary part, a boolean one is no signal."""
-    if arr.dtype.kind not in "fiu":
-        raise DataError(f"{path}: {what} must hold real numbers, got dtype {arr.dtype}")
-
-
-def _as_eeg(arr: np.ndarray, path) -> np.ndarray:
-    if arr.ndim != 2:
-        raise DataError(f"{path}: EEG must be 2-D (time, channels), got shape {arr.shape}")
-    if min(arr.shape) < 2:
-        raise DataError(f"{path}: EEG too short ({arr.shape[0]} samples x {arr.shape[1]} channels)")
-    if arr.shape[1] > arr.shape[0]:
-        raise DataError(
-            f"{path}: EEG of shape {arr.shape} looks channels-first; expected (time, channels). "
-            "Transpose it (raw SparrKULee derivatives are stored (64, T))."
-        )
-    return arr
-
-
-def _as_envelope(arr: np.ndarray, path) -> np.ndarray:
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2 or arr.shape[1] != 1:
-        raise DataError(f"{path}: envelope must be (time,) or (time, 1), got shape {arr.shape}")
-    return arr
-
-
-def _match_lengths(eeg, env, path_eeg, path_env=None):
-    """Trim EEG and envelope to a common length if they differ by at most LENGTH_TOLERANCE."""
-    if env is None or len(eeg) == len(env):
-        return eeg, env
-    if abs(len(eeg) - len(env)) > LENGTH_TOLERANCE:
-        where = f"{path_eeg}" + (f" and {path_env}" if path_env else "")
-        raise DataError(
-            f"{where}: EEG has {len(eeg)} samples but the envelope has {len(env)} "
-            f"(more than {LENGTH_TOLERANCE} apart); they must cover the same time span"
-        )
-    n = min(len(eeg), len(env))
-    return eeg[:n], env[:n]
 
 
 def _check_channels(recordings: Sequence[Recording], n_chans: int | None = None) -> int:
@@ -161,7 +84,7 @@ def detect_format(folder) -> str:
         return "npz"
     if any(n.startswith("sub-") and n.endswith(".json") for n in names):
         return "challenge"
-    if _derivatives_folder(folder) is not None:
+    if derivatives_folder(folder) is not None:
         return "sparrkulee"
     shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "") if names else "nothing"
     raise DataError(
@@ -187,215 +110,16 @@ def read_split_data(folder) -> list[Recording]:
             raise DataError(f"{next(iter(files.values()))}: no matching '_-_eeg.npy' file for this recording")
         if "envelope" not in files:
             raise DataError(f"{files['eeg']}: no matching '_-_envelope.npy' file for this recording")
-        eeg = _load_npy(files["eeg"])
-        env = _load_npy(files["envelope"])
-        eeg = _as_eeg(eeg, files["eeg"])
-        env = _as_envelope(env, files["envelope"])
-        eeg, env = _match_lengths(eeg, env, files["eeg"], files["envelope"])
-        _check_finite(eeg, files["eeg"], "EEG")
-        _check_finite(env, files["envelope"], "envelope")
+        eeg = load_npy(files["eeg"])
+        env = load_npy(files["envelope"])
+        eeg = as_eeg(eeg, files["eeg"])
+        env = as_envelope(env, files["envelope"])
+        eeg, env = match_lengths(eeg, env, files["eeg"], files["envelope"])
+        check_finite(eeg, files["eeg"], "EEG")
+        check_finite(env, files["envelope"], "envelope")
         recs.append(Recording(subject, f"{subject}{SEP}{stimulus}", eeg, env, FS, str(files["eeg"]), split))
     if not recs:
         raise DataError(f"{folder}: no split_data recordings found")
-    return recs
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if magic != b"\x93NUMPY":
-        raise DataError(f"{path}: not a .npy file")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise DataError(f"{path}: cannot read as a .npy array ({exc})") from exc
-    _check_dtype(arr, path, "array")
-    if arr.dtype != np.float32:
-        # Rare (e.g. float64 derivatives); converting loads this one file into memory.
-        arr = np.asarray(arr, dtype=np.float32)
-    return arr
-
-
-class LazyEEG:
-    """A read-only, lazy (time, channels) float32 view of a 2-D array on disk.
-
-    SparrKULee's derivatives store EEG channels-first (64, T) in float64. Wrapped around the
-    file's memory map, this view is the (T, C) float32 array ``Recording`` and ``SplitRecording``
-    expect, without a copy: slicing in time (``v[a:b]``, step 1) gives another view, and samples
-    are read and converted (transposed, rounded to float32) only when a view becomes an array,
-    ``np.asarray(v[a:b])``: one window in ``SplitRecording.get``, one chunk in ``_mean_std`` and
-    ``_check_finite``. Any other index (an integer, a step, channels) converts the view's time
-    span and indexes that. ``channels_first=False`` wraps a time-first (T, C) array of another
-    dtype the same way. Pickles by file name when made by ``open`` (DataLoader workers that
-    spawn re-open the memory map instead of copying it).
-    """
-
-    ndim = 2
-    dtype = np.dtype(np.float32)
-
-    def __init__(self, base, channels_first: bool = True, start: int = 0, stop: int | None = None,
-                 path: str | None = None):
-        if base.ndim != 2:
-            raise ValueError(f"LazyEEG needs a 2-D array, got shape {base.shape}")
-        self.base, self.channels_first, self.path = base, bool(channels_first), path
-        n = base.shape[1] if self.channels_first else base.shape[0]
-        self.start, self.stop, _ = slice(start, stop).indices(n)
-        self.stop = max(self.start, self.stop)
-
-    @classmethod
-    def open(cls, path, channels_first: bool = True) -> "LazyEEG":
-        """Memory-map the .npy file ``path`` (no data read)."""
-        return cls(np.load(path, mmap_mode="r", allow_pickle=False), channels_first, path=str(path))
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.stop - self.start, self.base.shape[0] if self.channels_first else self.base.shape[1])
-
-    @property
-    def size(self) -> int:
-        return self.shape[0] * self.shape[1]
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __repr__(self) -> str:
-        return (f"LazyEEG(shape={self.shape}, {'channels-first' if self.channels_first else 'time-first'} "
-                f"{self.base.dtype} samples {self.start}:{self.stop} of {self.path or 'an array'})")
-
-    def __getitem__(self, key):
-        t, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
-        if isinstance(t, slice) and t.step in (None, 1) and not rest:
-            a, b, _ = t.indices(len(self))
-            return LazyEEG(self.base, self.channels_first, self.start + a, self.start + max(a, b), self.path)
-        if isinstance(t, (int, np.integer)) and not rest:  # one time sample
-            i = range(len(self))[t]
-            return np.asarray(self[i : i + 1])[0]
-        return np.asarray(self)[key]
-
-    def __array__(self, dtype=None, copy=None):
-        if copy is False:
-            raise ValueError("LazyEEG: converting to an array always copies")
-        if self.channels_first:
-            block = self.base[:, self.start : self.stop].T
-        else:
-            block = self.base[self.start : self.stop]
-        out = np.ascontiguousarray(block, dtype=np.float32)  # one pass: read, transpose, round
-        return out if dtype is None or np.dtype(dtype) == out.dtype else out.astype(dtype)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        if self.path is not None and isinstance(self.base, np.memmap):
-            state["base"] = None  # re-opened from self.path
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if self.base is None:
-            self.base = np.load(self.path, mmap_mode="r", allow_pickle=False)
-
-
-# SparrKULee derivatives (as ExpORL's brain_pipe writes them and as the dataset is downloaded):
-#   <root>/derivatives/{preprocessed_eeg|eeg}/sub-*/ses-*/<...>_desc-preproc-audio-<stimulus>_eeg.npy
-#   <root>/derivatives/{preprocessed_stimuli|stimuli}/<stimulus>_-_envelope.npy (or <stimulus>_envelope.npy)
-_DERIV_EEG_DIRS = ("preprocessed_eeg", "eeg")
-_DERIV_STIM_DIRS = ("preprocessed_stimuli", "stimuli")
-_DERIV_EEG_RE = re.compile(r"^(sub-[A-Za-z0-9]+)_(?:.*?_)?desc-preproc-audio-(.+)_eeg\.npy$")
-_DERIV_ENTITY_RE = re.compile(r"(?:^|_)((?:ses|run)-[A-Za-z0-9]+)(?=_)")
-MIN_RECORDING_SAMPLES = 5 * FS  # one 5 s window, the default training window
-
-
-def _derivatives_folder(folder: Path) -> Path | None:
-    """The SparrKULee derivatives folder of ``folder`` (the dataset root holding ``derivatives/``,
-    or the derivatives folder itself): the one holding a ``preprocessed_eeg`` or ``eeg`` folder
-    with ``sub-*`` folders in it. None if there is none."""
-    for d in (folder / "derivatives", folder):
-        for name in _DERIV_EEG_DIRS:
-            eeg = d / name
-            if eeg.is_dir() and any(p.is_dir() and p.name.startswith("sub-") for p in eeg.iterdir()):
-                return d
-    return None
-
-
-def read_sparrkulee(folder, min_samples: int = MIN_RECORDING_SAMPLES) -> list[Recording]:
-    """SparrKULee derivatives: one Recording per EEG file, paired with its stimulus's envelope.
-
-    ``folder``: the dataset root (holding ``derivatives/``) or the derivatives folder. EEG files
-    ``{preprocessed_eeg|eeg}/sub-*/ses-*/..._desc-preproc-audio-<stimulus>_eeg.npy`` (channels-first
-    (C, T), any float dtype: float64 as downloaded) are memory-mapped and wrapped in a ``LazyEEG``
-    (time-first, float32, converted per window), so no copy of the corpus is held; a time-first
-    file (T, C) is read the same way. The envelope ``{preprocessed_stimuli|stimuli}/<stimulus>_-_envelope.npy``
-    (or ``<stimulus>_envelope.npy``; (T,) or (T, 1)) is loaded as float32, once per stimulus. Both
-    are cut to the shorter of the two, as SparrKULee's split script does (they differ by seconds,
-    so LENGTH_TOLERANCE does not apply). Subject ``sub-XXX``; recording id
-    ``sub-XXX_-_ses-YYY_-_<stimulus>`` (``_-_run-ZZ`` added where one session has the stimulus twice).
-    min_samples: a recording shorter than this after the cut (default one 5 s window) is an error.
-    """
-    folder = Path(folder)
-    deriv = _derivatives_folder(folder)
-    if deriv is None:
-        raise DataError(f"{folder}: no SparrKULee derivatives (expected derivatives/"
-                        f"{{{'|'.join(_DERIV_EEG_DIRS)}}}/sub-*/ses-*/*_eeg.npy)")
-    eeg_dir = next(deriv / n for n in _DERIV_EEG_DIRS if (deriv / n).is_dir())
-    stim_dir = next((deriv / n for n in _DERIV_STIM_DIRS if (deriv / n).is_dir()), None)
-    if stim_dir is None:
-        raise DataError(f"{deriv}: SparrKULee EEG in {eeg_dir.name}/ but no stimulus folder "
-                        f"({' or '.join(n + '/' for n in _DERIV_STIM_DIRS)}) with the envelopes")
-    eeg_files = sorted(p for p in eeg_dir.glob("sub-*/**/*_eeg.npy") if p.is_file())
-    if not eeg_files:
-        gz = sorted(eeg_dir.glob("sub-*/**/*_eeg.npy.gz"))
-        hint = f" (found {gz[0]}: compressed files cannot be memory-mapped; gunzip them first)" if gz else ""
-        raise DataError(f"{eeg_dir}: no EEG files 'sub-*/ses-*/*_desc-preproc-audio-<stimulus>_eeg.npy'{hint}")
-    envelopes: dict[Path, np.ndarray] = {}
-    recs: list[Recording] = []
-    ids: set[tuple[str, str]] = set()
-    for p in eeg_files:
-        m = _DERIV_EEG_RE.match(p.name)
-        if not m:
-            raise DataError(f"{p}: cannot tell the stimulus from the file name; expected "
-                            "'sub-XXX_ses-YYY_..._desc-preproc-audio-<stimulus>_eeg.npy'")
-        subject, stimulus = m.groups()
-        entities = dict(e.split("-", 1) for e in _DERIV_ENTITY_RE.findall(p.name.split("_desc-")[0] + "_"))
-        env_path = next((stim_dir / f"{stimulus}{s}" for s in ("_-_envelope.npy", "_envelope.npy")
-                         if (stim_dir / f"{stimulus}{s}").is_file()), None)
-        if env_path is None:
-            gz = stim_dir / f"{stimulus}_-_envelope.npy.gz"
-            hint = f"; found {gz.name}: gunzip it first" if gz.is_file() else ""
-            raise DataError(f"{p}: no envelope for stimulus {stimulus!r}: expected "
-                            f"{stim_dir / (stimulus + '_-_envelope.npy')}{hint}")
-        try:
-            raw = np.load(p, mmap_mode="r", allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-            raise DataError(f"{p}: cannot read as a .npy array ({exc})") from exc
-        if raw.ndim != 2:
-            raise DataError(f"{p}: EEG must be 2-D (channels, time), got shape {raw.shape}")
-        _check_dtype(raw, p, "EEG")
-        # channels-first (C, T) as SparrKULee stores it; a (T, C) file is read time-first
-        eeg = LazyEEG(raw, channels_first=raw.shape[0] <= raw.shape[1], path=str(p))
-        if env_path not in envelopes:
-            # small: (T, 1) float32 in memory, one per stimulus, shared by its listeners
-            env = np.asarray(_as_envelope(_load_npy(env_path), env_path), dtype=np.float32)
-            _check_finite(env, env_path, "envelope")
-            envelopes[env_path] = env
-        env = envelopes[env_path]
-        n = min(len(eeg), len(env))
-        if n < min_samples:
-            short = env_path if len(env) <= len(eeg) else p
-            other = p if short == env_path else env_path
-            raise DataError(f"{short}: {'envelope' if short == env_path else 'EEG'} has {n} samples "
-                            f"(with {other.name}), shorter than one {min_samples / FS:g} s window "
-                            f"({min_samples} samples at {FS} Hz)")
-        eeg, env = eeg[:n], env[:n]
-        _check_finite(eeg, p, "EEG")
-        rec_id = SEP.join([subject, *(["ses-" + entities["ses"]] if "ses" in entities else []), stimulus])
-        if (subject, rec_id) in ids:
-            rec_id += SEP + ("run-" + entities["run"] if "run" in entities else p.stem)
-        if (subject, rec_id) in ids:
-            raise DataError(f"{p}: a second recording of {rec_id!r}")
-        ids.add((subject, rec_id))
-        recs.append(Recording(subject, rec_id, eeg, env, FS, str(p)))
     return recs
 
 
@@ -415,94 +139,22 @@ def read_npz_folder(folder) -> list[Recording]:
                 missing = {"eeg", "envelope"} - set(z.files)
                 if missing:
                     raise DataError(f"{p}: missing key(s) {sorted(missing)}; found {z.files}")
-                _check_dtype(z["eeg"], p, "eeg")
-                _check_dtype(z["envelope"], p, "envelope")
+                check_dtype(z["eeg"], p, "eeg")
+                check_dtype(z["envelope"], p, "envelope")
                 eeg = np.asarray(z["eeg"], dtype=np.float32)
                 env = np.asarray(z["envelope"], dtype=np.float32)
         except DataError:
             raise
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"{p}: cannot read as an .npz archive ({exc})") from exc
-        eeg = _as_eeg(eeg, p)
-        env = _as_envelope(env, p)
-        eeg, env = _match_lengths(eeg, env, p)
-        _check_finite(eeg, p, "EEG")
-        _check_finite(env, p, "envelope")
+        eeg = as_eeg(eeg, p)
+        env = as_envelope(env, p)
+        eeg, env = match_lengths(eeg, env, p)
+        check_finite(eeg, p, "EEG")
+        check_finite(env, p, "envelope")
         recs.append(Recording(m.group(1), p.stem, eeg, env, FS, str(p)))
     if not recs:
         raise DataError(f"{folder}: no .npz trials found")
-    return recs
-
-
-def _read_json(path: Path):
-    return read_json(path, error=DataError, no_booleans=True)
-
-
-def _subject_of_json(path: Path) -> str:
-    return path.stem  # 'sub-002'
-
-
-def read_challenge_segments(path) -> dict[str, np.ndarray]:
-    """One challenge test file ``sub-XXX.json`` -> {segment_id: eeg (T, C) float32}."""
-    path = Path(path)
-    data = _read_json(path)
-    if not isinstance(data, dict) or not data:
-        raise DataError(f"{path}: expected a non-empty JSON object {{segment_id: [[C floats] x T]}}")
-    out = {}
-    for key, seg in data.items():
-        try:
-            arr = np.asarray(seg, dtype=np.float32)
-        except (ValueError, TypeError) as exc:
-            raise DataError(f"{path}: segment {key!r} is not a rectangular list of numbers ({exc})") from exc
-        if arr.ndim != 2 or arr.shape[0] == 0:
-            raise DataError(f"{path}: segment {key!r} must be (time, channels), got shape {arr.shape}")
-        _as_eeg(arr, f"{path} segment {key!r}")
-        _check_finite(arr, f"{path} segment {key!r}", "EEG")
-        out[key] = arr
-    return out
-
-
-def read_challenge_labels(label_dir) -> dict[str, np.ndarray]:
-    """Labels folder -> {segment_id: envelope (T,) float64}. Files: ``{seg: [[[e0], ...], stimulus]}``."""
-    label_dir = Path(label_dir)
-    if not label_dir.is_dir():
-        raise DataError(f"{label_dir}: label folder does not exist")
-    files = sorted(label_dir.glob("*.json"))
-    if not files:
-        raise DataError(f"{label_dir}: no label .json files found")
-    labels = {}
-    for p in files:
-        data = _read_json(p)
-        if not isinstance(data, dict):
-            raise DataError(f"{p}: expected a JSON object {{segment_id: [envelope, stimulus]}}")
-        for key, val in data.items():
-            env = val[0] if isinstance(val, list) and len(val) == 2 and isinstance(val[1], str) else val
-            try:
-                arr = np.asarray(env, dtype=np.float64).reshape(-1) if env is not None else None
-            except (ValueError, TypeError) as exc:
-                raise DataError(f"{p}: label {key!r} is not a list of numbers ({exc})") from exc
-            if arr is None or arr.size == 0:
-                raise DataError(f"{p}: label {key!r} is empty")
-            _check_finite(arr, f"{p} label {key!r}", "envelope")
-            labels[key] = arr
-    return labels
-
-
-def read_challenge_folder(folder, label_dir=None) -> list[Recording]:
-    """A challenge test set: one Recording per segment (envelope from ``label_dir`` when given)."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.glob("sub-*.json"))
-    if not files:
-        raise DataError(f"{folder}: no challenge 'sub-XXX.json' files found")
-    labels = read_challenge_labels(label_dir) if label_dir is not None else {}
-    recs = []
-    for p in files:
-        for key, eeg in read_challenge_segments(p).items():
-            env = None
-            if key in labels:
-                env = labels[key].astype(np.float32)[:, None]
-                eeg, env = _match_lengths(eeg, env, p, label_dir)
-            recs.append(Recording(_subject_of_json(p), key, eeg, env, FS, str(p), "test"))
     return recs
 
 
@@ -514,7 +166,7 @@ def read_folder(folder, label_dir=None) -> tuple[str, list[Recording]]:
     """
     folder = Path(folder)
     if (folder.is_dir() and not any(p.is_file() for p in folder.iterdir()) and (folder / "split_data").is_dir()
-            and _derivatives_folder(folder) is None):
+            and derivatives_folder(folder) is None):
         folder = folder / "split_data"
     fmt = detect_format(folder)
     if fmt == "split_data":
@@ -674,11 +326,6 @@ class Corpus:
 
     def n_samples(self, part: str) -> int:
         return sum(r.length(part) for r in self.recordings)
-
-
-def natural_key(s: str):
-    """Sort 'S2' before 'S10'."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
 def load_corpus(
@@ -875,135 +522,3 @@ class WindowDataset(Dataset):
         for r, start, lo, hi in self.index:
             counts[int(r)][start + lo : start + hi] += 1
         return counts
-
-
-def fixed_windows(rec: SplitRecording, part: str, window: int, hop: int | None = None):
-    """Standardized fixed windows of one part: list of (eeg (window, C), env (window, 1)).
-
-    hop defaults to ``window`` (no overlap); parts shorter than a window give one short window.
-    """
-    eeg, env = rec.get(part)
-    hop = hop or window
-    if len(eeg) <= window:
-        return [(eeg, env)]
-    return [(eeg[s : s + window], env[s : s + window]) for s in range(0, len(eeg) - window + 1, hop)]
-
-
-# --------------------------------------------------------------------------- challenge I/O & scoring
-
-
-def zscore(eeg: np.ndarray) -> np.ndarray:
-    """Per-channel z-score of one segment (T, C), as the reference inference does."""
-    m = eeg.mean(0, keepdims=True, dtype=np.float64)
-    s = eeg.std(0, keepdims=True, dtype=np.float64)
-    s[s < 1e-12] = 1.0
-    return ((eeg - m) / s).astype(np.float32)
-
-
-def read_test_set(test_dir, n_chans: int | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """``auditory-eeg-test-dataset/`` -> {subject: {segment_id: eeg (T, C) float32, raw}}."""
-    test_dir = Path(test_dir)
-    if not test_dir.is_dir():
-        raise DataError(f"{test_dir}: test folder does not exist")
-    files = sorted(test_dir.glob("sub-*.json"))
-    ignored = sorted(p.name for p in test_dir.glob("*.json") if not p.name.startswith("sub-"))
-    if not files:
-        raise DataError(f"{test_dir}: no test files sub-XXX.json found"
-                        + (f" (ignored: {', '.join(ignored)})" if ignored else ""))
-    if ignored:
-        print(f"{test_dir}: not subject files, ignored: {', '.join(ignored)}", flush=True)
-    out, where = {}, {}
-    for p in files:
-        segs = read_challenge_segments(p)
-        for key, eeg in segs.items():
-            if key in where:  # scored by id alone, it would meet the other file's EEG or labels
-                raise DataError(f"{p}: segment {key!r} is also in {where[key]}; every segment id must be unique")
-            where[key] = p
-            if n_chans is not None and eeg.shape[1] != n_chans:
-                raise DataError(
-                    f"{p}: segment {key!r} has {eeg.shape[1]} EEG channels, but the model expects {n_chans}"
-                )
-        out[_subject_of_json(p)] = segs
-    return out
-
-
-def write_predictions(result_dir, predictions: dict[str, dict[str, np.ndarray]]) -> list[Path]:
-    """Write {subject: {segment_id: (T,) prediction}} as ``result_dir/sub-XXX.json`` files, atomically."""
-    paths = []
-    for subject, segs in sorted(predictions.items()):
-        obj = {k: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for k, v in segs.items()}
-        p = Path(result_dir) / f"{subject}.json"
-        atomic_write_json(p, obj)
-        paths.append(p)
-    return paths
-
-
-def read_predictions(result_dir) -> dict[str, np.ndarray]:
-    """Merge every prediction file in ``result_dir`` -> {segment_id: (T,) float64}."""
-    merged = {}
-    for p in sorted(Path(result_dir).glob("sub-*.json")):
-        data = _read_json(p)
-        if not isinstance(data, dict):
-            raise DataError(f"{p}: expected a JSON object {{segment_id: [floats]}}")
-        for k, v in data.items():
-            try:
-                merged[k] = np.asarray(v, dtype=np.float64).reshape(-1)
-            except (ValueError, TypeError) as exc:
-                raise DataError(f"{p}: prediction {k!r} is not a list of numbers ({exc})") from exc
-    return merged
-
-
-def segment_subject(segment_id: str) -> str:
-    """'sub-002_13' -> 'sub-002' (the challenge's segment naming)."""
-    return segment_id.rsplit("_", 1)[0]
-
-
-def mean_by_subject(subjects: Iterable[str], rs: Iterable[float]) -> dict[str, float]:
-    """Mean r per subject, subjects in natural order (S2 before S10): the field's first averaging step."""
-    by_subject: dict[str, list[float]] = {}
-    for s, r in zip(subjects, rs):
-        by_subject.setdefault(s, []).append(float(r))
-    return {s: float(np.mean(by_subject[s])) for s in sorted(by_subject, key=natural_key)}
-
-
-def score(predictions, labels, seen_subjects: Iterable[str] | None = None) -> dict:
-    """The official challenge scoring.
-
-    predictions: {segment_id: (T',) array} (merged over files; see ``read_predictions``), or a
-      folder of prediction files. labels: {segment_id: (T,) array}, or a label folder.
-    For every label: a missing prediction scores 0; a prediction is zero-padded or truncated to
-    the label's length; r = Pearson(prediction, label). Subject score = mean r of its segments.
-    Total = plain mean over subjects, or 2/3 * mean(seen) + 1/3 * mean(held-out) when
-    ``seen_subjects`` is given (subjects not in it are held-out).
-    Returns {'per_subject': {subject: r}, 'per_segment': {...}, 'total': r, and 'seen'/'heldout'
-    when grouped}.
-    """
-    if isinstance(predictions, (str, os.PathLike)):
-        predictions = read_predictions(predictions)
-    if isinstance(labels, (str, os.PathLike)):
-        labels = read_challenge_labels(labels)
-    per_segment = {}
-    for key, lab in labels.items():
-        lab = np.asarray(lab, dtype=np.float64).reshape(-1)
-        pred = predictions.get(key)
-        if pred is None:
-            per_segment[key] = 0.0
-            continue
-        pred = np.asarray(pred, dtype=np.float64).reshape(-1)[: len(lab)]
-        pred = np.pad(pred, (0, len(lab) - len(pred)))
-        per_segment[key] = float(pearson(pred, lab, dim=0))
-    per_subject = mean_by_subject(map(segment_subject, per_segment), per_segment.values())
-    out = {"per_subject": per_subject, "per_segment": per_segment}
-    if seen_subjects is None:
-        out["total"] = float(np.mean(list(per_subject.values()))) if per_subject else 0.0
-        return out
-    seen_subjects = set(seen_subjects)
-    seen = [v for s, v in per_subject.items() if s in seen_subjects]
-    held = [v for s, v in per_subject.items() if s not in seen_subjects]
-    out["seen"] = float(np.mean(seen)) if seen else None
-    out["heldout"] = float(np.mean(held)) if held else None
-    if seen and held:
-        out["total"] = 2 / 3 * out["seen"] + 1 / 3 * out["heldout"]
-    else:  # only one group present: the weighting has nothing to weigh
-        out["total"] = out["seen"] if seen else out["heldout"]
-    return out

@@ -452,7 +452,7 @@ def host_info() -> dict:
     """What a record's figures depend on besides the code: CPU, its vector units, torch."""
     import torch
 
-    from benchmarks.throughput import cpu_flags, cpu_model
+    from benchmarks.machine import cpu_flags, cpu_model
 
     flags = cpu_flags()
     return {"node": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),

@@ -27,6 +27,7 @@ import torch
 
 import newmodel
 from fileio import atomic_write_bytes
+from keras_weights import vlaai_from_keras
 
 FORMAT_VERSION = 2
 
@@ -109,7 +110,7 @@ def keras_checkpoint(path) -> dict:
     """A published (or any) Keras VLAAI .h5 as a checkpoint of this schema: no training state, no
     known training listeners (every listener is 'unseen' to it)."""
     try:
-        model = newmodel.vlaai_from_keras(path)
+        model = vlaai_from_keras(path)
     except (ValueError, OSError) as exc:
         text = str(exc)
         raise CheckpointError(text if text.startswith(str(path)) else f"{path}: {text}") from exc

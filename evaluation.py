@@ -7,16 +7,14 @@ import torch.distributed as dist
 
 import runtime
 from checkpoint import load_model
-from EEG_Dataset import mean_by_subject
-from metrics import pearson
+from challenge import mean_by_subject
+from metrics import pearson, zscore
 
 
 def zscore_prediction(y, dim: int = -1):
     """A prediction standardized along time (``dim``), so every seed weighs the same in an ensemble.
-    Works on tensors and arrays; a constant prediction becomes zeros."""
-    mean = y.mean(dim, keepdims=True) if isinstance(y, np.ndarray) else y.mean(dim, keepdim=True)
-    std = y.std(dim, keepdims=True) if isinstance(y, np.ndarray) else y.std(dim, keepdim=True, correction=0)
-    return (y - mean) / (std + 1e-12)
+    Works on tensors and arrays; a constant prediction becomes zeros (``metrics.zscore``)."""
+    return zscore(y, dim)
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""The project's one Pearson correlation, shared by the loss, the metrics and the scorer."""
+"""The project's one Pearson correlation, shared by the loss, the metrics and the scorer, and its one
+z-score, shared by the test-set EEG and the seeds' predictions; both treat a constant series alike."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,6 +40,35 @@ def pearson(x, y, dim: int = -2, mask=None, eps: float = 1e-8) -> torch.Tensor:
     const = (sx <= rel * x.pow(2).sum(dim=dim)) | (sy <= rel * y.pow(2).sum(dim=dim))
     denom = torch.sqrt((sx * sy).clamp_min(eps**4))  # clamp inside: sqrt'(0) would make NaN gradients
     return torch.where(const, torch.zeros_like(cov), cov / denom)
+
+
+def _constant(std, x, dim: int):
+    """Where a series counts as constant, by the rule ``pearson`` uses: its std at rounding level
+    relative to its size (a float32 constant's mean is not exact, so its residuals are tiny but not zero)."""
+    if torch.is_tensor(x):
+        size, eps = x.pow(2).mean(dim, keepdim=True).sqrt(), torch.finfo(std.dtype).eps
+    else:
+        size, eps = np.sqrt(np.square(x, dtype=std.dtype).mean(dim, keepdims=True)), np.finfo(std.dtype).eps
+    return std <= 16 * eps * size
+
+
+def zscore(x, dim: int = -1, dtype=None):
+    """``x`` standardized along ``dim``: mean 0, population std 1. Arrays and tensors alike.
+
+    A constant series (the rule ``pearson`` uses) becomes zeros, never rounding noise divided by
+    ~0. dtype: the dtype NumPy computes the mean and std in (default x's own; e.g. float64 for
+    float32 EEG); tensors are computed in their own dtype. The result is x's type, in the dtype of
+    x's arithmetic with the statistics.
+    """
+    if torch.is_tensor(x):
+        mean = x.mean(dim, keepdim=True)
+        std = x.std(dim, keepdim=True, correction=0)
+        const = _constant(std, x, dim)
+        return torch.where(const, torch.zeros_like(x), (x - mean) / torch.where(const, torch.ones_like(std), std))
+    mean = x.mean(dim, keepdims=True, dtype=dtype)
+    std = x.std(dim, keepdims=True, dtype=dtype)
+    const = _constant(std, x, dim)
+    return np.where(const, 0, (x - mean) / np.where(const, np.ones_like(std), std))
 
 
 def pearson_loss(pred: torch.Tensor, target: torch.Tensor, mask=None) -> torch.Tensor:

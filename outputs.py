@@ -171,10 +171,11 @@ class Staging:
         to the folder, e.g. those of the previous manifest), then write the manifest. Returns the
         committed files."""
         files = self.files()
-        atomic_write_json(self.folder / JOURNAL, {"stage": self.stage.name, "files": files, "remove": sorted(remove),
+        # from here the stage belongs to the journal: an interruption leaves both for recover()
+        stage, self.stage = self.stage, None
+        atomic_write_json(self.folder / JOURNAL, {"stage": stage.name, "files": files, "remove": sorted(remove),
                                                   "manifest_name": manifest_name, "manifest": manifest})
         recover(self.folder)
-        self.stage = None
         return files
 
     def __exit__(self, *exc) -> None:

@@ -824,8 +824,10 @@ def _commit(build: Path, out: Path, inside: bool, old: set[str]) -> None:
                                           "manifest_name": None, "manifest": None})
         recover(out)
     except OSError as exc:
-        raise DataError(f"{out}: cannot move the new files into place ({exc.strerror or exc}); "
-                        "run the same command again to finish") from exc
+        if inside and (out / JOURNAL).is_file():
+            raise DataError(f"{out}: cannot move the new files into place ({exc.strerror or exc}); the next "
+                            "preprocess.py run into it finishes the move") from exc
+        raise DataError(f"{_write_error(exc, out)}; {out} was left as it was") from exc
 
 
 def _write_error(exc: OSError, out: Path) -> str:

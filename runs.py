@@ -18,7 +18,7 @@ RUN_FILES = ("best.pt", "last.pt", "log.csv", "curves.png")
 RUN_DIRS = ("epochs",)
 # Keys that shape the model or the data it sees: a resumed run must keep them.
 ARCH_KEYS = ("model", "n_chans", "subject_embedding", "ema_decay", "avg_epochs", "select", "window_s", "batch_size",
-             "data_seed",
+             "data_seed", "demo_subjects", "demo_minutes", "demo_seed",
              "data_dir", "subjects", "exclude_subjects", "val_recordings", "test_recordings", "monitor_recordings",
              "split", "time_fold", *config_module.MODEL_KEYS)
 

@@ -38,12 +38,13 @@ import config as config_module
 import runtime
 import significance
 from checkpoint import CheckpointError, load_model
-from EEG_Dataset import (DataError, mean_by_subject, read_challenge_labels, read_test_set, score, segment_subject,
-                         write_predictions, zscore)
+from challenge import (mean_by_subject, read_challenge_labels, read_test_set, score, segment_subject, write_predictions,
+                       zscore)
 from evaluation import predict, zscore_prediction
 from fileio import FileError, atomic_write_json, read_json, sha256_file
 from metrics import pearson
 from outputs import FolderLock, OutputError, Staging, recover
+from recording import DataError
 from runs import corpus_from_config, epoch_seconds, lock_holder, read_log
 
 MANIFEST = "manifest.json"

@@ -48,24 +48,19 @@ processes during the run, torch version and threads. ``--json=path`` also writes
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.util
 import json
 import os
-import platform
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import newmodel
 import runtime
+from benchmarks.flops import call_flops, flops_per_sample, make_batch, vlaai_hand_flops
+from benchmarks.machine import LoadMeter, machine_info
+from benchmarks.tf_reference import TF_MISSING, measure_tf_reference, tf_reference_file
 from metrics import pearson_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,218 +74,12 @@ REFERENCE = {
     "conv1d_gflops": 258.0,       # 256->256 kernel-8 conv1d
     "matmul_gflops": 181.0,       # 4096^2 matmul
 }
-VLAAI_HAND_MFLOP = 13.697152     # see vlaai_hand_flops()
-
-
-# ----------------------------------------------------------------------------- machine & timing
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _proc_stat_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            v = [float(x) for x in f.readline().split()[1:]]
-    except OSError:
-        return float("nan"), float("nan")
-    hz = os.sysconf("SC_CLK_TCK")
-    idle = v[3] + (v[4] if len(v) > 4 else 0.0)
-    total = sum(v[:8])
-    return (total - idle) / hz, total / hz
-
-
-class LoadMeter:
-    """CPU time used by *other* processes while this one runs: machine busy time minus our own."""
-
-    def __init__(self):
-        self.t0 = time.time()
-        self.busy0, _ = _proc_stat_busy()
-        self.own0 = self._own()
-
-    @staticmethod
-    def _own() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def other_cores(self) -> float:
-        """Mean number of cores kept busy by other processes since the start."""
-        busy, _ = _proc_stat_busy()
-        wall = max(time.time() - self.t0, 1e-9)
-        return max(0.0, (busy - self.busy0) - (self._own() - self.own0)) / wall
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "benchmarks"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + (" (benchmarks/ modified)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-
-
-def command_line() -> str:
-    """This process's command line, as typed from the repo root (``python -m benchmarks.X ...``)."""
-    prog = Path(sys.argv[0]).resolve()
-    if prog.parent == REPO / "benchmarks":
-        return shlex.join(["python", "-m", f"benchmarks.{prog.stem}", *sys.argv[1:]])
-    return shlex.join([Path(sys.executable).name, *sys.argv])
-
-
-def machine_info(device: torch.device) -> dict:
-    info = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": command_line(),
-        "host": platform.node(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "avx512_bf16": "avx512_bf16" in cpu_flags(),
-        # the kernels torch runs; an AVX-512 machine can be limited to AVX2 ones (benchmarks/demo_time.py)
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "isa_env": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-                    if k in os.environ},
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "git": git_commit(),
-        "loadavg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-    return info
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device``, so that a clock read next times that work too."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-# ----------------------------------------------------------------------------- FLOP counting
-
-
-def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                        _output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
-    """convolution_backward FLOPs with grouped convs counted right.
-
-    For a (non-transposed) convolution, the input gradient and the weight gradient each cost what
-    the forward costs: 2 x output elements x (in_channels / groups) x kernel. torch 2.13's formula
-    builds the weight-gradient count from batch/channel-swapped shapes, which loses the division
-    by ``groups``. Transposed convs are not used by these models; they keep torch's formula.
-    """
-    if transposed:
-        from torch.utils.flop_counter import conv_backward_flop
-        raw = getattr(conv_backward_flop, "__wrapped__", conv_backward_flop)
-        return raw(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                   _output_padding, groups, output_mask, out_shape)
-    fwd = conv_flop_count(x_shape, w_shape, grad_out_shape)
-    return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
-
-
-CORRECTED = {torch.ops.aten.convolution_backward: _conv_backward_flop}
-
-
-def make_batch(batch: int, window: int, n_chans: int = 64, device="cpu", seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, window, n_chans, generator=g)
-    y = torch.randn(batch, window, 1, generator=g)
-    mask = torch.ones(batch, window, 1)
-    subj = torch.zeros(batch, dtype=torch.long)
-    return [t.to(device) for t in (x, y, mask, subj)]
-
-
-def count_flops(model, x, y, mask, subj, amp: str = "none") -> dict:
-    """FLOPs of one forward, and of forward + loss + backward (as counted and corrected)."""
-    device = x.device
-    model.train()
-    with FlopCounterMode(display=False) as fc:
-        with torch.no_grad(), runtime.autocast(device, amp):
-            model(x, subject=subj)
-    fwd = fc.get_total_flops()
-    res = {}
-    for key, mapping in (("train_counted", None), ("train", CORRECTED)):
-        model.zero_grad(set_to_none=True)
-        with FlopCounterMode(display=False, custom_mapping=mapping) as fc:
-            with runtime.autocast(device, amp):
-                pred = model(x, subject=subj)
-            pearson_loss(pred.float(), y, mask).backward()
-        res[key] = fc.get_total_flops()
-    model.zero_grad(set_to_none=True)
-    return {"forward": fwd, **res}
-
-
-def flops_per_sample(model, window: int, batch: int = 2, amp: str = "none") -> dict:
-    """count_flops of a copy of ``model`` on the meta device (shapes only: fast, same count), per sample."""
-    import copy
-
-    m = copy.deepcopy(model).to("meta")
-    x, y, mask, subj = (t.to("meta") for t in make_batch(batch, window))
-    c = count_flops(m, x, y, mask, subj, amp)
-    return {k: v / (batch * window) for k, v in c.items()}
-
-
-class _CallFlops(TorchFunctionMode):
-    """Counts 2 x output elements x multiply-adds per output of every conv1d/conv2d/linear call."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if func in (F.conv1d, F.conv2d, F.linear):
-            w = args[1] if len(args) > 1 else kwargs["weight"]
-            per_out = w.shape[1] if func is F.linear else w[0].numel()   # in/groups x kernel for convs
-            self.total += 2 * out.numel() * per_out
-        return out
-
-
-def call_flops(model, x, subj) -> int:
-    """Forward FLOPs from the functional calls (conv1d, conv2d, linear) the forward makes: a count
-    independent of FlopCounterMode's aten-level one."""
-    with torch.no_grad(), _CallFlops() as c:
-        model(x, subject=subj)
-    return c.total
-
-
-def vlaai_hand_flops(window: int | None = None, n_chans=64, filters=(256, 256, 256, 128, 128), kernel=8,
-                     context=32, blocks=4) -> float:
-    """VLAAI forward FLOPs per output sample by hand: 2 x multiply-adds of every conv/dense layer.
-
-    Per block: extractor convs 64->256->256->256->128->128 (kernel 8), dense 128->64, output
-    context conv 64->64 (kernel 32); 4 blocks share nothing in FLOPs; then dense 64->1. The
-    extractor convs are 'valid' (as in the reference): over a window of ``window`` samples each
-    computes window - 7 outputs (the last 7 are padded zeros). ``window=None``: the long-window
-    limit, 2 x (4 x (1,572,864 + 8,192 + 131,072) + 64) = 13,697,152.
-    """
-    chans = [n_chans, *filters]
-    valid = 1.0 if window is None else (window - (kernel - 1)) / window
-    per_block = valid * sum(kernel * chans[i] * chans[i + 1] for i in range(len(filters)))
-    per_block += filters[-1] * n_chans + context * n_chans * n_chans
-    return 2 * (blocks * per_block + n_chans)
 
 
 # ----------------------------------------------------------------------------- dense rate
@@ -405,112 +194,6 @@ def profile_step(name: str, device, *, batch: int, window: int, amp: str, rows: 
         sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows)
-
-
-# ----------------------------------------------------------------------------- TensorFlow reference
-
-TF_MISSING = ("[tf reference] skipped: tensorflow is not installed in this environment "
-              "(pip install tensorflow-cpu tf-keras to time the reference VLAAI)")
-TF_ENV = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_DEFAULT_FPMATH_MODE", "TF_USE_LEGACY_KERAS", "ONEDNN_VERBOSE")
-
-
-def tf_reference_file(folder) -> Path:
-    """PATH/model.py of a clone of the reference repository, or a one-line SystemExit."""
-    f = Path(folder).expanduser() / "model.py"
-    if not f.is_file():
-        raise SystemExit(f"--tf_reference={folder}: no model.py there; pass the folder of a clone of "
-                         "https://github.com/exporl/vlaai")
-    return f
-
-
-def import_tensorflow():
-    """tensorflow, with Keras 2 (tf-keras) when installed, which the reference's functional code
-    needs (Keras 3 rejects its ``tf.zeros_like`` on a symbolic input). None if not installed."""
-    if "TF_USE_LEGACY_KERAS" not in os.environ and importlib.util.find_spec("tf_keras") is not None:
-        os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return None
-    return tf
-
-
-def load_tf_reference(model_py: Path):
-    """The reference's model.py as a module, imported from its file (not put on sys.path)."""
-    spec = importlib.util.spec_from_file_location("vlaai_tf_reference", model_py)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _tf_info(tf, model) -> dict:
-    """Versions, settings and float policy of the TensorFlow run, to judge its figures by."""
-    from importlib import metadata
-
-    def version(dist):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-        onednn = bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):
-        onednn = None
-    legacy = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes")
-    return {"tensorflow": tf.__version__, "keras": version("tf-keras") if legacy else version("keras"),
-            "legacy_keras": os.environ.get("TF_USE_LEGACY_KERAS"), "onednn": onednn,
-            "float_policy": tf.keras.mixed_precision.global_policy().name, "params": int(model.count_params()),
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "env": {k: os.environ[k] for k in TF_ENV if k in os.environ}}
-
-
-def _time_loop(fn, steps: int, warmup: int) -> float:
-    """Seconds per call of fn over ``steps`` calls after ``warmup`` untimed ones (as measure_model)."""
-    for _ in range(warmup):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t0) / steps
-
-
-def measure_tf_reference(model_py: Path, *, batch: int, window: int, steps: int, warmup: int, threads: int,
-                         interop_threads: int, seed: int = 0) -> dict | None:
-    """Training and inference samples/s of the reference TensorFlow VLAAI (None without tensorflow).
-
-    Training: compiled as the reference's README does (Adam, its pearson_loss and pearson_metric),
-    one ``train_on_batch`` per step; inference: ``model(x, training=False)`` in a tf.function. The
-    same synthetic batch as ours (make_batch), float32, the given threads."""
-    tf = import_tensorflow()
-    if tf is None:
-        return None
-    try:  # only before TF's runtime starts; a second call in one process keeps the first (reported)
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(interop_threads)
-    except RuntimeError:
-        pass
-    ref = load_tf_reference(model_py)
-    tf.keras.utils.set_random_seed(seed)
-    try:
-        model = ref.vlaai()
-    except (ValueError, TypeError) as exc:
-        raise SystemExit(f"--tf_reference: {model_py} did not build a VLAAI ({' '.join(str(exc).split())[:200]}); "
-                         "it is Keras 2 code: pip install tf-keras") from exc
-    model.compile(optimizer="adam", loss=ref.pearson_loss, metrics=[ref.pearson_metric])
-    xt, yt, _, _ = make_batch(batch, window, seed=seed)
-    x, y = tf.constant(xt.numpy()), tf.constant(yt.numpy())
-    infer = tf.function(lambda t: model(t, training=False))
-    samples = batch * window
-    t_train = _time_loop(lambda: model.train_on_batch(x, y), steps, warmup)
-    t_infer = _time_loop(lambda: infer(x).numpy(), steps, warmup)
-    return {"model": "tf_vlaai", **_tf_info(tf, model), "train_step_s": t_train, "train_samples_s": samples / t_train,
-            "infer_step_s": t_infer, "infer_samples_s": samples / t_infer,
-            "train_call": "model.compile(optimizer='adam', loss=pearson_loss, metrics=[pearson_metric]); "
-                          "model.train_on_batch(x, y)",
-            "infer_call": "tf.function(lambda x: model(x, training=False))"}
 
 
 # ----------------------------------------------------------------------------- data wait

@@ -376,7 +376,7 @@ def main(argv=None) -> dict:
         print("RESULT " + json.dumps(res), flush=True)
         return res
 
-    from benchmarks.throughput import LoadMeter, machine_info  # the shared machine description
+    from benchmarks.machine import LoadMeter, machine_info  # the shared machine description
 
     import torch
 

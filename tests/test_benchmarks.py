@@ -1,9 +1,11 @@
-"""Smoke tests for benchmarks/throughput.py and benchmarks/train_memory.py (tiny sizes, a few seconds).
+"""Smoke tests for benchmarks/throughput.py (with benchmarks/flops.py and benchmarks/tf_reference.py) and
+benchmarks/train_memory.py (tiny sizes, a few seconds).
 
 Run from the repo root (``python -m pytest``), as the benchmarks themselves are."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import newmodel
+from benchmarks import flops as fl
+from benchmarks import tf_reference
 from benchmarks import throughput as tp
 from benchmarks import train_memory as tm
 
@@ -41,7 +45,7 @@ def test_linear_and_conv_flops_are_exact():
     conv = torch.nn.Conv1d(6, 4, 3)
     x = torch.randn(2, 6, 12, requires_grad=True)
     fwd = 2 * 2 * 10 * 4 * 6 * 3
-    with FlopCounterMode(display=False, custom_mapping=tp.CORRECTED) as fc:
+    with FlopCounterMode(display=False, custom_mapping=fl.CORRECTED) as fc:
         conv(x).sum().backward()
     assert fc.get_total_flops() == 3 * fwd  # forward + input gradient + weight gradient
 
@@ -50,7 +54,7 @@ def test_grouped_conv_backward_is_corrected():
     conv = torch.nn.Conv1d(8, 8, 4, groups=8, bias=False)
     x = torch.randn(2, 8, 20, requires_grad=True)
     fwd = 2 * 2 * 17 * 8 * 1 * 4
-    with FlopCounterMode(display=False, custom_mapping=tp.CORRECTED) as fc:
+    with FlopCounterMode(display=False, custom_mapping=fl.CORRECTED) as fc:
         conv(x).sum().backward()
     assert fc.get_total_flops() == 3 * fwd
     with FlopCounterMode(display=False) as fc:  # torch's own formula counts the weight gradient 8x
@@ -59,39 +63,64 @@ def test_grouped_conv_backward_is_corrected():
 
 
 def test_vlaai_forward_flops_match_hand_count():
-    assert tp.vlaai_hand_flops() == 13_697_152
+    assert fl.vlaai_hand_flops() == 13_697_152
     torch.manual_seed(0)
     m = newmodel.build_model("vlaai").to("meta")  # shapes only: the same count, without the arithmetic
-    x, y, mask, subj = (t.to("meta") for t in tp.make_batch(1, 64))
-    c = tp.count_flops(m, x, y, mask, subj)
+    x, y, mask, subj = (t.to("meta") for t in fl.make_batch(1, 64))
+    c = fl.count_flops(m, x, y, mask, subj)
     # the hand count leaves out LayerNorm and the biases' additions, which FlopCounterMode does not count either
-    assert abs(c["forward"] / 64 / tp.vlaai_hand_flops(64) - 1) < 1e-6
-    assert tp.call_flops(m, x, subj) == c["forward"]
+    assert abs(c["forward"] / 64 / fl.vlaai_hand_flops(64) - 1) < 1e-6
+    assert fl.call_flops(m, x, subj) == c["forward"]
     assert 2.5 * c["forward"] < c["train"] <= 3 * c["forward"]  # backward ~2x forward (no input grad on layer 1)
 
 
 def test_ivlaai_training_flops_about_three_forwards():
     torch.manual_seed(0)
     # depthwise-separable extractor: torch's own count overstates the grouped convs' weight gradient
-    c = tp.flops_per_sample(newmodel.build_model("ivlaai", ivlaai_separable=True), 64, batch=1)
+    c = fl.flops_per_sample(newmodel.build_model("ivlaai", ivlaai_separable=True), 64, batch=1)
     assert 2.5 * c["forward"] < c["train"] <= 3 * c["forward"] < c["train_counted"]
     # the default, full convolutions: no grouped conv, so the corrected and torch's counts agree
     m = newmodel.build_model("ivlaai")
-    c = tp.flops_per_sample(m, 64, batch=1)
+    c = fl.flops_per_sample(m, 64, batch=1)
     assert 2.5 * c["forward"] < c["train"] <= 3 * c["forward"]
-    x, _, _, subj = (t.to("meta") for t in tp.make_batch(1, 64))
-    assert tp.call_flops(m.to("meta"), x, subj) / 64 == c["forward"]
+    x, _, _, subj = (t.to("meta") for t in fl.make_batch(1, 64))
+    assert fl.call_flops(m.to("meta"), x, subj) / 64 == c["forward"]
     assert c["train_counted"] == c["train"]
 
 
-def test_measure_and_dense_rate_tiny():
+class _Sleepy(torch.nn.Module):
+    """A model whose every forward takes at least SLEEP_S: a known duration to time."""
+
+    SLEEP_S = 0.05
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x, subject=None):
+        time.sleep(self.SLEEP_S)
+        return x[..., :1] * self.w
+
+
+def test_measure_and_dense_rate_tiny(monkeypatch):
     dev = torch.device("cpu")
-    r = tp.measure_model("linear_conv", dev, batch=2, window=64, steps=1, warmup=1, amp="none", compile_model=False)
-    assert r["train_samples_s"] > 0 and r["infer_samples_s"] > 0
     r = tp.measure_model("linear_conv", dev, batch=2, window=64, steps=1, warmup=1, amp="bf16", compile_model=False)
-    assert r["train_samples_s"] > 0
+    assert r["train_samples_s"] > 0 and r["infer_samples_s"] > 0
+    # a model of known speed: each timed step takes one forward's sleep (plus a little), and the
+    # rates are the step's samples (batch x window) over the measured seconds per step
+    monkeypatch.setattr(tp.newmodel, "build_model", lambda name, **kw: _Sleepy())
+    steps = 4
+    r = tp.measure_model("linear_conv", dev, batch=2, window=64, steps=steps, warmup=1, amp="none",
+                         compile_model=False)
+    for mode in ("train", "infer"):
+        assert _Sleepy.SLEEP_S <= r[f"{mode}_step_s"] < steps * _Sleepy.SLEEP_S
+        assert r[f"{mode}_samples_s"] == pytest.approx(2 * 64 / r[f"{mode}_step_s"], rel=1e-9)
+    # the FLOP/s figures: each op's FLOPs over its best time, here fixed at 0.5 s
+    monkeypatch.setattr(tp, "time_best", lambda fn, repeats, device: (fn(), 0.5)[1])
     d = tp.dense_rate(dev, repeats=1, n=64, conv_batch=2, conv_chans=8, conv_len=16)
-    assert d["best_flops"] == max(d["matmul_flops"], d["conv1d_flops"]) > 0
+    assert d["matmul_flops"] == 2 * 64**3 / 0.5
+    assert d["conv1d_flops"] == 2 * 2 * 16 * 8 * 8 * 8 / 0.5
+    assert d["best_flops"] == max(d["matmul_flops"], d["conv1d_flops"]) and d["best_of"] == "matmul"
 
 
 def test_data_wait_and_main_tiny(npz_folder, tmp_path):
@@ -156,7 +185,7 @@ def test_tf_reference_skips_without_tensorflow(tmp_path, monkeypatch, capsys):
     assert out["tf_reference"] is None
     assert out["throughput"][0]["train_samples_s"] > 0
     lines = [ln for ln in printed.splitlines() if "[tf reference]" in ln]
-    assert lines == [tp.TF_MISSING] and "tensorflow is not installed" in lines[0]
+    assert lines == [tf_reference.TF_MISSING] and "tensorflow is not installed" in lines[0]
     assert "tf_vlaai" not in printed
 
 

@@ -1,4 +1,4 @@
-"""EEG_Dataset: readers, splits, standardization, windows, challenge I/O and scoring."""
+"""EEG_Dataset: readers, splits, standardization, windows; challenge.py: the test set's I/O and scoring."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from EEG_Dataset import (TIME_FOLDS, DataError, WindowDataset, detect_format, fixed_windows, load_corpus,
-                         read_challenge_folder, read_challenge_labels, read_folder, read_predictions, read_test_set,
-                         score, time_split, write_predictions)
+from challenge import (read_challenge_folder, read_challenge_labels, read_predictions, read_test_set, score,
+                       write_predictions)
+from EEG_Dataset import TIME_FOLDS, DataError, WindowDataset, detect_format, load_corpus, read_folder, time_split
 
 DTU = Path(__file__).resolve().parents[2] / "shared" / "data" / "dtu"
 needs_dtu = pytest.mark.skipif(not DTU.is_dir(), reason=f"real DTU EEG not present at {DTU}")
@@ -357,6 +357,18 @@ def test_shards_are_disjoint_and_complete(tmp_path):
     assert rows(shards[0].index) | rows(shards[1].index) == rows(full.index)
     assert len(shards[0]) == len(shards[1])  # equal steps per rank, padded with fully masked windows
     assert len(shards[0]) + len(shards[1]) - len(full) in (0, 1)
+
+
+def fixed_windows(rec, part: str, window: int, hop: int | None = None):
+    """Standardized fixed windows of one part: list of (eeg (window, C), env (window, 1)).
+
+    hop defaults to ``window`` (no overlap); parts shorter than a window give one short window.
+    """
+    eeg, env = rec.get(part)
+    hop = hop or window
+    if len(eeg) <= window:
+        return [(eeg, env)]
+    return [(eeg[s : s + window], env[s : s + window]) for s in range(0, len(eeg) - window + 1, hop)]
 
 
 def test_fixed_windows(tmp_path):

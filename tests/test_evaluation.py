@@ -1,4 +1,5 @@
-"""Tests of evaluation.py: z-scored predictions, per-subject Pearson r of recording parts, seed ensembles."""
+"""Tests of evaluation.py: z-scored predictions (metrics.zscore, also the test set's EEG z-score), per-subject
+Pearson r of recording parts, seed ensembles."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import challenge
 from EEG_Dataset import load_corpus  # noqa: E402
 from evaluation import ensemble_r, evaluate, predict, zscore_prediction  # noqa: E402
 
@@ -35,6 +37,22 @@ def test_zscore_keeps_type_and_dtype():
 def test_zscore_of_a_constant_is_zeros():
     assert np.array_equal(zscore_prediction(np.full(10, 7.0)), np.zeros(10))
     assert torch.equal(zscore_prediction(torch.full((2, 10), -3.0)), torch.zeros(2, 10))
+    y = np.full(1000, 0.1, np.float32)  # its float32 mean is not exactly 0.1: a constant all the same
+    assert y.mean() != y[0]
+    assert np.array_equal(zscore_prediction(y), np.zeros(1000, np.float32))
+    assert torch.equal(zscore_prediction(torch.from_numpy(y)), torch.zeros(1000))
+
+
+def test_the_test_sets_eeg_and_the_predictions_share_one_zscore():
+    """challenge.zscore (per channel, float64 statistics, float32 result) is the predictions' z-score
+    along time; a dead channel becomes zeros as a constant prediction does."""
+    rng = np.random.default_rng(1)
+    eeg = rng.normal(2.0, 3.0, size=(T, C)).astype(np.float32)
+    eeg[:, 1] = 4.5
+    z = challenge.zscore(eeg)
+    assert z.dtype == np.float32 and np.array_equal(z[:, 1], np.zeros(T, np.float32))
+    np.testing.assert_array_equal(z, zscore_prediction(eeg.astype(np.float64), dim=0).astype(np.float32))
+    np.testing.assert_allclose(z[:, [0, 2]].std(0), 1, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------- corpus

@@ -1,4 +1,4 @@
-"""newmodel.vlaai_from_keras: the reference's Keras VLAAI (.h5) loaded into the torch VLAAI.
+"""keras_weights.vlaai_from_keras: the reference's Keras VLAAI (.h5) loaded into the torch VLAAI.
 
 The fixture (a VLAAI built and saved by the reference TensorFlow code with random weights, and its
 outputs on fixed inputs) lives outside the repository, in ../shared/fixtures/vlaai_keras; it is
@@ -16,7 +16,8 @@ import torch
 
 h5py = pytest.importorskip("h5py", reason="h5py (requirements.txt) is needed to read Keras .h5 files")
 
-from newmodel import VLAAI, KerasWeightsError, build_model, receptive_field, vlaai_from_keras  # noqa: E402
+from keras_weights import KerasWeightsError, vlaai_from_keras  # noqa: E402
+from newmodel import VLAAI, build_model, receptive_field  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "vlaai_keras"
 H5 = FIXTURES / "vlaai_keras_random.h5"

@@ -135,9 +135,12 @@ def _run_folder(folder: Path, notes=True) -> Path:
 
 
 def test_an_empty_or_lock_only_folder_is_used_as_it_is(tmp_path):
-    prepare_run_dir(tmp_path / "missing", _cfg(), 1)
+    assert prepare_run_dir(tmp_path / "missing", _cfg(), 1) == []
+    assert not (tmp_path / "missing").exists()  # checking changes nothing: locking makes the folder
     with RunLock(tmp_path / "seed-1"):
-        prepare_run_dir(tmp_path / "seed-1", _cfg(), 1)
+        for cfg in (_cfg(), _cfg(overwrite=True)):
+            assert prepare_run_dir(tmp_path / "seed-1", cfg, 1) == []  # nothing to replace
+            assert [p.name for p in (tmp_path / "seed-1").iterdir()] == [runs.LOCK_FILE]
 
 
 def test_a_folder_with_files_needs_resume_or_overwrite(tmp_path):

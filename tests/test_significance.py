@@ -8,7 +8,7 @@ import pytest
 
 import figures
 import significance as sg
-from EEG_Dataset import mean_by_subject, score
+from challenge import mean_by_subject, score
 from metrics import pearson
 
 FS = 64

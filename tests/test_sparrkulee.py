@@ -1,5 +1,5 @@
-"""SparrKULee as downloaded (derivatives layout) in EEG_Dataset: detection, reading, cutting,
-splitting, standardization, lazy float64 -> float32 EEG, and the errors that name the file.
+"""SparrKULee as downloaded (derivatives layout), read by sparrkulee.py through EEG_Dataset: detection,
+reading, cutting, splitting, standardization, lazy float64 -> float32 EEG, and the errors that name the file.
 
 The real sample (2 listeners x ~2 min) lives outside the repository, in
 ../shared/data/sparrkulee_sample; it is read in place. The other tests build folders of the same
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 
-from EEG_Dataset import (FS, DataError, LazyEEG, WindowDataset, detect_format, load_corpus,  # noqa: E402
-                         read_folder, read_sparrkulee, time_split)
+from EEG_Dataset import (FS, DataError, WindowDataset, detect_format, load_corpus, read_folder,  # noqa: E402
+                         time_split)
+from sparrkulee import LazyEEG, read_sparrkulee  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "sparrkulee_sample"

@@ -213,7 +213,7 @@ def test_end_to_end_single_seed_scores_by_the_official_rules(corpus, two_seeds, 
 
 def test_project_scorer_follows_the_rules_for_missing_short_and_long_predictions(corpus, two_seeds, tmp_path):
     """Edit written predictions (drop, shorten, lengthen, shift) and re-score both ways."""
-    from EEG_Dataset import score
+    from challenge import score
 
     result_dir = tmp_path / "pred"
     test_script.main(args_for_test(corpus, two_seeds, result_dir, "--seeds=[1]"))

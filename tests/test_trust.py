@@ -676,3 +676,27 @@ def test_a_commit_killed_halfway_is_finished_by_the_next_writer(tmp_path):
     assert not (folder / "gone.json").exists() and (folder / "mine.txt").read_text() == "a user's file"
     assert json.loads((folder / "manifest.json").read_text()) == {"files": ["a.json", "b.json"]}
     assert sorted(p.name for p in folder.iterdir()) == ["a.json", "b.json", "manifest.json", "mine.txt"]
+
+
+def test_a_commit_interrupted_after_its_journal_keeps_the_stage_for_recovery(tmp_path, monkeypatch):
+    """Ctrl-C inside commit() once the journal is written: the stage stays, and recover() then
+    completes the commit instead of removing the old files with nothing to replace them."""
+    import outputs
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "a.json").write_text("old a")
+    real = outputs.recover
+
+    def interrupted(f):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs, "recover", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with outputs.Staging(folder) as st:
+            st.path("a.json").write_text("new a")
+            st.commit(remove=["a.json"], manifest_name="manifest.json", manifest={"files": ["a.json"]})
+    monkeypatch.setattr(outputs, "recover", real)
+    assert outputs.recover(folder)
+    assert (folder / "a.json").read_text() == "new a"
+    assert json.loads((folder / "manifest.json").read_text()) == {"files": ["a.json"]}
