@@ -348,6 +348,24 @@ def check_setup(cfg: dict, corpus) -> None:
                 f"is {longest.rec_id} with {longest.length('train')} samples")
 
 
+# Keys a closed-form fit never reads: given with --model=linear, they are reported as ignored.
+GRADIENT_KEYS = ("epochs", "patience", "batch_size", "lr", "weight_decay", "ema_decay", "avg_epochs", "select",
+                 "grad_clip", "amp", "compile", "data_seed", "dropout", "init")
+
+
+def ignored_keys(cfg: dict, given: set) -> list[str]:
+    """Keys the user set that cannot act in this mode (each is printed as a note, never silently dropped)."""
+    notes = []
+    if cfg["model"] == "linear":
+        keys = sorted(k for k in GRADIENT_KEYS if k in given)
+        if keys:
+            verb = "has" if len(keys) == 1 else "have"
+            notes.append(f"{', '.join('--' + k for k in keys)} {verb} no effect on --model=linear (a closed-form ridge fit)")
+    elif "patience" in given and cfg["select"] == "last":
+        notes.append("--patience has no effect with --select=last (every epoch is trained; --select=best_val stops early)")
+    return notes
+
+
 ERRORS = (config_module.ConfigError, DataError, RunError, CheckpointError, FileError, Diverged)
 
 
@@ -375,6 +393,9 @@ def _main(argv: list[str]) -> list[dict]:
     corpus = corpus_from_config(cfg)
     check_setup(cfg, corpus)
     preflight(cfg, corpus)  # before any output is touched
+    if lead:
+        for note in ignored_keys(cfg, given):
+            print(f"note: {note}", flush=True)
     if lead:
         print(f"data: {corpus.folder} ({corpus.fmt}), {sum(r.piece_of is None for r in corpus.recordings)} recordings, "
               f"{len(corpus.subjects)} subjects, {corpus.n_chans} channels", flush=True)

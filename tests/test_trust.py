@@ -700,3 +700,10 @@ def test_a_commit_interrupted_after_its_journal_keeps_the_stage_for_recovery(tmp
     assert outputs.recover(folder)
     assert (folder / "a.json").read_text() == "new a"
     assert json.loads((folder / "manifest.json").read_text()) == {"files": ["a.json"]}
+
+
+def test_keys_that_cannot_act_in_a_mode_are_reported(data, tmp_path, capsys):
+    train.main([f"--data_dir={data}", *TINY, f"--run_dir={tmp_path / 'a'}", "--epochs=1", "--patience=3"])
+    assert "note: --patience has no effect with --select=last" in capsys.readouterr().out
+    train.main([f"--data_dir={data}", "--model=linear", f"--run_dir={tmp_path / 'b'}", "--threads=1", "--lr=1e-2"])
+    assert "note: --lr has no effect on --model=linear" in capsys.readouterr().out
