@@ -18,6 +18,9 @@ lazily, read with ``np.asarray``). ``load_corpus`` then splits each recording (s
 train/val/test; everything else is cut in time 80/10/10) and standardizes each recording's EEG
 (per channel) and envelope with the mean and std of *that recording's train part* - whatever the
 files claim, because the field's split scripts save unstandardized arrays by mistake.
+
+``DataError``, ``Recording``, ``FS``, ``SEP`` and ``natural_key`` are defined in ``recording`` and
+importable from here as well.
 """
 from __future__ import annotations
 

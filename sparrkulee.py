@@ -28,9 +28,9 @@ class LazyEEG:
     are read and converted (transposed, rounded to float32) only when a view becomes an array,
     ``np.asarray(v[a:b])``: one window in ``SplitRecording.get``, one chunk in ``check_finite``
     and in EEG_Dataset's ``_mean_std``. Any other index (an integer, a step, channels) converts
-    the view's time span and indexes that. ``channels_first=False`` wraps a time-first (T, C) array of another
-    dtype the same way. Pickles by file name when made by ``open`` (DataLoader workers that
-    spawn re-open the memory map instead of copying it).
+    the view's time span and indexes that. ``channels_first=False`` wraps a time-first (T, C)
+    array of another dtype the same way. Pickles by file name when made by ``open`` (DataLoader
+    workers that spawn re-open the memory map instead of copying it).
     """
 
     ndim = 2

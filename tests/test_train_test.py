@@ -641,14 +641,17 @@ def test_only_the_default_data_dir_falls_back_to_the_demo_corpus(tmp_path, monke
     """The default data_dir, missing here, builds the demo corpus in demo_dir once and then uses
     it; a data_dir the user gave is never replaced by the demo corpus."""
     monkeypatch.chdir(tmp_path)  # the default data_dir (xfdata/split_data) is relative: missing here
-    real_make = demo_corpus.make_demo_corpus
+    real_build = demo_corpus._build
     built = []
 
-    def small_demo(**kw):  # the real generator, small: 8 channels, 20 s test segments, no measuring
-        built.append(kw["out_dir"])
-        return real_make(**kw, n_heldout=1, n_test_segments=1, segment_s=20.0, n_chans=N_CHANS, measure=False)
+    def counted_build(out, *a, **k):
+        built.append(out)
+        return real_build(out, *a, **k)
 
-    monkeypatch.setattr(demo_corpus, "make_demo_corpus", small_demo)
+    # the real generator, small: 8 channels, 20 s test segments, no measuring
+    monkeypatch.setattr(demo_corpus, "DEMO_SHAPE", dict(demo_corpus.DEMO_SHAPE, n_heldout=1, n_test_segments=1,
+                                                        segment_s=20.0, n_chans=N_CHANS, measure=False))
+    monkeypatch.setattr(demo_corpus, "_build", counted_build)
     demo = tmp_path / "demo_xfdata"
     argv = ["--demo_subjects=2", "--demo_minutes=0.5", f"--demo_dir={demo}", f"--n_chans={N_CHANS}"]
     cfg, given = config.parse(argv)

@@ -160,7 +160,7 @@ def test_a_second_train_into_a_locked_seed_folder_stops_at_once(data, tmp_path):
     """Two train.py into one seed folder: the second stops at once, naming the folder and the pid
     of the process that holds it, and exits non-zero; the first goes on and stops cleanly."""
     run_dir = tmp_path / "runs"
-    args = [f"--data_dir={data}", *TINY, f"--run_dir={run_dir}", "--epochs=100000", "--patience=100000"]
+    args = [f"--data_dir={data}", *TINY, f"--run_dir={run_dir}", "--epochs=100000"]
     log = tmp_path / "first.log"
     first = start_train(args, tmp_path, log)
     folder = run_dir / "ivlaai" / "seed-1"
