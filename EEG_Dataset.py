@@ -34,12 +34,20 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-# read_challenge_folder reads the 'challenge' format; the other names are re-exported because
-# demo_corpus.py imports them from here
-from challenge import (read_challenge_folder, read_challenge_labels, read_test_set, score,  # noqa: F401
-                       segment_subject, zscore)
-from recording import (FS, SEP, DataError, Recording, as_eeg, as_envelope, check_dtype, check_finite, load_npy,
-                       match_lengths, natural_key)
+from challenge import read_challenge_folder
+from recording import (
+    FS,
+    SEP,
+    DataError,
+    Recording,
+    as_eeg,
+    as_envelope,
+    check_dtype,
+    check_finite,
+    load_npy,
+    match_lengths,
+    natural_key,
+)
 from sparrkulee import derivatives_folder, read_sparrkulee
 
 SPLITS = ("train", "val", "test")
@@ -148,7 +156,7 @@ def read_npz_folder(folder) -> list[Recording]:
                 env = np.asarray(z["envelope"], dtype=np.float32)
         except DataError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # re-raised with the file named
             raise DataError(f"{p}: cannot read as an .npz archive ({exc})") from exc
         eeg = as_eeg(eeg, p)
         env = as_envelope(env, p)

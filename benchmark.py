@@ -76,17 +76,20 @@ KEYS = {
     "avg_epochs": (None, "train.py --avg_epochs: keep the average of the last N epochs (--quick: 3)",
                    (int, dict, type(None))),
     "threads": (0, "torch CPU threads per run (0: the cores split between the jobs)"),
-    "jobs": (1, "runs trained at once in separate processes: 2 one-thread jobs beat one 2-thread run on a 2-core CPU (--quick: 2)"),
+    "jobs": (1, "runs trained at once in separate processes: 2 one-thread jobs beat one 2-thread run on a 2-core "
+                "CPU (--quick: 2)"),
     "quick": (False, "heldout fold S10-S12 only, 2 seeds, 6 epochs, 2 jobs: a check that ends in < 30 min"),
     "folds": (None, "heldout folds to run, by index 0-3 (None: all, or [3] with --quick)", (list, type(None))),
     "time_folds": ([1, 4, 6, 9], "speechcv: the tenths of the speech held out, 0-9 (each with a listener fold)"),
     "transfer_dir": (str(ROOT.parent / "shared" / "data" / "sparrkulee_sample"),
                      "transfer: the labelled folder whose whole recordings are scored"),
-    "records_dir": (None, "also write one JSON record per scored run here (e.g. results, committed)", (str, type(None))),
+    "records_dir": (None, "also write one JSON record per scored run here (e.g. results, committed)",
+                    (str, type(None))),
     "ensemble_sizes": ([], "also score the ensembles of the first k seeds, for each k given, e.g. [1,2,3,5]"),
     "extra": ([], "more train.py args for every run, e.g. ['--batch_size=32']"),
 }
-QUICK = {"protocols": ["heldout"], "folds": [3], "seeds": [1, 2], "epochs": 6, "patience": 6, "avg_epochs": 3, "jobs": 2}
+QUICK = {"protocols": ["heldout"], "folds": [3], "seeds": [1, 2], "epochs": 6, "patience": 6, "avg_epochs": 3,
+         "jobs": 2}
 RECIPE = ("lr", "epochs", "patience", "select", "avg_epochs")  # train.py options, per protocol or for all
 PROTOCOLS = ("heldout", "speechcv", "transfer", "seen")
 # The recipe each protocol trains with: a config file, read by train.py --config
@@ -135,7 +138,8 @@ def recipe_value(cfg: dict, key: str, proto: str):
 def recipe_args(cfg: dict, proto: str) -> list[str]:
     """train.py options of the training recipe for one protocol: its recipe file, then the overrides."""
     return [f"--config={ROOT / RECIPES[proto]}",
-            *[f"--{key}={recipe_value(cfg, key, proto)}" for key in RECIPE if recipe_value(cfg, key, proto) is not None]]
+            *[f"--{key}={recipe_value(cfg, key, proto)}" for key in RECIPE
+              if recipe_value(cfg, key, proto) is not None]]
 
 
 def folds_of(subjects: list[str]) -> list[list[str]]:
@@ -345,9 +349,11 @@ def summarize(results: dict, cfg: dict) -> dict:
                     if key == "per_subject":  # the chance level of the ensemble's recording r
                         ch = ev["ensemble"].get("chance") or {}
                         chance_subj.update({tag(k): v for k, v in ch.get("per_subject_p95", {}).items()})
-                seed_means = [float(np.mean(list(v.values()))) for v in per_seed_subj.values() if v]
+                # keyed by seed before dropping the seeds without scores, so that each mean keeps its seed
+                by_seed = {s: float(np.mean(list(v.values()))) for s, v in per_seed_subj.items() if v}
+                seed_means = list(by_seed.values())
                 row[metric] = {
-                    "seed_means": dict(zip(seeds, seed_means)),
+                    "seed_means": by_seed,
                     "mean": float(np.mean(seed_means)) if seed_means else None,
                     "sd": float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else 0.0,
                     "ensemble": float(np.mean(list(ens_subj.values()))) if ens_subj else None,
@@ -442,10 +448,12 @@ def git_state() -> dict:
     """The commit this code runs at, and whether its tracked files differ from it."""
     def git(*args) -> str:
         try:
-            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30).stdout.strip()
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    return {"commit": git("rev-parse", "HEAD") or None, "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def host_info() -> dict:
@@ -492,7 +500,8 @@ def write_records(folder: Path, cfg: dict, g: dict, entry: dict) -> list[Path]:
                       data_seed=seed if train_cfg.get("data_seed") is None else train_cfg["data_seed"],
                       train_args=[*g["run_args"], f"--seeds=[{seed}]"], train_config=train_cfg,
                       n_params=int(ck["n_params"]), epochs=int(ck["epoch"]), val_r=float(ck["best_val_r"]),
-                      history=[{k: row.get(k) for k in ("epoch", "train_r", "val_r", "seconds")} for row in ck["history"]],
+                      history=[{k: row.get(k) for k in ("epoch", "train_r", "val_r", "seconds")}
+                               for row in ck["history"]],
                       train_s=entry["train_s"][key],
                       scores={"test": _scores(entry["eval"]["per_seed"][key], "test"),
                               "unseen": _scores((entry.get("eval_unseen_speech") or {}).get("per_seed", {}).get(key),
@@ -570,7 +579,7 @@ def plot(path: Path, summary: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(summary), figsize=(7 * len(summary), 4.5), squeeze=False)
-    for ax, (proto, rows) in zip(axes[0], summary.items()):
+    for ax, (proto, rows) in zip(axes[0], summary.items(), strict=True):
         subjects = list(next(iter(rows.values()))["trial"]["per_subject_ensemble"])
         x = np.arange(len(subjects))
         width = 0.8 / max(len(rows), 1)

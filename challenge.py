@@ -167,7 +167,7 @@ def segment_subject(segment_id: str) -> str:
 def mean_by_subject(subjects: Iterable[str], rs: Iterable[float]) -> dict[str, float]:
     """Mean r per subject, subjects in natural order (S2 before S10): the field's first averaging step."""
     by_subject: dict[str, list[float]] = {}
-    for s, r in zip(subjects, rs):
+    for s, r in zip(subjects, rs, strict=True):
         by_subject.setdefault(s, []).append(float(r))
     return {s: float(np.mean(by_subject[s])) for s in sorted(by_subject, key=natural_key)}
 

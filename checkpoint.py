@@ -67,7 +67,7 @@ def load_checkpoint(path) -> dict:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: holds objects other than tensors and plain values; not loaded") from exc
-    except Exception as exc:  # noqa: BLE001 - any other failure of the loader: a damaged file
+    except Exception as exc:  # any other failure of the loader: a damaged file
         raise CheckpointError(f"{path}: truncated or damaged torch checkpoint ({type(exc).__name__})") from exc
     if not isinstance(ck, dict) or not isinstance(ck.get("model_name"), str) or not isinstance(ck.get("model"), dict):
         raise CheckpointError(f"{path}: not a checkpoint of this project (no model_name/model entries)")

@@ -156,7 +156,7 @@ def paired(a: dict, b: dict, n_boot: int = 10000, n_perm: int = 100000, seed: in
     boot = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
     p, method = sign_flip_p(d, n_perm, rng)
     return {"n": int(d.size),
-            "per_subject": {s: {"a": a[s], "b": b[s], "diff": float(x)} for s, x in zip(subjects, d)},
+            "per_subject": {s: {"a": a[s], "b": b[s], "diff": float(x)} for s, x in zip(subjects, d, strict=True)},
             "mean_diff": float(d.mean()), "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
             "p_value": p, "p_method": method, "higher": int((d > 0).sum()), "lower": int((d < 0).sum()),
             "equal": int((d == 0).sum()), "n_boot": int(n_boot), "seed": int(seed)}

@@ -46,7 +46,8 @@ ivlaai_kernel = 8  # ivlaai: extractor kernel (each layer looks kernel-1 samples
 ivlaai_feat = 64  # ivlaai: width of each block's output (per-block dense layer)
 ivlaai_context = 32  # ivlaai: output-context kernel (looks context-1 samples back, as VLAAI)
 ivlaai_concat = True  # ivlaai: blocks see [EEG, all earlier outputs] concatenated (False: added, as VLAAI)
-ivlaai_separable = False  # ivlaai: depthwise-separable extractor convolutions (True: 286,017 parameters; lost on new speech, docs/model.md)
+ivlaai_separable = False  # ivlaai: depthwise-separable extractor convolutions (True: 286,017 parameters; lost on
+#   new speech, docs/model.md)
 ivlaai_shared = True  # ivlaai: one extractor + output context shared by all blocks (as VLAAI)
 ivlaai_chan_dropout = 0.0  # ivlaai: while training, zero each whole EEG input channel with this probability
 ivlaai_subject_dropout = 0.1  # ivlaai: while training, replace a subject by 'unknown' with this probability
@@ -116,11 +117,14 @@ pairs = None  # CSV of 'subject,eeg_file,audio_file[,onset_s]' rows; paths relat
 out_dir = None  # output split_data folder; built in a temp folder beside it, then renamed (see overwrite)
 pre_channels = 64  # EEG channels to keep: a count (the first N channels of type EEG, in file order) or a list of names
 pre_highpass_hz = 0.5  # EEG high-pass cut-off: 1st-order Butterworth, run forward and backward (zero-phase); 0: off
-pre_artifact_k = 0.0  # >0: interpolate EEG samples more than k robust SDs (1.4826 * MAD) from the channel median; 0: off
-pre_artifact_uv = 0.0  # >0: interpolate EEG samples whose |value| exceeds this many microvolts (reference recipe: 500); 0: off
+pre_artifact_k = 0.0  # >0: interpolate EEG samples more than k robust SDs (1.4826 * MAD) from the channel median;
+#   0: off
+pre_artifact_uv = 0.0  # >0: interpolate EEG samples whose |value| exceeds this many microvolts (reference recipe:
+#   500); 0: off
 pre_artifact_pad_s = 0.05  # widen each artifact by this many seconds on both sides before interpolating
 pre_align = "auto"  # stimulus onset: 'auto' (a row's onset_s column if given, else triggers), 'trigger' or 'onset'
-pre_trigger_source = "auto"  # triggers from: 'auto' (stim channel if the file has one, else annotations), 'stim', 'annotations'
+pre_trigger_source = "auto"  # triggers from: 'auto' (stim channel if the file has one, else annotations), 'stim',
+#   'annotations'
 pre_trigger_code = None  # the trigger marking stimulus onset: an int code, an annotation text, or None (any trigger)
 pre_stim_channel = None  # stim channel name for stim triggers (None: MNE's choice, e.g. 'STI 014' or BioSemi 'Status')
 pre_env_bands = 28  # envelope: gammatone bands, centres ERB-spaced from pre_env_fmin_hz to pre_env_fmax_hz
@@ -135,12 +139,13 @@ _DATA = ("data_dir", "subjects", "exclude_subjects", "val_recordings", "test_rec
 _MODEL = ("model", "dropout", "subject_embedding", "ivlaai_blocks", "ivlaai_width", "ivlaai_layers", "ivlaai_kernel",
           "ivlaai_feat", "ivlaai_context", "ivlaai_concat", "ivlaai_separable", "ivlaai_shared",
           "ivlaai_chan_dropout", "ivlaai_subject_dropout", "linear_lags", "linear_conv_taps")
-_TRAINING = ("seeds", "data_seed", "epochs", "patience", "batch_size", "lr", "weight_decay", "ema_decay", "avg_epochs", "select",
-             "grad_clip", "num_workers", "device", "deterministic", "threads", "amp", "compile", "jobs")
+_TRAINING = ("seeds", "data_seed", "epochs", "patience", "batch_size", "lr", "weight_decay", "ema_decay", "avg_epochs",
+             "select", "grad_clip", "num_workers", "device", "deterministic", "threads", "amp", "compile", "jobs")
 _DEMO = ("demo_subjects", "demo_minutes", "demo_seed", "demo_dir")  # train.py builds the demo from these too
 PROGRAMS = {
     "train": (*_DATA, *_MODEL, *_TRAINING, "init", "run_dir", "resume", "keep_epochs", "overwrite", *_DEMO),
-    "test": ("run_dir", "checkpoint", "model", "seeds", "device", "threads", "amp", "test_dir", "label_dir", "result_dir", "seen_subjects",
+    "test": ("run_dir", "checkpoint", "model", "seeds", "device", "threads", "amp", "test_dir", "label_dir",
+             "result_dir", "seen_subjects",
              "eval_dir", "eval_window_s", "eval_hop_s", "chance_draws", "chance_min_shift_s", "mm_window_s",
              "overwrite", "fs", "subjects", "exclude_subjects",
              "val_recordings", "test_recordings", "split", "time_fold"),
@@ -382,5 +387,6 @@ def parse_or_exit(argv=None, program: str | None = "train", extra: dict | None =
 
 if __name__ == "__main__":
     for name in PROGRAMS:
-        print(help_text(name, title=f"python {'demo_corpus' if name == 'demo' else name}.py: keys and defaults"), end="\n\n")
+        print(help_text(name, title=f"python {'demo_corpus' if name == 'demo' else name}.py: keys and defaults"),
+              end="\n\n")
     print("python benchmark.py --help: the benchmark's own keys")

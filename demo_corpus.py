@@ -10,23 +10,24 @@ with e~ the (level-normalized, mean-removed) stimulus envelope, h_s a P1-N1-P2 t
 function, a_s a fronto-central spatial pattern, and a spatially correlated 1/f background,
 an occipital alpha rhythm, frontal eye blinks and white sensor noise.
 
-Files written under ``out_dir`` (formats of ``docs/reference.md``, "Data formats"):
+Files written under ``out_dir``, in the formats of the ICASSP 2023 Auditory EEG Decoding Challenge
+(KU Leuven; task 2, envelope regression): its SparrKULee ``split_data`` files, test set and labels:
 
     split_data/{split}_-_{subject}_-_{stimulus}_-_{eeg|envelope}.npy   (T, 64) / (T, 1) float32, raw
     auditory-eeg-test-dataset/sub-XXX.json   {"sub-XXX_i": [[64 floats] x T], ...}  (raw EEG)
     test_labels/sub-XXX.json                 {"sub-XXX_i": [[[e0], [e1], ...], "stimulus"], ...}
     demo_info.json                           parameters, subjects, measured reference figures
 
-API: ``make_demo_corpus(...)``, ``linear_reference_r(out_dir)`` (a pooled ridge backward model
-scored on the challenge-format test set of any corpus on disk), ``model_ceiling_r(out_dir)``
-(a subject-specific ridge trained on ``factor`` x more data generated from the same model).
+API: ``make_demo_corpus(...)``; the reference figures of a corpus on disk are ``demo_reference``'s
+``linear_reference_r(out_dir)`` (a pooled ridge backward model scored on the challenge-format test
+set of any corpus) and ``model_ceiling_r(out_dir)`` (a subject-specific ridge trained on ``factor``
+x more data generated from the same model).
 CLI: ``python demo_corpus.py [--demo_dir=xfdata] [--demo_subjects=8] [--demo_minutes=1.0] [--demo_seed=0]
 [--overwrite]`` (the keys of program "demo" in config.py; ``--help`` lists them).
 """
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import math
 import sys
@@ -36,15 +37,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from scipy.signal import resample_poly
 
 import config as config_module
-from EEG_Dataset import (SEP, SPLIT_FRACTIONS, SPLITS, read_challenge_labels, read_split_data, read_test_set,
-                         score, segment_subject, zscore)
+from EEG_Dataset import SEP, SPLIT_FRACTIONS, SPLITS
 from fileio import atomic_write_bytes, read_json
-from metrics import pearson
-from newmodel import RidgeDecoder
 from outputs import JOURNAL, LOCK_FILE, STAGING_PREFIX, FolderLock, OutputError, Staging, recover
 
 GENERATOR_VERSION = 1
@@ -59,7 +56,6 @@ LABEL_DIR = "test_labels"
 INFO_FILE = "demo_info.json"
 RECORDING_MINUTES = 1.5  # typical length of one training recording
 TEST_PREROLL_S = 2.0  # a test segment is cut from a longer listening period: 2 s of context before it
-LAGS_S = 0.4  # linear decoder: EEG lags 0-400 ms after the envelope sample
 SUBFOLDERS = (SPLIT_DIR, TEST_DIR, LABEL_DIR)
 # The corpus shape train.py's demo uses besides its three config keys (demo_subjects,
 # demo_minutes, demo_seed): the arguments ``ensure_demo_corpus`` builds and checks with.
@@ -71,7 +67,8 @@ CONFIG_KEYS = {"n_subjects": "demo_subjects", "minutes": "demo_minutes", "seed":
 # ---------------------------------------------------------------------------------------------
 # random streams: one independent, reproducible stream per (seed, purpose, indices)
 # ---------------------------------------------------------------------------------------------
-def _rng(seed: int, *keys) -> np.random.Generator:
+def random_stream(seed: int, *keys) -> np.random.Generator:
+    """The generator of one purpose (a string) and its indices under ``seed``; keys are hashed with crc32."""
     words = [int(seed) & 0xFFFFFFFF]
     for k in keys:
         words.append(zlib.crc32(k.encode()) if isinstance(k, str) else int(k) & 0xFFFFFFFF)
@@ -181,7 +178,7 @@ def temporal_response(fs: int, p1=(0.05, 0.015, 0.5), n1=(0.10, 0.02, -1.0), p2=
 
 def subject_model(seed: int, index: int, n_chans: int = 64, fs: int = 64, neural_gain: float = NEURAL_GAIN) -> dict:
     """The generating parameters of subject ``index`` (0-based); deterministic in (seed, index, neural_gain)."""
-    r = _rng(seed, "subject", index)
+    r = random_stream(seed, "subject", index)
     pos = electrode_positions(n_chans)
     # envelope-following response: fronto-central blob + a little individual structure
     center = (r.normal(0.0, 0.12), 0.3 + r.normal(0.0, 0.12), 0.95)
@@ -193,7 +190,7 @@ def subject_model(seed: int, index: int, n_chans: int = 64, fs: int = 64, neural
     lat = np.exp(r.normal(0.0, 0.06)) * np.exp(r.normal(0.0, 0.06, 3))  # common + per-peak jitter
     amp = np.exp(r.normal(0.0, 0.2, 3))
     peaks = [(0.05, 0.015, 0.5), (0.10, 0.02, -1.0), (0.18, 0.035, 0.7)]
-    peaks = [(m * l, s * l, a * g) for (m, s, a), l, g in zip(peaks, lat, amp)]
+    peaks = [(m * k, s * k, a * g) for (m, s, a), k, g in zip(peaks, lat, amp, strict=True)]
     trf = temporal_response(fs, *peaks)
     return {
         "index": index,
@@ -271,7 +268,7 @@ def subject_eeg(model: dict, env: np.ndarray, level: float, rng: np.random.Gener
 # ---------------------------------------------------------------------------------------------
 def _plan(seed, n_subjects, n_heldout, minutes, n_test_segments, segment_s, fs):
     """Which subject hears which stimulus for how long (training) and which test stimuli."""
-    r = _rng(seed, "plan")
+    r = random_stream(seed, "plan")
     n_rec = max(1, int(round(minutes / RECORDING_MINUTES)))
     n_pool = max(n_rec, int(math.ceil(n_subjects * n_rec / 2.0)))  # each stimulus heard by ~2 subjects
     n_books = (n_pool + 1) // 2
@@ -285,7 +282,7 @@ def _plan(seed, n_subjects, n_heldout, minutes, n_test_segments, segment_s, fs):
         if lens.min() < 10 * fs // 2:
             raise ValueError(f"minutes={minutes} is too short for a recording (need >= 5 s each)")
         stims = r.choice(n_pool, n_rec, replace=False)
-        recordings[subject_name(s)] = [(pool[k], int(n)) for k, n in zip(stims, lens)]
+        recordings[subject_name(s)] = [(pool[k], int(n)) for k, n in zip(stims, lens, strict=True)]
     n_all = n_subjects + n_heldout
     n_tpool = max(n_test_segments, int(math.ceil(n_all * n_test_segments / 3.0)))
     test_pool = [f"audiobook_{n_books + 1 + k}" for k in range(n_tpool)]
@@ -300,9 +297,9 @@ def _plan(seed, n_subjects, n_heldout, minutes, n_test_segments, segment_s, fs):
     return recordings, tests, stim_len, test_pool
 
 
-def _stimulus(seed: int, name: str, n: int, fs: int):
+def stimulus_envelope(seed: int, name: str, n: int, fs: int):
     """Envelope (n,) and loudness level of stimulus ``name``; deterministic in (seed, name)."""
-    r = _rng(seed, "stimulus", name)
+    r = random_stream(seed, "stimulus", name)
     level = float(r.uniform(0.05, 0.2))
     return speech_envelope(n, fs, r, level=level), level
 
@@ -387,7 +384,7 @@ def _planned_files(args: dict) -> dict:
     for name, recs in recordings.items():
         for stim, n in recs:
             cuts = _cuts(n)
-            for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:]):
+            for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:], strict=True):
                 stem = f"{SPLIT_DIR}/{split}{SEP}{name}{SEP}{stim}{SEP}"
                 files[f"{stem}eeg.npy"] = _npy_size((b - a, args["n_chans"]))
                 files[f"{stem}envelope.npy"] = _npy_size((b - a, 1))
@@ -558,11 +555,11 @@ def _write_split_data(out: Path, seed: int, n_subjects: int, recordings: dict, s
         for k, (stim, n) in enumerate(recordings[name]):
             env_full, level = stimuli[stim]
             env = env_full[:n]
-            eeg = subject_eeg(models[s], env, level, _rng(seed, "eeg", s, k))
+            eeg = subject_eeg(models[s], env, level, random_stream(seed, "eeg", s, k))
             eeg32 = eeg.astype(np.float32)
             env32 = env.astype(np.float32)[:, None]
             cuts = _cuts(n)
-            for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:]):
+            for split, a, b in zip(SPLITS, cuts[:-1], cuts[1:], strict=True):
                 train_parts.append((split, name, stim, eeg32[a:b], env32[a:b]))
                 for feat, arr in (("eeg", eeg32[a:b]), ("envelope", env32[a:b])):
                     data = _npy_bytes(arr)
@@ -588,7 +585,7 @@ def _write_test_set(out: Path, seed: int, n_all: int, tests: dict, test_stimuli:
         parts_eeg, parts_lab = [], []
         for j, stim in enumerate(tests[name]):
             env_full, level = test_stimuli[stim]
-            eeg = subject_eeg(models[s], env_full, level, _rng(seed, "test_eeg", s, j))[pre:]
+            eeg = subject_eeg(models[s], env_full, level, random_stream(seed, "test_eeg", s, j))[pre:]
             env = env_full[pre:].astype(np.float32)
             eeg_r = _round_eeg(eeg)
             key = f"{name}_{j}"
@@ -646,7 +643,7 @@ def make_demo_corpus(out_dir="xfdata", n_subjects=8, n_heldout=2, minutes=1.0, n
     (~5 s). ceiling_factor > 0: also the "best r the model allows", a subject-specific ridge
     trained on ceiling_factor x ``minutes`` of freshly generated data per subject (10 is the
     documented setting; minutes for the default corpus, so off by default; also available later
-    as ``model_ceiling_r(out_dir)``). Both figures go to demo_info.json and the summary.
+    as ``demo_reference.model_ceiling_r(out_dir)``). Both figures go to demo_info.json and the summary.
     """
     args = _corpus_args(n_subjects, minutes, seed, n_heldout, n_test_segments, segment_s, n_chans, fs)
     _check_corpus_args(**args)
@@ -698,11 +695,11 @@ def _build(out: Path, args: dict, remove: set, measure: bool, ceiling_factor) ->
     seed, n_subjects, n_heldout, fs = args["seed"], args["n_subjects"], args["n_heldout"], args["fs"]
     recordings, tests, stim_len, test_pool = _plan(seed, n_subjects, n_heldout, args["minutes"],
                                                   args["n_test_segments"], args["segment_s"], fs)
-    stimuli = {name: _stimulus(seed, name, n, fs) for name, n in sorted(stim_len.items())}
+    stimuli = {name: stimulus_envelope(seed, name, n, fs) for name, n in sorted(stim_len.items())}
     pre = int(round(TEST_PREROLL_S * fs))
     seg_n = int(round(args["segment_s"] * fs))
     used_tests = sorted({s for v in tests.values() for s in v})
-    test_stimuli = {name: _stimulus(seed, name, pre + seg_n, fs) for name in used_tests}
+    test_stimuli = {name: stimulus_envelope(seed, name, pre + seg_n, fs) for name in used_tests}
 
     n_all = n_subjects + n_heldout
     models = [subject_model(seed, i, args["n_chans"], fs, NEURAL_GAIN) for i in range(n_all)]
@@ -715,10 +712,14 @@ def _build(out: Path, args: dict, remove: set, measure: bool, ceiling_factor) ->
         segments, n_test_files, test_bytes = _write_test_set(stage.stage, seed, n_all, tests, test_stimuli,
                                                              models, pre)
         t_gen = time.perf_counter() - t_start
-        if measure and args["n_test_segments"] > 0:
-            figures["linear"] = _linear_reference(sorted(train_parts, key=lambda p: p[:3]), segments, seen, fs)
-        if ceiling_factor and args["n_test_segments"] > 0:
-            figures["ceiling"] = _ceiling(seed, models, args["minutes"], fs, ceiling_factor, segments, seen)
+        if (measure or ceiling_factor) and args["n_test_segments"] > 0:
+            # imported here, not at the top: demo_reference imports this module's generator
+            from demo_reference import linear_reference, model_ceiling
+            if measure:
+                figures["linear"] = linear_reference(sorted(train_parts, key=lambda p: p[:3]), segments, seen, fs)
+            if ceiling_factor:
+                figures["ceiling"] = model_ceiling(seed, models, args["minutes"], fs, ceiling_factor, segments,
+                                                   seen)
         files = {rel: (stage.stage / rel).stat().st_size for rel in stage.files()}
         info = _demo_info(_params(args), seen, heldout, recordings, tests, sorted(stim_len), used_tests, models,
                           figures, files)
@@ -755,142 +756,6 @@ def _build(out: Path, args: dict, remove: set, measure: bool, ceiling_factor) ->
         summary["ceiling_r"] = figures["ceiling"]["total"]
     summary["reference_figures"] = figures
     return summary
-
-
-# ---------------------------------------------------------------------------------------------
-# reference figures: the project's ridge backward model (newmodel.RidgeDecoder), lags 0 .. 400 ms
-# ---------------------------------------------------------------------------------------------
-def _standardized(eeg, env):
-    """One recording part, EEG (per channel) and envelope each z-scored on their own."""
-    return zscore(np.asarray(eeg)), zscore(np.asarray(env, dtype=np.float32).reshape(len(env), 1))
-
-
-def _fit_ridge(train, val, fs):
-    """RidgeDecoder fitted on ``train`` [(eeg, env)], its ridge strength chosen on ``val``.
-    Returns (model, RidgeDecoder.fit's summary)."""
-    if not train:
-        raise ValueError("no training data for the linear reference (no train parts of seen subjects)")
-    model = RidgeDecoder(n_chans=np.shape(train[0][0])[1], lags=int(round(LAGS_S * fs)))
-    fit = model.fit([_standardized(*p) for p in train], [_standardized(*p) for p in val])
-    return model, fit
-
-
-@torch.no_grad()
-def _predict(model, eeg) -> np.ndarray:
-    """Backward-model output (T,) for one test segment, z-scored per channel as the reference
-    inference does (zero-padded after the segment end, so the output has the segment's length)."""
-    return model(torch.from_numpy(zscore(eeg))[None])[0, :, 0].double().numpy()
-
-
-def _r4(v):
-    return None if v is None else round(float(v), 4)
-
-
-def _score(predictions, segments, seen) -> dict:
-    """Challenge-style summary (EEG_Dataset.score) of ``predictions`` {segment id: (T,)} against
-    ``segments`` {segment id: (eeg, env, stimulus)}; subjects not in ``seen`` count as held-out."""
-    sc = score(predictions, {k: segments[k][1] for k in predictions}, seen_subjects=seen)
-    per = sc["per_subject"]
-    return {"mean": _r4(np.mean(list(per.values()))), "seen": _r4(sc["seen"]), "heldout": _r4(sc["heldout"]),
-            "total": _r4(sc["total"]), "per_subject": {k: _r4(v) for k, v in per.items()}}
-
-
-def _chance_sd(predictions, segments, n_pairs=2000) -> float | None:
-    """SD of r of predictions scored against the label of a different stimulus."""
-    preds = [(predictions[k], segments[k][2], np.ravel(segments[k][1])) for k in sorted(predictions)]
-    pairs = ((p, e) for i, (p, s, _) in enumerate(preds) for j, (_, s2, e) in enumerate(preds) if j > i and s2 != s)
-    null = [float(pearson(p[:min(len(p), len(e))], e[:min(len(p), len(e))], dim=0))
-            for p, e in itertools.islice(pairs, n_pairs)]
-    return _r4(np.std(null)) if null else None
-
-
-def _linear_reference(parts, segments, seen, fs) -> dict:
-    """parts: [(split, subject, recording, eeg, env)] in (split, subject, recording) order."""
-    train = [(eeg, env) for split, subj, _, eeg, env in parts if split == "train" and subj in seen]
-    val = [(eeg, env) for split, subj, _, eeg, env in parts if split == "val" and subj in seen]
-    model, fit = _fit_ridge(train, val, fs)
-    predictions = {k: _predict(model, eeg) for k, (eeg, _, _) in segments.items()}
-    res = {"what": "pooled (subject-independent) ridge over EEG lags 0-400 ms, trained on the train "
-                   "parts of all seen subjects, lambda chosen on the val parts; Pearson r on the 60 s "
-                   "test segments; total = 2/3 seen + 1/3 held-out",
-           "lambda_rel": fit["alpha"], "val_r": _r4(fit["val_r"])}
-    sc = _score(predictions, segments, seen)
-    res.update({k: sc[k] for k in ("mean", "seen", "heldout", "total")})
-    res["chance_sd"] = _chance_sd(predictions, segments)
-    res["per_subject"] = sc["per_subject"]
-    return res
-
-
-def _ceiling(seed, models, minutes, fs, factor, segments, seen) -> dict:
-    """Subject-specific ridge per subject on factor x minutes of fresh data from its own model."""
-    pre = int(round(TEST_PREROLL_S * fs))
-    predictions, lams = {}, {}
-    n_rec = max(1, int(round(factor * minutes / RECORDING_MINUTES)))
-    n = int(round(factor * minutes * 60.0 * fs / n_rec))
-    for m in models:
-        name = m["name"]
-        keys = [k for k in segments if segment_subject(k) == name]
-        if not keys:
-            continue
-        train, val = [], []
-        for k in range(n_rec):
-            env, level = _stimulus(seed, f"ceiling_{m['index']}_{k}", n + pre, fs)
-            eeg = subject_eeg(m, env, level, _rng(seed, "ceiling_eeg", m["index"], k))[pre:]
-            env = env[pre:]
-            cut = int(0.9 * n)
-            train.append((eeg[:cut], env[:cut]))
-            val.append((eeg[cut:], env[cut:]))
-        model, fit = _fit_ridge(train, val, fs)
-        lams[name] = fit["alpha"]
-        predictions.update({k: _predict(model, segments[k][0]) for k in keys})
-    res = {"what": f"subject-specific ridge (lags 0-400 ms) per subject, trained on {factor} x "
-                   f"{minutes:g} min of fresh data generated from that subject's model; same test segments",
-           "factor": factor}
-    res.update(_score(predictions, segments, seen))
-    res["lambda_rel"] = lams
-    return res
-
-
-# ---------------------------------------------------------------------------------------------
-# the same figures from files on disk (works on any corpus in these formats)
-# ---------------------------------------------------------------------------------------------
-def _read_test_segments(out: Path) -> dict:
-    """{segment id: (eeg, env, stimulus)} of the labelled test segments under ``out``."""
-    labels = read_challenge_labels(out / LABEL_DIR)
-    # read_challenge_labels keeps the envelopes only; the chance level needs each label's stimulus
-    stimuli = {k: v[1] if isinstance(v, list) and len(v) == 2 else None
-               for p in sorted((out / LABEL_DIR).glob("*.json")) for k, v in read_json(p).items()}
-    return {k: (eeg, labels[k], stimuli[k]) for segs in read_test_set(out / TEST_DIR).values()
-            for k, eeg in segs.items() if k in labels}
-
-
-def linear_reference_r(out_dir="xfdata", fs=64) -> dict:
-    """Pooled ridge backward model (lags 0-400 ms) on ``out_dir``'s split_data, scored on its
-    challenge-format test set against test_labels. Seen / held-out grouping from demo_info.json
-    when present, else subjects with split_data are 'seen'. Returns the figures dict
-    ({'total', 'seen', 'heldout', 'mean', 'chance_sd', 'per_subject', ...})."""
-    out = Path(out_dir)
-    parts = [(r.split, r.subject, r.rec_id, r.eeg, r.envelope) for r in read_split_data(out / SPLIT_DIR)]
-    segments = _read_test_segments(out)
-    info_p = out / INFO_FILE
-    seen = read_json(info_p)["seen_subjects"] if info_p.is_file() else sorted({p[1] for p in parts})
-    return _linear_reference(parts, segments, seen, fs)
-
-
-def model_ceiling_r(out_dir="xfdata", factor=10) -> dict:
-    """'Best r the model allows' for the demo corpus in ``out_dir`` (re-generates its subjects from
-    demo_info.json's parameters): a subject-specific ridge per subject trained on ``factor`` x the
-    subject's minutes of fresh data, scored on the corpus's test segments."""
-    out = Path(out_dir)
-    info = read_json(out / INFO_FILE)
-    p = info["parameters"]
-    if p.get("generator_version") != GENERATOR_VERSION:
-        raise ValueError(f"{out} was made by demo generator version {p.get('generator_version')}, "
-                         f"this is version {GENERATOR_VERSION}")
-    models = [subject_model(p["seed"], i, p["n_chans"], p["fs"], p["neural_gain"])
-              for i in range(p["n_subjects"] + p["n_heldout"])]
-    return _ceiling(p["seed"], models, p["minutes"], p["fs"], factor, _read_test_segments(out),
-                    info["seen_subjects"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import torch
 import torch.distributed as dist
 
 import runtime
-from checkpoint import load_model
 from challenge import mean_by_subject
+from checkpoint import load_model
 from metrics import pearson, zscore
 
 

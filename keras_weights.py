@@ -147,12 +147,12 @@ def vlaai_from_keras(path) -> VLAAI:
             fail(f"found {len(found[kind])} {kind} layer(s) {names}, expected {want}"
                  + (f" ({len(model.dense)} per-block + the final Dense)" if kind == "dense" else ""))
     assigned = [("extractor", found["extractor"][0]), ("output context", found["output context"][0])]
-    assigned += [(role, layer) for role, layer in zip(list(roles)[2:], found["dense"])]
+    assigned += [(role, layer) for role, layer in zip(list(roles)[2:], found["dense"], strict=True)]
 
     params = dict(model.named_parameters())
     state = {}
     for role, (name, ws) in assigned:
-        for (tname, kind), (wname, arr) in zip(roles[role], ws):
+        for (tname, kind), (wname, arr) in zip(roles[role], ws, strict=True):
             want = _to_keras_shape(params[tname].shape, kind)
             if tuple(arr.shape) != want:
                 fail(f"weight {wname!r} of layer {name!r} ({role}) has shape {tuple(arr.shape)}, expected {want}")

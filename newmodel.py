@@ -102,7 +102,7 @@ class _VLAAIExtractor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, time, in_chans) -> (batch, time, filters[-1])."""
         T = x.shape[1]
-        for conv, norm in zip(self.convs, self.norms):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
             k = _conv_span(conv)
             if T <= k:   # 'valid' leaves nothing: every output is a padded zero
                 x = x.new_zeros(x.shape[0], T, conv.out_channels)
@@ -295,7 +295,7 @@ class RidgeDecoder(nn.Module):
             "alpha": float(alphas[best]),
             "alpha_abs": float(alphas[best] * scale),
             "val_r": float(mean_r[best]),
-            "val_r_per_alpha": {float(a): float(r) for a, r in zip(alphas, mean_r)},
+            "val_r_per_alpha": {float(a): float(r) for a, r in zip(alphas, mean_r, strict=True)},
         }
 
 

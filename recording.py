@@ -108,7 +108,7 @@ def load_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a .npy file")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+    except Exception as exc:  # re-raised with the file named
         raise DataError(f"{path}: cannot read as a .npy array ({exc})") from exc
     check_dtype(arr, path, "array")
     if arr.dtype != np.float32:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 from pathlib import Path
 
 import config as config_module
@@ -74,7 +73,8 @@ def prepare_run_dir(out: Path, cfg: dict, seed: int) -> list[Path]:
                            "drop --resume to start a new run")
         ck = load_checkpoint(out / "last.pt")
         if ck["model_name"] != cfg["model"] or ck["seed"] != seed:
-            raise RunError(f"{out / 'last.pt'}: holds {ck['model_name']} seed {ck['seed']}, not {cfg['model']} seed {seed}")
+            raise RunError(f"{out / 'last.pt'}: holds {ck['model_name']} seed {ck['seed']}, "
+                           f"not {cfg['model']} seed {seed}")
         check_same_setup(out / "last.pt", ck, cfg)
         return []
     if not others:

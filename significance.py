@@ -16,21 +16,20 @@ Everything here is seeded (``numpy.random.default_rng(seed)``) and deterministic
 from __future__ import annotations
 
 import math
-import re
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from recording import natural_key
+
 __all__ = ["null_scores", "circular_r", "min_length", "chance", "format_chance", "match_mismatch"]
 
 
-def _natural_key(s: str):
-    """Sort 'S2' before 'S10', the order EEG_Dataset.mean_by_subject reports subjects in."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s))]
-
-
 def _zscore(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Population z-score along ``axis``; a constant series becomes zeros, so its r is 0 (as metrics.pearson)."""
+    """Population z-score along ``axis``; a constant series becomes zeros, so its r is 0 (as metrics.pearson).
+
+    The same figures as ``metrics.zscore`` on finite series; kept apart because metrics needs torch and
+    because a series holding NaN or Inf becomes zeros here (r = 0) where metrics.zscore gives NaN."""
     x = np.asarray(x, dtype=np.float64)
     xc = x - x.mean(axis=axis, keepdims=True)
     sd = np.sqrt((xc ** 2).mean(axis=axis, keepdims=True))
@@ -65,7 +64,7 @@ def _shift_samples(fs: float, seconds: float) -> int:
 
 def _total(per_subject: dict, seen_subjects) -> np.ndarray | float:
     """Mean over subjects, or the challenge's 2/3 seen + 1/3 held-out weighting when ``seen_subjects``
-    is given (EEG_Dataset.score's rule). Works on floats and on (n,) arrays alike."""
+    is given (challenge.score's rule). Works on floats and on (n,) arrays alike."""
     values = list(per_subject.values())
     if seen_subjects is None:
         return np.mean(values, axis=0)
@@ -88,7 +87,7 @@ def null_scores(preds: Sequence, envs: Sequence, groups: Sequence, n: int = 1000
     n: null draws. In draw j every segment i gets its own shift s_ij, uniform on the integers
       [m, T_i - m] with m = ceil(min_shift_s * fs) samples, and the draw is scored exactly as the
       real score: r per segment, mean per subject, then mean over subjects (or the 2/3 seen +
-      1/3 held-out weighting when ``seen_subjects`` is given, as EEG_Dataset.score does).
+      1/3 held-out weighting when ``seen_subjects`` is given, as challenge.score does).
     A segment shorter than ``min_length(fs, min_shift_s)`` samples raises a one-line ValueError
     naming it: leaving it out would make the null describe another score than the observed one,
     so the caller decides (e.g. score and test only the segments long enough).
@@ -107,12 +106,12 @@ def null_scores(preds: Sequence, envs: Sequence, groups: Sequence, n: int = 1000
         raise ValueError(f"null_scores: n must be >= 1, got {n}")
     m = _shift_samples(fs, min_shift_s)
     rng = np.random.default_rng(seed)
-    subjects = sorted(set(groups), key=_natural_key)
+    subjects = sorted(set(groups), key=natural_key)  # 'S2' before 'S10', as challenge.mean_by_subject orders them
     col = {s: i for i, s in enumerate(subjects)}
     sums, counts = np.zeros((n, len(subjects))), np.zeros(len(subjects))
     observed_sums = np.zeros(len(subjects))
     shifts = []
-    for i, (p, e, g) in enumerate(zip(preds, envs, groups)):
+    for i, (p, e, g) in enumerate(zip(preds, envs, groups, strict=True)):
         name = f"segment {names[i]!r}" if names is not None else f"segment {i}"
         p, e = np.asarray(p).reshape(-1), np.asarray(e).reshape(-1)
         if p.size != e.size:
@@ -223,7 +222,7 @@ def match_mismatch(preds: Sequence, envs: Sequence, groups: Sequence, window_s: 
     rng = np.random.default_rng(seed)
     hits: dict = {}
     skipped_windows = skipped_segments = 0
-    for i, (p, e, g) in enumerate(zip(preds, envs, groups)):
+    for i, (p, e, g) in enumerate(zip(preds, envs, groups, strict=True)):
         p, e = np.asarray(p, dtype=np.float64).reshape(-1), np.asarray(e, dtype=np.float64).reshape(-1)
         if p.size != e.size:
             raise ValueError(f"match_mismatch: segment {i}: prediction has {p.size} samples, envelope {e.size}")
@@ -252,7 +251,7 @@ def match_mismatch(preds: Sequence, envs: Sequence, groups: Sequence, window_s: 
     if not hits:
         raise ValueError(f"match_mismatch: no window could be scored: every segment is shorter than {candidates} "
                          f"non-overlapping {window_s:g} s windows")
-    per_subject = {s: float(np.mean(hits[s])) for s in sorted(hits, key=_natural_key)}
+    per_subject = {s: float(np.mean(hits[s])) for s in sorted(hits, key=natural_key)}
     return {"candidates": int(candidates), "window_s": float(window_s), "hop_s": hop_s,
             "accuracy": float(np.mean(list(per_subject.values()))), "chance": 1.0 / candidates,
             "per_subject": per_subject, "n_windows": int(sum(len(v) for v in hits.values())),

@@ -167,7 +167,7 @@ def read_sparrkulee(folder, min_samples: int = MIN_RECORDING_SAMPLES) -> list[Re
                             f"{stim_dir / (stimulus + '_-_envelope.npy')}{hint}")
         try:
             raw = np.load(p, mmap_mode="r", allow_pickle=False)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+        except Exception as exc:  # re-raised with the file named
             raise DataError(f"{p}: cannot read as a .npy array ({exc})") from exc
         if raw.ndim != 2:
             raise DataError(f"{p}: EEG must be 2-D (channels, time), got shape {raw.shape}")

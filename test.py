@@ -37,9 +37,16 @@ import torch
 import config as config_module
 import runtime
 import significance
+from challenge import (
+    mean_by_subject,
+    read_challenge_labels,
+    read_test_set,
+    score,
+    segment_subject,
+    write_predictions,
+    zscore,
+)
 from checkpoint import CheckpointError, load_model
-from challenge import (mean_by_subject, read_challenge_labels, read_test_set, score, segment_subject, write_predictions,
-                       zscore)
 from evaluation import predict, zscore_prediction
 from fileio import FileError, atomic_write_json, read_json, sha256_file
 from metrics import pearson
@@ -64,7 +71,8 @@ def find_checkpoints(cfg: dict, given: set) -> tuple[str, list[Path]]:
     if model not in models:
         found = f" It holds: {', '.join(models)}; choose one with --model=NAME." if models else ""
         raise SystemExit(f"no trained '{model}' model in {run_dir}.{found} {hint}")
-    seed_dirs = sorted((p for p in (run_dir / model).glob("seed-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+    seed_dirs = sorted((p for p in (run_dir / model).glob("seed-*") if p.name[5:].isdigit()),
+                       key=lambda p: int(p.name[5:]))
     if "seeds" in given:
         wanted = {f"seed-{s}" for s in cfg["seeds"]}
         missing = wanted - {p.name for p in seed_dirs}
@@ -203,7 +211,7 @@ def score_labels(cfg: dict, result: dict, ensemble: dict, per_seed: list, seeds:
         return sc
 
     result["ensemble"] = scored(ensemble)
-    result["per_seed"] = {f"seed-{s}": scored(p) for s, p in zip(seeds, per_seed)}
+    result["per_seed"] = {f"seed-{s}": scored(p) for s, p in zip(seeds, per_seed, strict=True)}
     if len(seeds) > 1:
         for s, sc in result["per_seed"].items():
             print_scores(s, sc)
@@ -258,7 +266,7 @@ def test_set(cfg: dict, loaded, data: dict, result: dict, device, stage: Staging
     seeds = [ck["seed"] for _, ck in loaded]
     ensemble, per_seed = predict_test_set(loaded, data, device)
     if len(per_seed) > 1:
-        for seed, preds in zip(seeds, per_seed):
+        for seed, preds in zip(seeds, per_seed, strict=True):
             write_predictions(stage.path(f"per_seed/seed-{seed}/x").parent, preds)
     write_predictions(stage.path("x").parent, ensemble)
     print(f"predicted {len(ensemble)} subjects ({sum(len(s) for s in data.values())} segments)")
@@ -275,7 +283,7 @@ def check_loaded(ckpts: list[Path], loaded: list, cfg: dict, given: set) -> None
     """The checkpoints fit together and with their folders: each seed folder holds its own seed,
     every model reads the same channels; an unfinished run is scored with a note."""
     seeds = {}
-    for path, (_, ck) in zip(ckpts, loaded):
+    for path, (_, ck) in zip(ckpts, loaded, strict=True):
         folder = path.parent.name
         if folder.startswith("seed-") and folder[5:].isdigit() and int(folder[5:]) != ck["seed"]:
             raise SystemExit(f"{path}: holds seed {ck['seed']}, but sits in {folder}; move it to seed-{ck['seed']}")
@@ -286,7 +294,7 @@ def check_loaded(ckpts: list[Path], loaded: list, cfg: dict, given: set) -> None
         if path.name == "best.pt" and last.is_file():
             try:
                 lk = torch.load(last, map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - a damaged last.pt only costs this note
+            except Exception:  # a damaged last.pt only costs this note
                 lk = {}
             if isinstance(lk, dict) and lk.get("history") and not lk.get("finished"):
                 print(f"note: {path.parent} is an unfinished run (stopped after epoch {lk.get('epoch')} of "
@@ -316,13 +324,15 @@ def _main(argv) -> dict:
         model_name, ckpts = find_checkpoints(cfg, given)
         loaded = [load_model(p, device, model_name) for p in ckpts]
         check_loaded(ckpts, loaded, cfg, given)
-        print(f"{model_name}: {len(loaded)} seed(s) {[ck['seed'] for _, ck in loaded]} from {cfg['run_dir']}", flush=True)
+        print(f"{model_name}: {len(loaded)} seed(s) {[ck['seed'] for _, ck in loaded]} from {cfg['run_dir']}",
+              flush=True)
     for _, ck in loaded:  # each model infers in the precision it trained in, unless --amp says otherwise
         ck["infer_amp"] = runtime.resolve_amp(cfg["amp"] if "amp" in given else ck.get("precision", "none"), device)[0]
     if any(ck["infer_amp"] == "bf16" for _, ck in loaded):
         which = ", ".join(f"seed {ck['seed']} {runtime.precision_name(ck['infer_amp'])}" for _, ck in loaded)
         print(f"inference precision: {which}", flush=True)
-    result: dict = {"model": model_name, "seeds": [ck["seed"] for _, ck in loaded], "checkpoints": [str(p) for p in ckpts]}
+    result: dict = {"model": model_name, "seeds": [ck["seed"] for _, ck in loaded],
+                    "checkpoints": [str(p) for p in ckpts]}
     result_dir = Path(cfg["result_dir"])
     check_result_dir(result_dir, cfg, ckpts)
     test_dir = Path(cfg["test_dir"]) if cfg["test_dir"] else None
@@ -380,7 +390,7 @@ def run_time(ckpts, loaded, test_s: float) -> str:
     An unreadable log only drops the training time: the predictions are already written."""
     rows = []
     try:
-        for path, (_, ck) in zip(ckpts, loaded):
+        for path, (_, ck) in zip(ckpts, loaded, strict=True):
             log = Path(path).parent / "log.csv" if Path(path).name in ("best.pt", "last.pt") else None
             rows += (read_log(log) if log else []) or ck.get("history") or []
         train_s = epoch_seconds(rows)
@@ -419,18 +429,21 @@ def eval_time_fold(cfg: dict, given: set, loaded) -> int:
 def _summarize(recs, data, preds, wpreds, win: int, hop: int, cfg: dict) -> dict:
     """Recording r (and window r) per subject, then the mean over subjects; the chance level of
     the recording r and the match-mismatch accuracy."""
-    def subject_means(values) -> dict:
-        per_subject = mean_by_subject((rec.subject for rec in recs), values)
+    def subject_means(subjects, values) -> dict:
+        per_subject = mean_by_subject(subjects, values)
         return {"r": float(np.mean(list(per_subject.values()))), "per_subject": per_subject}
 
-    out = subject_means([float(pearson(p, env[:, 0], dim=0)) for (_, env), p in zip(data, preds)])
+    out = subject_means([rec.subject for rec in recs],
+                        [float(pearson(p, env[:, 0], dim=0)) for (_, env), p in zip(data, preds, strict=True)])
     out.update(chance_and_match([np.asarray(p, dtype=np.float64) for p in preds],
                                 [env[:, 0].astype(np.float64) for _, env in data], [rec.subject for rec in recs],
                                 [rec.rec_id for rec in recs], cfg))
     if wpreds:
+        # only the recordings at least one window long have window predictions (see evaluate_folder)
+        windowed = [(rec, env) for rec, (eeg, env) in zip(recs, data, strict=True) if len(eeg) >= win]
         wr = [float(pearson(torch.from_numpy(w).double(), torch.from_numpy(env[:, 0]).unfold(0, win, hop).double(),
-                            dim=1).mean()) for (_, env), w in zip(data, wpreds)]
-        wins = subject_means(wr)
+                            dim=1).mean()) for (_, env), w in zip(windowed, wpreds, strict=True)]
+        wins = subject_means([rec.subject for rec, _ in windowed], wr)
         out["window_r"], out["window_per_subject"] = wins["r"], wins["per_subject"]
     return out
 
@@ -449,7 +462,7 @@ def evaluate_folder(cfg: dict, loaded, device, stage: Staging) -> dict:
     for model, ck in loaded:
         index = {s: i for i, s in enumerate(ck["subjects"])}
         preds, wpreds = [], []
-        for rec, (eeg, _) in zip(recs, data):
+        for rec, (eeg, _) in zip(recs, data, strict=True):
             preds.append(zscore_prediction(predict(model, eeg, index.get(rec.subject, -1), device,
                                                    ck["infer_amp"]).float()).numpy())
             if win > 0 and len(eeg) >= win:  # each window predicted on its own, as a model sees a 5 s test window
@@ -458,14 +471,14 @@ def evaluate_folder(cfg: dict, loaded, device, stage: Staging) -> dict:
                                                 .float(), dim=1).numpy())
         per_seed.append(preds)
         per_seed_win.append(wpreds)
-    ens_win = [np.mean(ws, axis=0) for ws in zip(*per_seed_win)] if per_seed_win[0] else []
+    ens_win = [np.mean(ws, axis=0) for ws in zip(*per_seed_win, strict=True)] if per_seed_win[0] else []
     out = {"eval_dir": str(cfg["eval_dir"]), "n_recordings": len(recs), "split": cfg["split"],
            "time_fold": cfg["time_fold"] if cfg["split"] == "time" else None, "window_s": cfg["eval_window_s"],
            "hop_s": cfg["eval_hop_s"],
            "per_seed": {f"seed-{ck['seed']}": _summarize(recs, data, p, w, win, hop, cfg)
-                        for (_, ck), p, w in zip(loaded, per_seed, per_seed_win)},
-           "ensemble": _summarize(recs, data, ens := [np.mean(ps, axis=0) for ps in zip(*per_seed)], ens_win, win, hop,
-                                  cfg)}
+                        for (_, ck), p, w in zip(loaded, per_seed, per_seed_win, strict=True)},
+           "ensemble": _summarize(recs, data, ens := [np.mean(ps, axis=0) for ps in zip(*per_seed, strict=True)],
+                                  ens_win, win, hop, cfg)}
     for s, sc in [*out["per_seed"].items(), (f"ensemble of {len(loaded)}", out["ensemble"])]:
         wtxt = f"  {cfg['eval_window_s']:g} s window r {sc['window_r']:.4f}" if "window_r" in sc else ""
         ch = sc.get("chance", {})

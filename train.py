@@ -46,8 +46,7 @@ from EEG_Dataset import DataError, WindowDataset, natural_key
 from evaluation import evaluate, seed_ensemble
 from fileio import FileError, atomic_write_json, sha256_file
 from metrics import pearson_loss
-from runs import (RunError, RunLock, corpus_from_config, ensure_data, finished_run, prepare_run_dir, seed_dir,
-                  write_log)
+from runs import RunError, RunLock, corpus_from_config, ensure_data, finished_run, prepare_run_dir, seed_dir, write_log
 from sweep import run_sweep
 
 
@@ -190,13 +189,14 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0, replaced: list
         torch.manual_seed(data_seed * 1_000_003 + runtime.rank() * 7919 + state["epoch"])
     fwd = model
     if world > 1:
-        fwd = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        fwd = torch.nn.parallel.DistributedDataParallel(model,
+                                                        device_ids=[device.index] if device.type == "cuda" else None)
     fwd = torch.compile(fwd) if cfg["compile"] else fwd
 
     def checkpoint(finished=False) -> dict:
         # 'model' holds the weights that are evaluated, so test.py needs no special case
-        return dict(meta, model=avg.eval_model.state_dict(), optimizer=opt.state_dict(), torch_rng=torch.get_rng_state(),
-                    finished=finished, **state, **avg.state())
+        return dict(meta, model=avg.eval_model.state_dict(), optimizer=opt.state_dict(),
+                    torch_rng=torch.get_rng_state(), finished=finished, **state, **avg.state())
 
     for epoch in range(state["epoch"], cfg["epochs"]):
         if state["bad_epochs"] >= cfg["patience"]:
@@ -329,7 +329,8 @@ def run_seed(cfg: dict, seed: int, corpus, local_rank: int) -> dict:
 def check_setup(cfg: dict, corpus) -> None:
     """Settings that cannot work with this data or this launch: one-line config errors."""
     if cfg["time_fold"] and cfg["split"] != "time":
-        raise config_module.ConfigError(f"--time_fold={cfg['time_fold']} needs --split=time (got --split={cfg['split']})")
+        raise config_module.ConfigError(f"--time_fold={cfg['time_fold']} needs --split=time "
+                                        f"(got --split={cfg['split']})")
     if cfg["ema_decay"] > 0 and cfg["avg_epochs"] > 1:
         raise config_module.ConfigError("--avg_epochs and --ema_decay both average the weights: use one of them")
     run_dir = Path(cfg["run_dir"])
@@ -338,7 +339,8 @@ def check_setup(cfg: dict, corpus) -> None:
     world = runtime.world_size()
     if world > 1 and (cfg["jobs"] > 1 or cfg["batch_size"] % world or cfg["model"] == "linear"):
         raise config_module.ConfigError(f"torchrun with {world} ranks: batch_size ({cfg['batch_size']}) must be a "
-                                        "multiple of the number of ranks, jobs must be 1, and linear runs without torchrun")
+                                        "multiple of the number of ranks, jobs must be 1, and linear runs without "
+                                        "torchrun")
     if corpus is not None and cfg["model"] != "linear":
         window = int(round(cfg["window_s"] * cfg["fs"]))
         longest = max(corpus.with_part("train") or corpus.recordings, key=lambda r: r.length("train"))
@@ -360,9 +362,11 @@ def ignored_keys(cfg: dict, given: set) -> list[str]:
         keys = sorted(k for k in GRADIENT_KEYS if k in given)
         if keys:
             verb = "has" if len(keys) == 1 else "have"
-            notes.append(f"{', '.join('--' + k for k in keys)} {verb} no effect on --model=linear (a closed-form ridge fit)")
+            notes.append(f"{', '.join('--' + k for k in keys)} {verb} no effect on --model=linear "
+                         "(a closed-form ridge fit)")
     elif "patience" in given and cfg["select"] == "last":
-        notes.append("--patience has no effect with --select=last (every epoch is trained; --select=best_val stops early)")
+        notes.append("--patience has no effect with --select=last (every epoch is trained; "
+                     "--select=best_val stops early)")
     return notes
 
 
@@ -411,7 +415,8 @@ def _main(argv: list[str]) -> list[dict]:
         path = Path(cfg["run_dir"]) / cfg["model"] / f"seeds-{'-'.join(map(str, cfg['seeds']))}.json"
         atomic_write_json(path, summary)
         print(f"{cfg['model']}: best val r over {len(results)} seeds: mean {summary['val_r_mean']:.4f} "
-              f"sd {summary['val_r_sd']:.4f}; ensemble of the seeds {summary['val_r_ensemble']:.4f} -> {path}", flush=True)
+              f"sd {summary['val_r_sd']:.4f}; ensemble of the seeds {summary['val_r_ensemble']:.4f} -> {path}",
+              flush=True)
     runtime.dist_teardown()
     return results
 

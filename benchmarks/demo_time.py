@@ -7,10 +7,11 @@
 Clones the repository's committed HEAD into a temporary folder, then runs the demo command it
 finds in the README ("python3 -m venv .venv && ... && python train.py && python test.py") there,
 timing each of its steps. pip installs from its cache when the wheels are in it. A 4096^2 float32
-matmul with 2 threads (``benchmarks.throughput.dense_rate``), timed before and after the demo in the same environment, gives the
-machine's dense rate; the demo's time scaled by (this rate / ``--ref_gflops``) estimates it on a
-host of that rate (default 67 GFLOP/s: the 2-core AVX2 host of the speed targets). Every step is
-scaled, the install too, though pip barely uses vector units: an upper estimate.
+matmul with 2 threads (``benchmarks.throughput.dense_rate``), timed before and after the demo in
+the same environment, gives the machine's dense rate; the demo's time scaled by (this rate /
+``--ref_gflops``) estimates it on a host of that rate (default 67 GFLOP/s: the 2-core AVX2 host of
+the speed targets). Every step is scaled, the install too, though pip barely uses vector units: an
+upper estimate.
 
 ``--isa=avx2`` sets ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS so that
 an AVX-512 machine runs the AVX2 code paths: the kernels an AVX2 host would run, at this machine's
@@ -19,6 +20,7 @@ clock and core.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -65,7 +67,7 @@ def run_timed(command: str, cwd: Path, env: dict, log: Path) -> list[tuple[str, 
     stamps = [float(m.group(2)) for m in re.finditer(r"^@@ (start|\d+) (\S+)$", log.read_text(), re.M)]
     if rc != 0 or len(stamps) != len(steps) + 1:
         raise SystemExit(f"the demo failed (exit {rc}) after {len(stamps) - 1} of {len(steps)} steps; see {log}")
-    return [(s, b - a) for s, a, b in zip(steps, stamps, stamps[1:])]
+    return [(s, b - a) for s, (a, b) in zip(steps, itertools.pairwise(stamps), strict=True)]
 
 
 def main(argv=None) -> dict:

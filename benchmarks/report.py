@@ -113,7 +113,7 @@ def model_row(folds: dict, fold_names: list[str], which: str = "all", key: str =
     minutes = [folds[f]["seeds"][s]["train_s"] / 60 for f in fold_names for s in seeds]
     return {"seeds": seeds, "per_seed": per_seed, "mean": float(np.mean(per_seed)),
             "sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
-            "ensemble": float(np.mean(ens)), "fold_ensemble": dict(zip(fold_names, fold_ens)),
+            "ensemble": float(np.mean(ens)), "fold_ensemble": dict(zip(fold_names, fold_ens, strict=True)),
             "minutes_per_run": float(np.mean(minutes)), "n_folds": len(fold_names)}
 
 

@@ -68,7 +68,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads in the timed process (0: one per core)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--load", type=int, default=1, help="competing busy-looping processes")
-    p.add_argument("--policies", default="unset,PASSIVE,ACTIVE", help="OMP_WAIT_POLICY values to compare (unset: the runtime's default; spin=N: GOMP_SPINCOUNT=N)")
+    p.add_argument("--policies", default="unset,PASSIVE,ACTIVE",
+                   help="OMP_WAIT_POLICY values to compare (unset: the runtime's default; spin=N: GOMP_SPINCOUNT=N)")
     args = p.parse_args(argv)
     print(f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores; model {args.model}, threads "
           f"{args.threads or 'default'}, {args.steps} steps, {args.load} competing process(es)", flush=True)

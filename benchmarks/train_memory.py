@@ -1,6 +1,6 @@
 """Peak memory (RSS) of TRAINING on a data folder, and how it grows with 1x, 2x, 4x that data.
 
-    python -m benchmarks.train_memory                                  # ivlaai; 1x, 2x, 4x the DTU data; + 2.5 s windows
+    python -m benchmarks.train_memory  # ivlaai; 1x, 2x, 4x the DTU data; + 2.5 s windows
     python -m benchmarks.train_memory --models=ivlaai,vlaai --json=mem.json
     python -m benchmarks.train_memory --child --repeat=2 --model=ivlaai  # one measurement (what the driver runs)
 
@@ -184,7 +184,8 @@ def child(args) -> dict:
             data = baseline_folder(Path(args.data_dir), args.baseline_copies, tmp / "data")
             epochs = args.baseline_epochs
         else:
-            data = Path(args.data_dir) if args.repeat == 1 else repeated_folder(Path(args.data_dir), args.repeat, tmp / "data")
+            data = (Path(args.data_dir) if args.repeat == 1
+                    else repeated_folder(Path(args.data_dir), args.repeat, tmp / "data"))
             epochs = 1
         res["disk_mib"] = disk_mib(data)
         res["epochs"] = epochs
@@ -324,7 +325,8 @@ def _print_table(args, rows: list[dict], bases: list[dict]) -> None:
     """Print every data run as one table row against the target, then each baseline broken down into
     imports, model state, autograd and the rest, so an excess can be traced to its part."""
     hdr = (f"{'model':11s} {'malloc':>7s} {'data':>4s} {'win s':>5s} {'disk MiB':>8s} {'windows':>7s} "
-           f"{'baseline':>8s} {'after load':>10s} {'load/disk':>9s} {'peak RSS':>8s} {'above base':>10s} {'/ disk':>6s} "
+           f"{'baseline':>8s} {'after load':>10s} {'load/disk':>9s} {'peak RSS':>8s} {'above base':>10s} "
+           f"{'/ disk':>6s} "
            f"{'target':>6s} {'anon above':>10s}")
     print(hdr)
     print("-" * len(hdr))
@@ -335,7 +337,8 @@ def _print_table(args, rows: list[dict], bases: list[dict]) -> None:
               f"{r.get('windows_per_epoch', 0):7d} {r['baseline_peak_mib']:8.1f} "
               f"{r.get('rss_after_load_mib', float('nan')):10.1f} {r['load_above_imports_mib'] / r['disk_mib']:9.2f} "
               f"{r['peak_rss_mib']:8.1f} "
-              f"{r['above_baseline_mib']:10.1f} {r['ratio_to_disk']:6.2f} {ok:>6s} {r['anon_above_baseline_mib']:10.1f}")
+              f"{r['above_baseline_mib']:10.1f} {r['ratio_to_disk']:6.2f} {ok:>6s} "
+              f"{r['anon_above_baseline_mib']:10.1f}")
     print("(MiB. malloc: glibc default, or MALLOC_MMAP_THRESHOLD_ set. load/disk = (RSS after load_corpus - RSS "
           "after imports) / disk. baseline = peak of train.main on "
           f"{args.baseline_copies} links to one trial (same model, batch, window; its own data counted back in). "
@@ -376,9 +379,9 @@ def main(argv=None) -> dict:
         print("RESULT " + json.dumps(res), flush=True)
         return res
 
-    from benchmarks.machine import LoadMeter, machine_info  # the shared machine description
-
     import torch
+
+    from benchmarks.machine import LoadMeter, machine_info  # the shared machine description
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -74,7 +74,8 @@ def recipe_run(seed_dir: Path, epochs: int, judge: str = "monitor") -> dict | No
         raise SystemExit(f"{seed_dir}: {len(rows)} epochs logged with select={cfg['select']!r}; "
                          f"a recipe run has {epochs} epochs and select='last'")
     return {"variant": seed_dir.resolve().parts[-4], "inner": "/".join(cfg["monitor_recordings"]), "seed": ck["seed"],
-            "monitor_r": float(rows[-1]["monitor_r"]) if judge == "monitor" else unseen_r(seed_dir), "val_r": float(rows[-1]["val_r"]),
+            "monitor_r": float(rows[-1]["monitor_r"]) if judge == "monitor" else unseen_r(seed_dir),
+            "val_r": float(rows[-1]["val_r"]),
             "avg_epochs": cfg["avg_epochs"], "params": n_params(ck["model"]),
             "s_per_epoch": float(np.mean([float(r["seconds"]) for r in rows]))}
 
@@ -106,7 +107,8 @@ def main(argv=None) -> dict:
         raise SystemExit("no runs found")
     base = {(r["inner"], r["seed"]): r["monitor_r"] for r in runs if r["variant"] == "select-ivlaai"}
     keys = sorted({(r["inner"], r["seed"]) for r in runs})
-    print(f"inner held-out listeners' {'trial' if judge == 'monitor' else 'unseen-speech (last 10 %)'} r of the recipe's weights (epoch {epochs}, average of {avg}); "
+    print(f"inner held-out listeners' {'trial' if judge == 'monitor' else 'unseen-speech (last 10 %)'} r of the "
+          f"recipe's weights (epoch {epochs}, average of {avg}); "
           "diff: against select-ivlaai, same inner listeners and seed (mean ± standard error, runs higher)")
     print("| variant | params | " + " | ".join(f"{i} s{s}" for i, s in keys) + " | mean | diff vs ivlaai | s/epoch |")
     print("|---" * (len(keys) + 5) + "|")
@@ -117,7 +119,8 @@ def main(argv=None) -> dict:
         table[v] = {"runs": list(mine.values()), "mean": float(np.mean([r["monitor_r"] for r in mine.values()])),
                     "diff_mean": d["diff"], "diff_sem": d["sem"], "wins": d["higher"], "paired": d["n"]}
         t = table[v]
-        diff = "-" if t["diff_sem"] is None else f"{t['diff_mean']:+.4f} ± {t['diff_sem']:.4f} ({t['wins']}/{t['paired']})"
+        diff = ("-" if t["diff_sem"] is None
+                else f"{t['diff_mean']:+.4f} ± {t['diff_sem']:.4f} ({t['wins']}/{t['paired']})")
         sec = [r["s_per_epoch"] for r in mine.values() if r["s_per_epoch"]]
         cells = " | ".join(f"{mine[k]['monitor_r']:.4f}" if k in mine else "-" for k in keys)
         print(f"| {v} | {next(iter(mine.values()))['params']:,} | {cells} | {t['mean']:.4f} | {diff} | "

@@ -70,7 +70,8 @@ def main(argv=None) -> None:
     window = int(round(cfg["window_s"] * corpus.fs))
     n_pos = min(len(x) for x, _ in recs) // window
     recs = [(x[: n_pos * window], y[: n_pos * window]) for x, y in recs]
-    print(f"{len(recs)} test trials of {','.join(map(str, subjects))} from {data_dir}; r of each {window / corpus.fs:g} s piece "
+    print(f"{len(recs)} test trials of {','.join(map(str, subjects))} from {data_dir}; "
+          f"r of each {window / corpus.fs:g} s piece "
           "(seed ensemble, mean over trials; equal trials per subject make it the mean over subjects)")
     header = " ".join(f"{k * window / corpus.fs:>5.0f}s" for k in range(n_pos))
     print(f"{'model':<8} {header}   0-40 s  40-45 s  45-50 s")

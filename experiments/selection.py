@@ -119,7 +119,8 @@ def study_run_uncached(seed_dir: Path, files: list[Path], avgs: list[int]) -> di
             model.load_state_dict(average_state_dicts(states[-k:]))
             for part, recs in (("val", val), ("monitor", mon)):
                 table[f"avg{k}"][f"{part}_r"].append(evaluate(model, recs, part, device, index)["r"])
-    return {"dir": str(seed_dir), "model": run_label(seed_dir, first["model_name"]), "seed": first["seed"], "epochs": epochs,
+    return {"dir": str(seed_dir), "model": run_label(seed_dir, first["model_name"]), "seed": first["seed"],
+            "epochs": epochs,
             "monitor": sorted({r.subject for r in mon}), "curves": table}
 
 
@@ -193,7 +194,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--runs={cfg['runs']}: no such run directories")
     runs = [study_run(d, avgs) for d in dirs]
     if judge == "unseen":  # judge the same rules by the inner listeners' unseen speech instead
-        for d, r in zip(dirs, runs):
+        for d, r in zip(dirs, runs, strict=True):
             for k, curve in unseen_run(d, avgs).items():
                 r["curves"][k]["monitor_r"] = curve
     rules = [apply_rules(r, patience, fixed) for r in runs]
@@ -207,7 +208,7 @@ def main(argv=None) -> dict:
     for n in names:
         cells = [f"{x[n][1]:.4f} (ep {x[n][0]})" for x in rules]
         by_model = {}
-        for r, x in zip(runs, rules):
+        for r, x in zip(runs, rules, strict=True):
             by_model.setdefault(r["model"], []).append(x[n][1])
         summary[n] = {m: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                           "n": len(v)} for m, v in by_model.items()}

@@ -51,7 +51,8 @@ def read_runs(root: Path, folds=None, seeds=None) -> dict:
     of a fold's figure.
     ``folds`` / ``seeds``: keep only these (None: all)."""
     out: dict = {}
-    for score in sorted(root.glob("*/tf*/eval/eval_score.json")) + sorted(root.glob("*/tf*/eval/seed-*/eval_score.json")):
+    scores = sorted(root.glob("*/tf*/eval/eval_score.json")) + sorted(root.glob("*/tf*/eval/seed-*/eval_score.json"))
+    for score in scores:
         fold_dir = score.parents[1] if score.parent.name == "eval" else score.parents[2]
         variant, fold = fold_dir.parent.name, int(fold_dir.name[2:])
         if folds is not None and fold not in folds:
@@ -131,7 +132,8 @@ def main(argv=None) -> dict:
                          + "); run experiments/speech_cv_runs.sh")
     table: dict = {}
     print(f"speech cross-validation, {root}: r on speech no model heard (one tenth of every trial per fold)")
-    print(f"| variant | folds | seeds | new listeners r | seen listeners r | val r | new: diff vs {ref} | seen: diff vs {ref} |")
+    print(f"| variant | folds | seeds | new listeners r | seen listeners r | val r | new: diff vs {ref} "
+          f"| seen: diff vs {ref} |")
     print("|---|---|---|---|---|---|---|---|")
     for v in sorted(runs, key=lambda v: (v != ref, v)):
         folds = sorted(runs[v])
@@ -154,7 +156,8 @@ def main(argv=None) -> dict:
               f"{row['new']:.4f} ({len(new)}) | {row['seen']:.4f} ({len(seen)}) | "
               f"{row['val_r']:.4f} | {cells[0]} | {cells[1]} |")
     print("(seeds: trained seeds per fold, a fold's r is their mean; new listeners: mean over the runs that held it "
-          "out; seen: mean over the runs that trained on it; (n) listeners; diff: mean ± standard error over listeners, on the folds both variants have, (higher/n))")
+          "out; seen: mean over the runs that trained on it; (n) listeners; diff: mean ± standard error over "
+          "listeners, on the folds both variants have, (higher/n))")
     compared = [v for v in table if "vs_ref" in table[v] and table[v]["vs_ref"]["folds"]]
     if compared:
         # the listeners of one fold share one trained model and one piece of speech, so the folds,
@@ -170,10 +173,10 @@ def main(argv=None) -> dict:
     print("\nper fold (tenth of the stimulus tested): r of new / seen listeners (mean over seeds), "
           "validation r, kept epoch(s)")
     folds = sorted({k for v in runs for k in runs[v]})
-    print("| variant | " + " | ".join(f"tf{k} ({'/'.join(next(runs[v][k] for v in runs if k in runs[v])['held_out'])} new)"
-                                      for k in folds) + " |")
+    held_out = {k: "/".join(next(runs[v][k] for v in runs if k in runs[v])["held_out"]) for k in folds}
+    print("| variant | " + " | ".join(f"tf{k} ({held_out[k]} new)" for k in folds) + " |")
     print("|---" * (len(folds) + 1) + "|")
-    for v, row in table.items():
+    for v in table:
         cells = []
         for k in folds:
             if k not in runs[v]:

@@ -1,11 +1,10 @@
 """Tests of averaging.py: uniform averages of state dicts, EMA and last-K epoch averages, and resuming them."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from averaging import WeightAverage, average_state_dicts  # noqa: E402
+from averaging import WeightAverage, average_state_dicts
 
 
 class Tiny(torch.nn.Module):

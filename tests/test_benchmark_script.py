@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+import benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
-import benchmark  # noqa: E402
 
 TINY = ["--n_chans=8", "--ivlaai_blocks=1", "--ivlaai_width=16", "--window_s=2", "--batch_size=16"]
 
@@ -110,7 +111,8 @@ def test_quick_settings_and_separate_output_folders():
     one = benchmark.parse_args(["--epochs=4", "--select=best_val", "--patience=7"])  # a plain value: every protocol
     assert benchmark.recipe_args(one, "heldout") == [held, "--epochs=4", "--patience=7", "--select=best_val"]
     per = benchmark.parse_args(["--epochs={'seen': 3}"])
-    assert benchmark.recipe_args(per, "seen") == [seen, "--epochs=3"] and benchmark.recipe_args(per, "heldout") == [held]
+    assert benchmark.recipe_args(per, "seen") == [seen, "--epochs=3"]
+    assert benchmark.recipe_args(per, "heldout") == [held]
     mine = benchmark.parse_args(["--quick", "--seeds=[4]", "--epochs=2", "--protocols=[seen]", "--out_dir=x"])
     assert (mine["seeds"], mine["epochs"], mine["protocols"], mine["out_dir"]) == ([4], 2, ["seen"], "x")
     assert mine["folds"] == benchmark.QUICK["folds"]  # what was not given still comes from --quick

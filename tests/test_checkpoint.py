@@ -1,14 +1,18 @@
 """Tests of checkpoint.py: the one checkpoint schema, version-1 upgrade, and one-line errors naming the file."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-import config  # noqa: E402
-import newmodel  # noqa: E402
-from checkpoint import (  # noqa: E402
-    FORMAT_VERSION, CheckpointError, load_checkpoint, load_model, model_from_checkpoint, save_checkpoint,
+import config
+import newmodel
+from checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    model_from_checkpoint,
+    save_checkpoint,
 )
 
 # a tiny ivlaai (a few hundred parameters) so that every file is small and quick
@@ -95,7 +99,8 @@ def test_a_version_1_checkpoint_is_upgraded_and_rebuilds_the_model(tmp_path, sub
     torch.save(old, path)
     ck = load_checkpoint(path)
     assert ck["version"] == FORMAT_VERSION
-    assert ck["model_args"] == newmodel.model_args("ivlaai", dict(old["config"], n_subjects=3 if subject_embedding else 0))
+    assert ck["model_args"] == newmodel.model_args("ivlaai",
+                                                   dict(old["config"], n_subjects=3 if subject_embedding else 0))
     assert ck["model_args"]["n_subjects"] == (3 if subject_embedding else 0)
     rebuilt, ck2 = load_model(path, "cpu", model_name="ivlaai")
     assert _n_params(rebuilt) == old["n_params"]

@@ -33,7 +33,7 @@ def write_score(folder, per_subject: dict, name: str = "score.json", **top) -> s
 
 def base_scores(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {s: float(v) for s, v in zip(SUBJECTS, rng.uniform(0.05, 0.3, len(SUBJECTS)))}
+    return {s: float(v) for s, v in zip(SUBJECTS, rng.uniform(0.05, 0.3, len(SUBJECTS)), strict=True)}
 
 
 def test_a_folder_compared_with_itself_differs_by_zero_with_p_1(tmp_path, capsys):
@@ -47,7 +47,7 @@ def test_a_folder_compared_with_itself_differs_by_zero_with_p_1(tmp_path, capsys
 def test_an_improvement_on_all_12_subjects_has_the_exact_two_sided_p(tmp_path, capsys):
     b_scores = base_scores()
     gain = np.linspace(0.01, 0.032, 12)  # every subject higher, by different amounts
-    a_scores = {s: v + g for (s, v), g in zip(b_scores.items(), gain)}
+    a_scores = {s: v + g for (s, v), g in zip(b_scores.items(), gain, strict=True)}
     res = compare.main([write_score(tmp_path / "a", a_scores), write_score(tmp_path / "b", b_scores),
                         f"--json={tmp_path / 'cmp.json'}"])
     assert res["p_value"] == 2 / 4096  # only the identity and the all-flipped pattern reach |mean|

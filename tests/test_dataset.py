@@ -1,6 +1,7 @@
 """EEG_Dataset: readers, splits, standardization, windows; challenge.py: the test set's I/O and scoring."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -8,8 +9,14 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from challenge import (read_challenge_folder, read_challenge_labels, read_predictions, read_test_set, score,
-                       write_predictions)
+from challenge import (
+    read_challenge_folder,
+    read_challenge_labels,
+    read_predictions,
+    read_test_set,
+    score,
+    write_predictions,
+)
 from EEG_Dataset import TIME_FOLDS, DataError, WindowDataset, detect_format, load_corpus, read_folder, time_split
 
 DTU = Path(__file__).resolve().parents[2] / "shared" / "data" / "dtu"
@@ -102,7 +109,7 @@ def test_time_folds_partition_each_recording_and_test_every_sample_once(n):
         parts = time_split(n, k)
         # the parts tile [0, n) in order, with one val and one test stretch
         assert parts[0][1] == 0 and parts[-1][2] == n
-        assert all(a[2] == b[1] for a, b in zip(parts, parts[1:]))
+        assert all(a[2] == b[1] for a, b in itertools.pairwise(parts))
         roles = [p for p, _, _ in parts]
         assert roles.count("val") == 1 and roles.count("test") == 1 and set(roles) <= {"train", "val", "test"}
         (_, lo, hi), = [p for p in parts if p[0] == "test"]

@@ -1,4 +1,5 @@
-"""Tests of the synthetic demo corpus (demo_corpus.py). Fast: small corpora only."""
+"""Tests of the synthetic demo corpus (demo_corpus.py) and its reference figures (demo_reference.py).
+Fast: small corpora only."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 from scipy.signal import welch
 
-import demo_corpus as dc  # noqa: E402
-from outputs import lock_holder_of  # noqa: E402
+import demo_corpus as dc
+import demo_reference
+from outputs import lock_holder_of
 
 FILE_RE = re.compile(r"^(train|val|test)_-_(sub-\d{3})_-_((?:audiobook|podcast)_\d+)_-_(eeg|envelope)\.npy$")
 SMALL = dict(n_subjects=3, n_heldout=2, minutes=1.0, n_test_segments=2, segment_s=60.0)
@@ -112,7 +114,7 @@ def test_challenge_test_set_and_labels(corpus):
     # same test stimulus -> same label for every subject that heard it
     by_stim = {}
     for subj in seen + held:
-        for key, (env, stim) in json.loads((out / "test_labels" / f"{subj}.json").read_text()).items():
+        for env, stim in json.loads((out / "test_labels" / f"{subj}.json").read_text()).values():
             by_stim.setdefault(stim, []).append(env)
     for envs in by_stim.values():
         assert all(e == envs[0] for e in envs)
@@ -178,7 +180,7 @@ def test_cli_writes_corpus(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 def test_envelope_is_speech_like():
     fs = 64
-    env, level = dc._stimulus(0, "audiobook_1", 5 * 60 * fs, fs)
+    env, level = dc.stimulus_envelope(0, "audiobook_1", 5 * 60 * fs, fs)
     assert env.shape == (5 * 60 * fs,) and (env >= 0).all()
     f, p = welch(env - env.mean(), fs=fs, nperseg=512)
     band = lambda lo, hi: p[(f >= lo) & (f < hi)].sum()  # noqa: E731
@@ -194,7 +196,7 @@ def test_envelope_is_speech_like():
     assert len(pauses) >= 5 * 5, len(pauses)  # >= 5 per minute
     assert runs.max() < 3.0
     # different stimuli -> different envelopes
-    other, _ = dc._stimulus(0, "podcast_1", 5 * 60 * fs, fs)
+    other, _ = dc.stimulus_envelope(0, "podcast_1", 5 * 60 * fs, fs)
     assert abs(np.corrcoef(env, other)[0, 1]) < 0.2
 
 
@@ -202,8 +204,8 @@ def test_eeg_lags_envelope():
     """The noise-free response follows the envelope by ~50-200 ms (P1-N1-P2), never precedes it."""
     fs = 64
     m = dc.subject_model(0, 0)
-    env, level = dc._stimulus(0, "audiobook_1", 60 * fs, fs)
-    eeg, parts = dc.subject_eeg(m, env, level, dc._rng(0, "t"), return_parts=True)
+    env, level = dc.stimulus_envelope(0, "audiobook_1", 60 * fs, fs)
+    eeg, parts = dc.subject_eeg(m, env, level, dc.random_stream(0, "t"), return_parts=True)
     assert eeg.shape == (60 * fs, 64)
     e = env / level - (env / level).mean()
     xc = [np.dot(e[: len(e) - k], parts["neural"][k:]) for k in range(0, 26)]
@@ -219,8 +221,8 @@ def test_small_corpus_is_decodable(tmp_path):
     assert 0.05 < lin["total"] < 0.5, lin
     assert lin["mean"] > 3 * lin["chance_sd"] / np.sqrt(len(lin["per_subject"]) * 2)
     # the same figure from the files on disk (independent reader)
-    disk = dc.linear_reference_r(tmp_path / "small")
+    disk = demo_reference.linear_reference_r(tmp_path / "small")
     assert abs(disk["total"] - lin["total"]) < 0.01
     # the model's ceiling (subject-specific ridge on more data) runs and is in a sane range
-    ceil = dc.model_ceiling_r(tmp_path / "small", factor=2)
+    ceil = demo_reference.model_ceiling_r(tmp_path / "small", factor=2)
     assert 0.0 < ceil["total"] < 0.8

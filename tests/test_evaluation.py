@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import challenge
-from EEG_Dataset import load_corpus  # noqa: E402
-from evaluation import ensemble_r, evaluate, predict, zscore_prediction  # noqa: E402
+from EEG_Dataset import load_corpus
+from evaluation import ensemble_r, evaluate, predict, zscore_prediction
 
 T, C = 640, 3  # 10 s at 64 Hz, 3 channels
 

@@ -85,13 +85,15 @@ def test_selection_study_reproduces_train_logs(tmp_path, monkeypatch, decodable_
 
     sel = selection
     run_dir = tmp_path / "runs"
-    train.main([f"--data_dir={decodable_npz}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16",
-                "--window_s=1", "--batch_size=16", "--threads=1", "--epochs=4", "--patience=4", "--lr=1e-2",
+    train.main([f"--data_dir={decodable_npz}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1",
+                "--ivlaai_width=16", "--window_s=1", "--batch_size=16", "--threads=1", "--epochs=4", "--patience=4",
+                "--lr=1e-2",
                 "--seeds=[1]", "--monitor_recordings=['S3']", "--keep_epochs", f"--run_dir={run_dir}"])
     seed_dir = run_dir / "ivlaai" / "seed-1"
     with open(seed_dir / "log.csv") as f:
         rows = list(csv.DictReader(f))
-    res = sel.main([f"--runs={seed_dir}", "--avg=[1,2]", "--fixed=[2,4]", "--patience=4", f"--out={tmp_path / 's.json'}"])
+    res = sel.main([f"--runs={seed_dir}", "--avg=[1,2]", "--fixed=[2,4]", "--patience=4",
+                    f"--out={tmp_path / 's.json'}"])
     c = res["runs"][0]["curves"]
     assert c["avg1"]["val_r"] == pytest.approx([float(r["val_r"]) for r in rows], abs=1e-5)
     assert c["avg1"]["monitor_r"] == pytest.approx([float(r["monitor_r"]) for r in rows], abs=1e-5)
@@ -131,8 +133,9 @@ def test_selection_unseen_judge_matches_test_py(tmp_path, decodable_npz, scorer)
     test subjects' unseen speech (test.py --split=time), and judges the rules by it."""
     sel = selection
     run_dir = tmp_path / "runs"
-    train.main([f"--data_dir={decodable_npz}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1", "--ivlaai_width=16",
-                "--window_s=1", "--batch_size=16", "--threads=1", "--epochs=3", "--patience=3", "--lr=1e-2",
+    train.main([f"--data_dir={decodable_npz}", "--n_chans=8", "--model=ivlaai", "--ivlaai_blocks=1",
+                "--ivlaai_width=16", "--window_s=1", "--batch_size=16", "--threads=1", "--epochs=3", "--patience=3",
+                "--lr=1e-2",
                 "--seeds=[1]", "--monitor_recordings=['S3']", "--keep_epochs", "--select=last", f"--run_dir={run_dir}"])
     seed_dir = run_dir / "ivlaai" / "seed-1"
     whole = sel.main([f"--runs={seed_dir}", "--avg=[1]", "--fixed=[3]", "--patience=3"])
@@ -165,7 +168,8 @@ def test_ablation_recipe_run_matches_study_run(tmp_path, decodable_npz):
                          "--avg=3", f"--out={tmp_path / 'a.json'}"])
     assert set(res) == {"select-ivlaai", "ablate-base"}
     (b,), (r,) = res["select-ivlaai"]["runs"], res["ablate-base"]["runs"]
-    assert r["monitor_r"] == pytest.approx(b["monitor_r"], abs=1e-5) and r["val_r"] == pytest.approx(b["val_r"], abs=1e-5)
+    assert r["monitor_r"] == pytest.approx(b["monitor_r"], abs=1e-5)
+    assert r["val_r"] == pytest.approx(b["val_r"], abs=1e-5)
     assert res["ablate-base"]["diff_mean"] == pytest.approx(0.0, abs=1e-5) and res["ablate-base"]["paired"] == 1
     # judged by the inner listener's unseen speech: the same weights agree there too, on another figure
     un = ablation.main([f"--baseline={study}/ivlaai/seed-*", f"--runs={recipe}/ivlaai/seed-*", "--epochs=3",
@@ -174,7 +178,8 @@ def test_ablation_recipe_run_matches_study_run(tmp_path, decodable_npz):
     assert ru["monitor_r"] == pytest.approx(bu["monitor_r"], abs=1e-5)
     assert ru["monitor_r"] != pytest.approx(r["monitor_r"], abs=1e-4)
     # the study run's own epoch-3 weights (no averaging) are another model: the comparison can tell
-    alone = ablation.main([f"--baseline={study}/ivlaai/seed-*", f"--runs={recipe}/ivlaai/seed-*", "--epochs=3", "--avg=1"])
+    alone = ablation.main([f"--baseline={study}/ivlaai/seed-*", f"--runs={recipe}/ivlaai/seed-*", "--epochs=3",
+                           "--avg=1"])
     assert alone["select-ivlaai"]["runs"][0]["monitor_r"] != pytest.approx(r["monitor_r"], abs=1e-6)
     with pytest.raises(SystemExit, match="4 epochs logged with select='best_val'; a recipe run has 3 epochs"):
         ablation.main([f"--baseline={tmp_path / 'none'}", f"--runs={study}/ivlaai/seed-*", "--epochs=3"])
@@ -193,8 +198,8 @@ def test_speech_cv_summary_scores_new_and_seen_listeners(tmp_path, decodable_npz
         ts.main([f"--run_dir={d}", "--test_dir=None", f"--eval_dir={decodable_npz}", "--split=time",
                  f"--result_dir={d / 'eval'}"])
     table = speech_cv.main([f"--root={root}", "--ref=linear"])["linear"]
-    ev = {k: json.loads((root / "linear" / f"tf{k}" / "eval" / "eval_score.json").read_text())["ensemble"]["per_subject"]
-          for k in (0, 3, 6)}
+    evals = {k: json.loads((root / "linear" / f"tf{k}" / "eval" / "eval_score.json").read_text()) for k in (0, 3, 6)}
+    ev = {k: e["ensemble"]["per_subject"] for k, e in evals.items()}
     # S1 is new in folds 0 and 6, seen in fold 3; S2 new in fold 3, seen in 0 and 6
     assert table["new_per_subject"] == pytest.approx({"S1": (ev[0]["S1"] + ev[6]["S1"]) / 2, "S2": ev[3]["S2"]})
     assert table["seen_per_subject"] == pytest.approx({"S1": ev[3]["S1"], "S2": (ev[0]["S2"] + ev[6]["S2"]) / 2,
@@ -246,7 +251,8 @@ def test_speech_cv_averages_seeds_scored_one_by_one(tmp_path, decodable_npz, sco
     with pytest.raises(SystemExit, match="no_such_key"):
         speech_cv.main([f"--root={root}", "--no_such_key=1"])
     (root / "ivlaai" / "tf0" / "ivlaai" / "seed-2" / "best.pt").unlink()
-    with pytest.raises(SystemExit, match=r"tf0/eval/seed-2/eval_score.json: scores seed-2, but .* holds 0 trained seed-2"):
+    with pytest.raises(SystemExit,
+                       match=r"tf0/eval/seed-2/eval_score.json: scores seed-2, but .* holds 0 trained seed-2"):
         speech_cv.read_runs(root)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import fileio  # noqa: E402
-from fileio import FileError, atomic_write_bytes, atomic_write_json, read_json, remove_stale_temps, sha256_file  # noqa: E402
+import fileio
+from fileio import FileError, atomic_write_bytes, atomic_write_json, read_json, remove_stale_temps, sha256_file
 
 
 def _listing(folder: Path) -> list[str]:

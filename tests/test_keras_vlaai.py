@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from keras_weights import KerasWeightsError, vlaai_from_keras
+from newmodel import VLAAI, build_model, receptive_field
 
 h5py = pytest.importorskip("h5py", reason="h5py (requirements.txt) is needed to read Keras .h5 files")
-
-from keras_weights import KerasWeightsError, vlaai_from_keras  # noqa: E402
-from newmodel import VLAAI, build_model, receptive_field  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "vlaai_keras"
 H5 = FIXTURES / "vlaai_keras_random.h5"
@@ -138,7 +137,7 @@ def test_weights_only_layout(tmp_path, model, io):
         assert "model_weights" not in f and "layer_names" in f.attrs
     m = vlaai_from_keras(path)
     assert_matches_reference(m, io)
-    for (k, a), b in zip(m.state_dict().items(), model.state_dict().values()):
+    for (k, a), b in zip(m.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 
@@ -159,7 +158,7 @@ def test_other_layer_names_are_matched_by_structure(tmp_path, io):
     HDF5 lists groups in) reverses the block order: only layer_names order may decide."""
     attrs, layers = read_layers(H5)
     renamed = []
-    for i, (name, ws) in enumerate(layers):
+    for i, (_name, ws) in enumerate(layers):
         new = f"{chr(ord('z') - i)}_layer_{100 - i}"
         new_ws = [(f"{new}_{j}/{w.rsplit('/', 1)[-1]}", a) for j, (w, a) in enumerate(ws)]
         renamed.append((new, new_ws))

@@ -5,13 +5,17 @@ import pytest
 import scipy.stats
 import torch
 
-
-import config  # noqa: E402
-import newmodel  # noqa: E402
-from metrics import paired_differences, pearson, pearson_loss  # noqa: E402
-from newmodel import (  # noqa: E402
-    DEFAULT_MODEL, ImprovedVLAAI, LinearConv, RidgeDecoder, VLAAI,
-    build_model, receptive_field,
+import config
+import newmodel
+from metrics import paired_differences, pearson, pearson_loss
+from newmodel import (
+    DEFAULT_MODEL,
+    VLAAI,
+    ImprovedVLAAI,
+    LinearConv,
+    RidgeDecoder,
+    build_model,
+    receptive_field,
 )
 
 ALL = ["vlaai", "linear", "linear_conv", "ivlaai"]
@@ -61,7 +65,7 @@ def test_vlaai_extractor_is_shared():
     m = build_model("vlaai")
     blocks = m.blocks()
     assert len(blocks) == 4
-    for ext, dense, ctx in blocks:
+    for ext, _dense, ctx in blocks:
         assert ext is m.extractor and ctx is m.output_context
     assert len({id(d) for _, d, _ in blocks}) == 4            # own dense layer per block
     # extractor parameters appear once: 5 convs + 5 layer norms, weight and bias each

@@ -7,7 +7,6 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 import newmodel
@@ -80,7 +79,8 @@ def test_bf16_training_is_deterministic_and_recorded(tmp_path, capsys):
     assert "bfloat16 autocast (amp=bf16)" in capsys.readouterr().out
     assert cks[0]["precision"] == "bf16" and all(torch.equal(cks[0]["model"][k], cks[1]["model"][k])
                                                  for k in cks[0]["model"])
-    assert all(v.dtype == torch.float32 for v in cks[0]["model"].values() if v.is_floating_point())  # weights stay float32
+    # the weights stay float32
+    assert all(v.dtype == torch.float32 for v in cks[0]["model"].values() if v.is_floating_point())
     # test.py infers in the checkpoint's precision unless --amp is given
     seen = []
     real = test_script.predict

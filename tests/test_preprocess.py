@@ -23,10 +23,12 @@ import scipy.integrate
 import scipy.signal
 from scipy.io import wavfile
 
+import config
+import envelope
+import preprocess as pp
+from EEG_Dataset import DataError, load_corpus
+
 ROOT = Path(__file__).resolve().parents[1]
-import config  # noqa: E402
-import preprocess as pp  # noqa: E402
-from EEG_Dataset import DataError, load_corpus  # noqa: E402
 
 mne = pytest.importorskip("mne")
 mne.set_log_level("error")
@@ -94,7 +96,7 @@ def write_eeg(path: Path, data_v: np.ndarray, fs: int, triggers_s=(), code: int 
         import edfio
 
         sig = [edfio.BdfSignal(ch * 1e6, fs, label=nm, physical_dimension="uV", physical_range=(-2000, 2000))
-               for nm, ch in zip(names, data_v)]
+               for nm, ch in zip(names, data_v, strict=True)]
         status = np.zeros(n)
         for s in samples:
             status[s: s + 4] = code
@@ -154,14 +156,14 @@ def stim(tmp_path_factory):
 
 # ============================================================================ filterbank
 def test_centre_frequencies_are_erb_spaced_50_to_5000():
-    fc = pp.erb_space(50, 5000, 28)
+    fc = envelope.erb_space(50, 5000, 28)
     assert len(fc) == 28 and fc[0] == pytest.approx(50) and fc[-1] == pytest.approx(5000)
     assert np.all(np.diff(fc) > 0)
     # equal steps on the ERB-number scale 21.4 log10(4.37 f / 1000 + 1) (Glasberg & Moore 1990)
     steps = np.diff(21.4 * np.log10(4.37 * fc / 1000 + 1))
     assert np.allclose(steps, steps[0], rtol=1e-9)
     assert steps[0] == pytest.approx((29.0776 - 1.8365) / 27, abs=1e-3)  # E(5000), E(50): ~1 ERB apart
-    assert pp.erb_hz(1000) == pytest.approx(24.7 * 5.37)
+    assert envelope.erb_hz(1000) == pytest.approx(24.7 * 5.37)
 
 
 @pytest.mark.parametrize("fs", [16000, 48000])
@@ -171,27 +173,27 @@ def test_filterbank_bandwidths_match_the_erb_formula(fs):
     gammatone with b = 1.019 ERB is 2 * 1.019 * sqrt(2^(1/4) - 1) = 0.8865 ERB; the peak lies at fc
     with unit gain."""
     f = np.linspace(0, fs / 2, 2 ** 17)
-    bank = pp.gammatone_bank(fs, 50, 5000, 28)
-    assert [b.centre_hz for b in bank] == pytest.approx(list(pp.erb_space(50, 5000, 28)))
+    bank = envelope.gammatone_bank(fs, 50, 5000, 28)
+    assert [b.centre_hz for b in bank] == pytest.approx(list(envelope.erb_space(50, 5000, 28)))
     for band in bank:
-        fc, erb = band.centre_hz, float(pp.erb_hz(band.centre_hz))
-        power = np.abs(pp.band_response(band, f, fs)) ** 2
+        fc, erb = band.centre_hz, float(envelope.erb_hz(band.centre_hz))
+        power = np.abs(envelope.band_response(band, f, fs)) ** 2
         peak = power.max()
         assert scipy.integrate.trapezoid(power, f) / peak == pytest.approx(erb, rel=0.02), fc
         passband = f[power >= peak / 2]
         assert passband.max() - passband.min() == pytest.approx(0.8865 * erb, rel=0.03), fc
         assert abs(f[power.argmax()] - fc) < 0.02 * erb, fc
-        assert abs(pp.band_response(band, [fc], fs)[0]) == pytest.approx(1.0, abs=1e-6), fc
+        assert abs(envelope.band_response(band, [fc], fs)[0]) == pytest.approx(1.0, abs=1e-6), fc
 
 
 def test_low_band_is_stable_at_audio_rates():
     """At 48 kHz the 50 Hz band's expanded 8th-order denominator is numerically unstable; the
     rearranged filter must match the sampled analytic gammatone impulse response instead."""
     fs, n = 48000, 24000
-    band = pp.gammatone_band(50.0, fs)
+    band = envelope.gammatone_band(50.0, fs)
     impulse = np.zeros(n)
     impulse[0] = 1
-    ours = pp.gammatone_filter(band, impulse)
+    ours = envelope.gammatone_filter(band, impulse)
     analytic, _ = scipy.signal.gammatone(50.0, "fir", numtaps=n, fs=fs)
     assert np.isfinite(ours).all()
     assert np.abs(ours - analytic).max() < 0.01 * np.abs(analytic).max()
@@ -211,14 +213,14 @@ def test_am_noise_envelope_peaks_at_its_modulation_rate():
     rng = np.random.default_rng(0)
     t = np.arange(20 * FS_AUDIO) / FS_AUDIO
     audio = (1 + 0.8 * np.sin(2 * np.pi * 4 * t)) * rng.standard_normal(len(t))
-    env = pp.speech_envelope(audio, FS_AUDIO)
+    env = envelope.speech_envelope(audio, FS_AUDIO)
     assert env.shape == (20 * 64,)
     peak, f, p = spectrum_peak_hz(env, 64, 0.5, 30)
     assert peak == pytest.approx(4.0, abs=0.1)
     others = p[(f > 0.5) & (f < 30) & (np.abs(f - 4) > 0.5)]
     assert p[np.abs(f - 4) < 0.1].max() > 100 * np.median(others)
     # |band| ** 0.6: twice the amplitude gives 2 ** 0.6 times the envelope
-    assert np.allclose(pp.speech_envelope(2 * audio, FS_AUDIO), 2 ** 0.6 * env, rtol=1e-9, atol=1e-12)
+    assert np.allclose(envelope.speech_envelope(2 * audio, FS_AUDIO), 2 ** 0.6 * env, rtol=1e-9, atol=1e-12)
 
 
 def test_envelope_timing_and_silence():
@@ -226,7 +228,7 @@ def test_envelope_timing_and_silence():
     2.0 * 64 = 128 (within the gammatone's few-ms delay), so envelope sample k is audio time k / 64."""
     t = np.arange(5 * FS_AUDIO) / FS_AUDIO
     audio = np.where((t >= 2) & (t < 3), np.sin(2 * np.pi * 1000 * t), 0.0)
-    env = pp.speech_envelope(audio, FS_AUDIO)
+    env = envelope.speech_envelope(audio, FS_AUDIO)
     assert env.shape == (5 * 64,)
     on = env[140:180].mean()
     assert np.abs(env[:100]).max() < 0.02 * on and np.abs(env[220:]).max() < 0.02 * on
@@ -246,7 +248,7 @@ def test_speech_envelope_follows_the_syllable_rate(tmp_path):
     fs, audio = wavfile.read(wav)
     pad = np.zeros(int(1.5 * fs), audio.dtype)
     audio = np.concatenate([pad, audio, pad]).astype(np.float64)
-    env = pp.speech_envelope(audio, fs)
+    env = envelope.speech_envelope(audio, fs)
     n_pad = int(1.5 * 64)
     speech = env[n_pad:-n_pad]
     assert len(speech) > 10 * 64, "espeak-ng produced less speech than expected"
@@ -263,13 +265,13 @@ def test_read_audio_stereo_and_npz(tmp_path):
     rng = np.random.default_rng(0)
     left, right = rng.uniform(-0.5, 0.5, 1000), rng.uniform(-0.5, 0.5, 1000)
     wavfile.write(tmp_path / "st.wav", 16000, np.stack([left, right], 1).astype(np.float32))
-    mono, fs, n_ch = pp.read_audio(tmp_path / "st.wav")
+    mono, fs, n_ch = envelope.read_audio(tmp_path / "st.wav")
     assert (fs, n_ch) == (16000, 2) and np.allclose(mono, (left + right) / 2, atol=1e-6)
     np.savez(tmp_path / "a.npz", audio=left, fs=22050)
-    mono, fs, n_ch = pp.read_audio(tmp_path / "a.npz")
+    mono, fs, n_ch = envelope.read_audio(tmp_path / "a.npz")
     assert (fs, n_ch) == (22050, 1) and np.allclose(mono, left)
     wavfile.write(tmp_path / "i16.wav", 8000, np.array([-32768, 0, 16384], np.int16))
-    assert np.allclose(pp.read_audio(tmp_path / "i16.wav")[0], [-1, 0, 0.5])
+    assert np.allclose(envelope.read_audio(tmp_path / "i16.wav")[0], [-1, 0, 0.5])
 
 
 # ============================================================================ EEG steps
@@ -436,21 +438,26 @@ def _bad_case(tmp_path: Path, stim, case: str):
     ok = ("S1", "good.edf", wav, 2.0)
     if case == "unreadable audio":
         (tmp_path / "broken.wav").write_bytes(b"RIFF but not really a wav file")
-        return write_pairs(tmp_path / "p.csv", [ok, ("S2", "good.edf", "broken.wav", 2.0)]), [], r"broken\.wav: cannot read"
+        return (write_pairs(tmp_path / "p.csv", [ok, ("S2", "good.edf", "broken.wav", 2.0)]), [],
+                r"broken\.wav: cannot read")
     if case == "unreadable EEG":
         (tmp_path / "broken.edf").write_bytes(b"0       garbage" * 20)
-        return write_pairs(tmp_path / "p.csv", [ok, ("S2", "broken.edf", wav, 2.0)]), [], r"broken\.edf: cannot read as EEG"
+        return (write_pairs(tmp_path / "p.csv", [ok, ("S2", "broken.edf", wav, 2.0)]), [],
+                r"broken\.edf: cannot read as EEG")
     if case == "audio rate too low":
         fs, x = wavfile.read(wav)
         wavfile.write(tmp_path / "low.wav", 8000, x[::2])
-        return write_pairs(tmp_path / "p.csv", [ok, ("S2", "good.edf", "low.wav", 2.0)]), [], r"low\.wav: audio sampled at 8000 Hz"
+        return (write_pairs(tmp_path / "p.csv", [ok, ("S2", "good.edf", "low.wav", 2.0)]), [],
+                r"low\.wav: audio sampled at 8000 Hz")
     if case == "EEG rate too low":
         write_eeg(tmp_path / "slow.edf", data[:, ::4], 32)
-        return write_pairs(tmp_path / "p.csv", [ok, ("S2", "slow.edf", wav, 2.0)]), [], r"slow\.edf: EEG sampled at 32 Hz"
+        return (write_pairs(tmp_path / "p.csv", [ok, ("S2", "slow.edf", wav, 2.0)]), [],
+                r"slow\.edf: EEG sampled at 32 Hz")
     if case == "EEG shorter than the stimulus":
         write_eeg(tmp_path / "short.edf", data[:, : int(128 * (2 + dur - 1))], 128)
         return (write_pairs(tmp_path / "p.csv", [ok, ("S2", "short.edf", wav, 2.0)]), [],
-                r"short\.edf: only 14\.000 s of EEG after the stimulus onset at 2\.000 s .*story_1\.wav lasts 15\.000 s")
+                r"short\.edf: only 14\.000 s of EEG after the stimulus onset at 2\.000 s "
+                r".*story_1\.wav lasts 15\.000 s")
     if case == "missing triggers":
         write_eeg(tmp_path / "notrig.edf", data, 128)
         return (write_pairs(tmp_path / "p.csv", [ok, ("S2", "notrig.edf", wav, "")]), [],
@@ -459,14 +466,17 @@ def _bad_case(tmp_path: Path, stim, case: str):
         return (write_pairs(tmp_path / "p.csv", [ok, ("S2", "good.edf", wav, "")]), ["--pre_trigger_code=other"],
                 r"good\.edf: .* holds 0 matching trigger\(s\) \(code 'other'")
     if case == "onset mode without onset_s":
-        return write_pairs(tmp_path / "p.csv", [ok, ("S2", "good.edf", wav, "")]), ["--pre_align=onset"], r"p\.csv:3: .*no onset_s"
+        return (write_pairs(tmp_path / "p.csv", [ok, ("S2", "good.edf", wav, "")]), ["--pre_align=onset"],
+                r"p\.csv:3: .*no onset_s")
     if case == "wrong column count":
         (tmp_path / "p.csv").write_text(f"S1,good.edf,{wav},2.0\nS2,good.edf\n")
         return tmp_path / "p.csv", [], r"p\.csv:2: expected 3 or 4 columns"
     if case == "missing file":
-        return write_pairs(tmp_path / "p.csv", [ok, ("S2", "nothere.bdf", wav, 2.0)]), [], r"p\.csv:3: eeg_file .*nothere\.bdf does not exist"
+        return (write_pairs(tmp_path / "p.csv", [ok, ("S2", "nothere.bdf", wav, 2.0)]), [],
+                r"p\.csv:3: eeg_file .*nothere\.bdf does not exist")
     if case == "bad onset":
-        return write_pairs(tmp_path / "p.csv", [ok, ("S2", "good.edf", wav, "soon")]), [], r"p\.csv:3: onset_s must be a number"
+        return (write_pairs(tmp_path / "p.csv", [ok, ("S2", "good.edf", wav, "soon")]), [],
+                r"p\.csv:3: onset_s must be a number")
     if case == "duplicate pair":
         return write_pairs(tmp_path / "p.csv", [ok, ok]), [], r"p\.csv:3: .*already appears at .*p\.csv:2"
     if case == "missing pairs file":

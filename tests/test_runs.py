@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+import config
+import newmodel
+import runs
+from checkpoint import save_checkpoint
+from EEG_Dataset import DataError
+from runs import RunError, RunLock, lock_holder, prepare_run_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-import config  # noqa: E402
-import newmodel  # noqa: E402
-import runs  # noqa: E402
-from checkpoint import save_checkpoint  # noqa: E402
-from EEG_Dataset import DataError  # noqa: E402
-from runs import RunError, RunLock, lock_holder, prepare_run_dir  # noqa: E402
 
 # A child process that takes the run lock of argv[1] with runs.RunLock and holds it. runs.py's lock
 # needs neither torch nor the data loader: they are stubbed so that the child starts in milliseconds
@@ -171,7 +172,8 @@ def test_overwrite_names_only_what_train_wrote_and_changes_nothing(tmp_path):
     with RunLock(folder):
         replaced = prepare_run_dir(folder, _cfg(overwrite=True), 1)
         assert sorted(p.name for p in replaced) == sorted(p.name for p in runs.run_files(folder))
-        assert {p.name for p in replaced} >= {"best.pt", "epochs"} and not {"notes.txt", "sub"} & {p.name for p in replaced}
+        assert {p.name for p in replaced} >= {"best.pt", "epochs"}
+        assert not {"notes.txt", "sub"} & {p.name for p in replaced}
         assert (folder / "best.pt").exists() and (folder / "epochs").exists()
     assert (folder / "notes.txt").read_text() == "my notes"
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+import demo_corpus
+import train
+from checkpoint import model_from_checkpoint
+from EEG_Dataset import WindowDataset, load_corpus
+
 ROOT = Path(__file__).resolve().parents[1]
-import demo_corpus  # noqa: E402
-import train  # noqa: E402
-from checkpoint import model_from_checkpoint  # noqa: E402
-from EEG_Dataset import WindowDataset, load_corpus  # noqa: E402
 
 N_CHANS = 8
 # dropout 0: with dropout every rank draws its own masks, so ranks and one process cannot agree
@@ -97,10 +98,11 @@ def test_torchrun_two_ranks_give_the_one_process_model(data_dir, tmp_path):
     # reduced training r and validation r. Summation order moves the weights slightly, and Adam
     # turns gradients that are pure float noise (e.g. the output bias: r ignores shifts) into full
     # steps, so two epochs agree to ~1e-3, not to the last digit; the other batch size is ~1e-2 off.
-    for ra, rb, rc in zip(a["history"], b["history"], c["history"]):
+    for ra, rb in zip(a["history"], b["history"], strict=True):
         assert ra["train_r"] == pytest.approx(rb["train_r"], abs=2e-3)
         assert ra["val_r"] == pytest.approx(rb["val_r"], abs=2e-3)
-    assert max(abs(ra[k] - rc[k]) for ra, rc in zip(a["history"], c["history"]) for k in ("train_r", "val_r")) > 4e-3
+    assert max(abs(ra[k] - rc[k]) for ra, rc in zip(a["history"], c["history"], strict=True)
+               for k in ("train_r", "val_r")) > 4e-3
     assert a["epoch"] == b["epoch"] == 2
     # only rank 0 locked and wrote: one log, no stray temp files, the lock let go
     out = tmp_path / "two" / "ivlaai" / "seed-5"
@@ -112,7 +114,8 @@ def test_torchrun_two_ranks_give_the_one_process_model(data_dir, tmp_path):
 def test_torchrun_rejects_a_batch_that_does_not_split_over_ranks(data_dir, tmp_path):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run([*launcher, str(ROOT / "train.py"), f"--data_dir={data_dir}", *TINY, "--batch_size=15",
-                           "--epochs=1", f"--run_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--epochs=1", f"--run_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode != 0
     assert "batch_size (15) must be a multiple of the number of ranks" in proc.stdout + proc.stderr
 
@@ -157,7 +160,8 @@ def test_bf16_autocast_trains_and_saves_float32_weights(data_dir, tmp_path):
 
 
 def test_log_records_the_share_of_time_spent_waiting_for_data(data_dir, tmp_path):
-    train.main([f"--data_dir={data_dir}", *TINY, "--batch_size=16", "--epochs=2", "--seeds=[1]", f"--run_dir={tmp_path}"])
+    train.main([f"--data_dir={data_dir}", *TINY, "--batch_size=16", "--epochs=2", "--seeds=[1]",
+                f"--run_dir={tmp_path}"])
     with open(tmp_path / "ivlaai" / "seed-1" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(0 <= float(r["data_wait_pct"]) < 100 for r in rows)

@@ -56,13 +56,13 @@ def test_null_draws_equal_direct_roll_computation_and_observed_equals_official_s
     assert set(out) == {"total", "per_subject", "observed", "n", "min_shift_samples", "method", "shifts"}
     assert out["total"].shape == (6,) and list(out["per_subject"]) == ["S1", "S2", "S3"]
     for j in range(6):
-        rs = [float(pearson(p, np.roll(e, k[j]), dim=0)) for p, e, k in zip(preds, envs, out["shifts"])]
+        rs = [float(pearson(p, np.roll(e, k[j]), dim=0)) for p, e, k in zip(preds, envs, out["shifts"], strict=True)]
         direct = mean_by_subject(groups, rs)
         for s, v in direct.items():
             assert out["per_subject"][s][j] == pytest.approx(v, abs=1e-12)
         assert out["total"][j] == pytest.approx(np.mean(list(direct.values())), abs=1e-12)
     ids = [f"{g}_{i}" for i, g in enumerate(groups)]  # the challenge's segment naming: subject_index
-    official = score(dict(zip(ids, preds)), dict(zip(ids, envs)))
+    official = score(dict(zip(ids, preds, strict=True)), dict(zip(ids, envs, strict=True)))
     assert out["observed"]["total"] == pytest.approx(official["total"], abs=1e-12)
     assert out["observed"]["per_subject"] == pytest.approx(official["per_subject"], abs=1e-12)
 
@@ -77,7 +77,7 @@ def test_null_is_seeded_and_the_seen_weighting_follows_the_official_rule():
     ps = w["per_subject"]
     np.testing.assert_allclose(w["total"], 2 / 3 * ps["S1"] + 1 / 3 * (ps["S2"] + ps["S3"]) / 2, atol=1e-15)
     ids = [f"{g}_{i}" for i, g in enumerate(groups)]
-    official = score(dict(zip(ids, preds)), dict(zip(ids, envs)), seen_subjects=["S1"])
+    official = score(dict(zip(ids, preds, strict=True)), dict(zip(ids, envs, strict=True)), seen_subjects=["S1"])
     assert w["observed"]["total"] == pytest.approx(official["total"], abs=1e-12)
 
 
@@ -89,7 +89,7 @@ def test_shifts_keep_the_minimum_distance_from_zero_and_the_ends():
     envs = [rng.standard_normal(t) for t in lengths]
     out = sg.null_scores(preds, envs, ["a", "a", "b"], n=2000, seed=0, min_shift_s=2.0, return_shifts=True)
     assert out["min_shift_samples"] == m and sg.min_length(FS, 2.0) == 2 * m + 1
-    for t, k in zip(lengths, out["shifts"]):
+    for t, k in zip(lengths, out["shifts"], strict=True):
         assert k.min() >= m and k.max() <= t - m
     # the narrow ranges are covered end to end: the bounds are the intended ones, not narrower
     assert set(out["shifts"][0]) == {m, m + 1}

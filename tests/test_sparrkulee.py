@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-from EEG_Dataset import (FS, DataError, WindowDataset, detect_format, load_corpus, read_folder,  # noqa: E402
-                         time_split)
-from sparrkulee import LazyEEG, read_sparrkulee  # noqa: E402
+from EEG_Dataset import FS, DataError, WindowDataset, detect_format, load_corpus, read_folder, time_split
+from sparrkulee import LazyEEG, read_sparrkulee
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "sparrkulee_sample"
@@ -91,7 +89,8 @@ def test_real_sample_through_load_corpus():
         cuts = {p: (lo, hi) for p, lo, hi in time_split(n)}
         assert {p: r.length(p) for p in r.parts} == {p: hi - lo for p, (lo, hi) in cuts.items()}
         eeg_path = Path(r.parts["train"][2])
-        assert eeg_path.name.startswith(r.subject) and eeg_path.name.endswith("_desc-preproc-audio-audiobook_7_5_eeg.npy")
+        assert eeg_path.name.startswith(r.subject)
+        assert eeg_path.name.endswith("_desc-preproc-audio-audiobook_7_5_eeg.npy")
         # no float64 (or float32) copy of the EEG: every part is a lazy view of the file's memory map
         for eeg, _, _ in r.parts.values():
             assert isinstance(eeg, LazyEEG) and isinstance(eeg.base, np.memmap) and eeg.base.dtype == np.float64

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,16 +25,17 @@ import pytest
 import torch
 from scipy.stats import pearsonr
 
+import checkpoint
+import config
+import demo_corpus
+import train
+from averaging import average_state_dicts
+from checkpoint import load_model, model_from_checkpoint
+from EEG_Dataset import DataError
+from evaluation import evaluate
+from runs import corpus_from_config, ensure_data, lock_holder, write_log
+
 ROOT = Path(__file__).resolve().parents[1]
-import checkpoint  # noqa: E402
-import config  # noqa: E402
-import demo_corpus  # noqa: E402
-import train  # noqa: E402
-from averaging import average_state_dicts  # noqa: E402
-from checkpoint import load_model, model_from_checkpoint  # noqa: E402
-from EEG_Dataset import DataError  # noqa: E402
-from evaluation import evaluate  # noqa: E402
-from runs import corpus_from_config, ensure_data, lock_holder, read_log, write_log  # noqa: E402
 
 # test.py by path: the name 'test' is also the standard library's regression-test package.
 _spec = importlib.util.spec_from_file_location("test_script", ROOT / "test.py")
@@ -297,7 +299,8 @@ def test_two_seeds_run_dirs_ensemble_and_per_seed_scores(corpus, two_seeds, tmp_
     # the run's time: the recorded epochs of both seeds, plus test.py's own
     epochs = [row for s in (1, 2) for row in read_log(two_seeds / "ivlaai" / f"seed-{s}" / "log.csv")]
     line = next(ln for ln in out.splitlines() if ln.startswith("time: "))
-    m = re.fullmatch(r"time: training ([\d.]+) s \(2 seed\(s\), (\d+) epochs\) \+ test.py ([\d.]+) s = ([\d.]+) s", line)
+    m = re.fullmatch(r"time: training ([\d.]+) s \(2 seed\(s\), (\d+) epochs\) \+ test.py ([\d.]+) s "
+                     r"= ([\d.]+) s", line)
     assert m and int(m[2]) == len(epochs) > 0, line
     assert float(m[1]) == pytest.approx(sum(float(r["seconds"]) for r in epochs), abs=0.06)
     assert float(m[4]) == pytest.approx(float(m[1]) + float(m[3]), abs=0.11)  # each printed to 0.1 s
@@ -317,6 +320,26 @@ def test_run_time_counts_every_logged_epoch_not_only_those_before_the_best(tmp_p
     (seed_dir / "log.csv").write_text("epoch,seconds\n1,abc\n")
     line = test_script.run_time([seed_dir / "best.pt"], [(None, best)], 1.0)
     assert line.startswith("test.py: 1.0 s (training time unknown: ") and "abc" in line
+
+
+def test_window_r_scores_each_recording_against_its_own_envelope_when_one_is_too_short():
+    """A test part shorter than one window has no window predictions: the others' window r is still
+    each recording's own, under its own subject (S1 predicted exactly, S3 inverted, S2 too short)."""
+    win = hop = 64
+    rng = np.random.default_rng(0)
+    recs, data, preds, wpreds = [], [], [], []
+    for subject, n, sign in (("S1", 4 * win, 1.0), ("S2", win // 2, 1.0), ("S3", 3 * win, -1.0)):
+        env = rng.standard_normal((n, 1)).astype(np.float32)
+        recs.append(types.SimpleNamespace(subject=subject, rec_id=f"{subject}_rec"))
+        data.append((np.zeros((n, 2), np.float32), env))
+        preds.append(sign * env[:, 0].astype(np.float64))
+        if n >= win:  # as evaluate_folder: windows only where the part holds one
+            wpreds.append(sign * env[: n // win * win, 0].reshape(-1, win).astype(np.float64))
+    cfg = {"chance_draws": 0, "fs": 64, "mm_window_s": 1.0}
+    out = test_script._summarize(recs, data, preds, wpreds, win, hop, cfg)
+    assert out["per_subject"] == pytest.approx({"S1": 1.0, "S2": 1.0, "S3": -1.0})
+    assert out["window_per_subject"] == pytest.approx({"S1": 1.0, "S3": -1.0})
+    assert out["window_r"] == pytest.approx(0.0, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------------- 3. determinism

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import train
+from runs import lock_holder
+
 ROOT = Path(__file__).resolve().parents[1]
-import train  # noqa: E402
-from runs import lock_holder  # noqa: E402
 
 # test.py by path: the name 'test' is also the standard library's regression-test package.
 _spec = importlib.util.spec_from_file_location("test_script_trust", ROOT / "test.py")
@@ -509,7 +510,8 @@ def test_overwrite_replaces_only_what_train_py_wrote_once_the_new_run_saves(data
     train.main([f"--data_dir={data}", *TINY, f"--run_dir={run_dir}", "--epochs=1", "--overwrite", "--seeds=[1]",
                 "--lr=1e-3"])
     assert "--overwrite: replacing the run" in capsys.readouterr().out
-    assert sorted(p.name for p in folder.iterdir()) == [".lock", "best.pt", "curves.png", "last.pt", "log.csv", "notes.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "best.pt", "curves.png", "last.pt", "log.csv",
+                                                        "notes.txt"]
     assert torch_load(folder / "best.pt")["config"]["lr"] == 1e-3
 
 

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+import config
+import demo_corpus
+import preprocess as pp
+import runs
+from EEG_Dataset import DataError
+from outputs import FolderLock, lock_holder_of, sibling_lock
+
 ROOT = Path(__file__).resolve().parents[1]
-import config  # noqa: E402
-import demo_corpus  # noqa: E402
-import preprocess as pp  # noqa: E402
-import runs  # noqa: E402
-from EEG_Dataset import DataError  # noqa: E402
-from outputs import FolderLock, lock_holder_of, sibling_lock  # noqa: E402
 
 mne = pytest.importorskip("mne")
 
