@@ -162,7 +162,9 @@ def test_ablation_recipe_run_matches_study_run(tmp_path, decodable_npz):
               "--window_s=1", "--batch_size=16", "--threads=1", "--lr=1e-2", "--seeds=[1]",
               "--monitor_recordings=['S3']"]
     study, recipe = tmp_path / "select" / "inner-S3", tmp_path / "ablate-base" / "inner-S3"
-    train.main([*common, "--epochs=4", "--patience=4", "--keep_epochs", f"--run_dir={study}"])
+    # the study's runs keep each epoch's own weights (no averaging), as experiments/selection_runs.sh trains them
+    train.main([*common, "--epochs=4", "--patience=4", "--keep_epochs", "--select=best_val", "--avg_epochs=1",
+                f"--run_dir={study}"])
     train.main([*common, "--epochs=3", "--select=last", "--avg_epochs=3", f"--run_dir={recipe}"])
     res = ablation.main([f"--baseline={study}/ivlaai/seed-*", f"--runs={recipe}/ivlaai/seed-*", "--epochs=3",
                          "--avg=3", f"--out={tmp_path / 'a.json'}"])
@@ -226,7 +228,7 @@ def test_speech_cv_averages_seeds_scored_one_by_one(tmp_path, decodable_npz, sco
         d = root / "ivlaai" / f"tf{fold}"
         for seed in ((1, 2) if fold == 0 else (1,)):
             train.main([*common, f"--exclude_subjects=['{held}']", f"--time_fold={fold}", f"--seeds=[{seed}]",
-                        f"--run_dir={d}", "--resume"])
+                        f"--run_dir={d}"])
             ts.main([f"--run_dir={d}", "--model=ivlaai", f"--seeds=[{seed}]", "--test_dir=None",
                      f"--eval_dir={decodable_npz}", "--split=time", f"--result_dir={d / 'eval' / f'seed-{seed}'}"])
     ev = {s: json.loads((root / "ivlaai" / "tf0" / "eval" / f"seed-{s}" / "eval_score.json").read_text())

@@ -106,7 +106,7 @@ def test_torchrun_two_ranks_give_the_one_process_model(data_dir, tmp_path):
     assert a["epoch"] == b["epoch"] == 2
     # only rank 0 locked and wrote: one log, no stray temp files, the lock let go
     out = tmp_path / "two" / "ivlaai" / "seed-5"
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pt", "last.pt", "log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pt", "curves.png", "last.pt", "log.csv"]
     assert (out / ".lock").read_text() == ""
 
 

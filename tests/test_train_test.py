@@ -894,7 +894,7 @@ def test_avg_epochs_tests_the_average_of_the_last_epochs_and_resumes_exactly(cor
     an interrupted averaging run resumes bit for bit."""
     common = [*data_args(corpus), *TINY, "--seeds=[2]", "--patience=4", "--keep_epochs"]
     raw, avg, split = tmp_path / "raw", tmp_path / "avg", tmp_path / "split"
-    train.main([*common, f"--run_dir={raw}", "--epochs=4"])
+    train.main([*common, f"--run_dir={raw}", "--epochs=4", "--avg_epochs=1"])
     train.main([*common, f"--run_dir={avg}", "--epochs=4", "--avg_epochs=3"])
     raw_eps = [load(raw / "ivlaai" / "seed-2" / "epochs" / f"epoch-00{e}.pt")["model"] for e in (1, 2, 3, 4)]
     a = load(avg / "ivlaai" / "seed-2" / "last.pt")
