@@ -24,7 +24,7 @@ from fileio import atomic_write_bytes, read_json
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = {
     "records_dir": (str(ROOT / "results"), "folder of benchmark.py's records (<protocol>/<fold>/<label>/*.json)"),
-    "files": (["README.md", "docs/results.md", "docs/model.md"],
+    "files": (["README.md", "docs/results.md", "docs/model.md", "docs/performance.md"],
               "files whose marked tables are rewritten (relative to the repo)"),
     "check": (False, "change nothing; exit 1 when a table differs from the records"),
 }
@@ -304,6 +304,33 @@ def provenance(records: list[dict]) -> str:
             f"host {'; '.join(hosts)}. Rebuild: `python -m benchmarks.report`." if records else "")
 
 
+def bf16_parity(idx: dict) -> str:
+    """bfloat16 against float32 (labels M-bf16 and M), paired by seed, per protocol, with the
+    decision rule of benchmarks/bf16_parity.sh: the mean difference within one float32 seed sd."""
+    lines = []
+    for proto, fold_names in (("heldout", None), ("transfer", None)):
+        by_label = idx.get(proto, {})
+        for m in ("vlaai", "ivlaai"):
+            if m not in by_label or f"{m}-bf16" not in by_label:
+                continue
+            folds = fold_names or common_folds(by_label, [m, f"{m}-bf16"])
+            if not folds:
+                continue
+            f32, b16 = model_row(by_label[m], folds), model_row(by_label[f"{m}-bf16"], folds)
+            if f32 is None or b16 is None or f32["seeds"] != b16["seeds"]:
+                continue
+            d = np.array(b16["per_seed"]) - np.array(f32["per_seed"])
+            holds = f32["sd"] is not None and abs(d.mean()) <= f32["sd"]
+            lines.append(f"| {proto} ({', '.join(folds)}) | {MODELS[m]} | {_cell(f32)} | {_cell(b16)} | "
+                         + ", ".join(f"{x:+.4f}" for x in d) + f" | {d.mean():+.4f} | "
+                         f"{f32['minutes_per_run']:.1f} / {b16['minutes_per_run']:.1f} | {'yes' if holds else 'no'} |")
+    if not lines:
+        return "No bf16 records yet: run `benchmarks/bf16_parity.sh` on a host with AMX."
+    head = ["| protocol | model | float32 | bf16 | bf16 - float32 per seed | mean | min per run f32 / bf16 | "
+            "within 1 f32 sd |", "|---" * 8 + "|"]
+    return "\n".join(head + lines)
+
+
 TABLES = {
     "summary": summary_table,
     "heldout": lambda idx: protocol_table(idx, "heldout"),
@@ -311,6 +338,7 @@ TABLES = {
     "transfer": lambda idx: protocol_table(idx, "transfer"),
     "seeds": seed_study,
     "seeds_short": seeds_short,
+    "bf16": bf16_parity,
 }
 
 
@@ -322,9 +350,9 @@ def render(text: str, tables: dict, path: str = "") -> str:
             raise ReportError(f"{path}: unknown report table {name!r}; known: {', '.join(tables)}")
         return f"<!-- report:{name} -->\n{tables[name]}\n<!-- /report:{name} -->"
 
-    pattern = re.compile(r"<!-- report:([a-z_]+) -->.*?<!-- /report:\1 -->", re.S)
-    opened = re.findall(r"<!-- report:([a-z_]+) -->", text)
-    closed = re.findall(r"<!-- /report:([a-z_]+) -->", text)
+    pattern = re.compile(r"<!-- report:([a-z0-9_]+) -->.*?<!-- /report:\1 -->", re.S)
+    opened = re.findall(r"<!-- report:([a-z0-9_]+) -->", text)
+    closed = re.findall(r"<!-- /report:([a-z0-9_]+) -->", text)
     if sorted(opened) != sorted(closed):
         raise ReportError(f"{path}: report markers do not pair up (opened {opened}, closed {closed})")
     return pattern.sub(repl, text)

@@ -105,3 +105,14 @@ def test_a_broken_record_is_one_line_naming_it(tmp_path):
     bad.write_text("{")
     with pytest.raises(SystemExit, match="seed-1.json: malformed JSON"):
         report.main([f"--records_dir={tmp_path}", "--check"])
+
+
+def test_bf16_parity_pairs_seeds_and_applies_the_rule(tmp_path):
+    rec = tmp_path / "results"
+    for label, rs in (("vlaai", [0.10, 0.12, 0.14]), ("vlaai-bf16", [0.105, 0.12, 0.13])):
+        for seed, r in zip((1, 2, 3), rs, strict=True):
+            write_record(rec, "heldout", "fold4-S10-S12", label, seed, {"S10": r})
+        write_record(rec, "heldout", "fold4-S10-S12", label, [1, 2, 3], {"S10": 0.13})
+    text = report.bf16_parity(report.index(report.load_records(rec)))
+    assert "+0.0050, +0.0000, -0.0100" in text and "| -0.0017 |" in text and "| yes |" in text
+    assert report.bf16_parity({}).startswith("No bf16 records yet")
