@@ -111,8 +111,9 @@ def _bump(pos: np.ndarray, center, width: float) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # speech-like envelope
 # ---------------------------------------------------------------------------------------------
-def speech_envelope(n_samples: int, fs: int, rng: np.random.Generator, level: float = 1.0) -> np.ndarray:
-    """(n_samples,) float64, non-negative speech-like envelope at ``fs`` Hz.
+def synthetic_speech_envelope(n_samples: int, fs: int, rng: np.random.Generator, level: float = 1.0) -> np.ndarray:
+    """(n_samples,) float64, non-negative speech-like envelope at ``fs`` Hz, generated (not computed
+    from audio: that is envelope.speech_envelope, for real recordings).
 
     Phrases (lognormal, median 2 s) of words (1-3 syllables, one stressed) separated by pauses
     of 0.2-1 s. Syllables follow each other at ~4.5 Hz (gamma-distributed onset intervals); each
@@ -301,7 +302,7 @@ def stimulus_envelope(seed: int, name: str, n: int, fs: int):
     """Envelope (n,) and loudness level of stimulus ``name``; deterministic in (seed, name)."""
     r = random_stream(seed, "stimulus", name)
     level = float(r.uniform(0.05, 0.2))
-    return speech_envelope(n, fs, r, level=level), level
+    return synthetic_speech_envelope(n, fs, r, level=level), level
 
 
 # ---------------------------------------------------------------------------------------------

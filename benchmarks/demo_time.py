@@ -19,7 +19,6 @@ clock and core.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -30,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import options
 from fileio import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,13 +70,24 @@ def run_timed(command: str, cwd: Path, env: dict, log: Path) -> list[tuple[str, 
     return [(s, b - a) for s, (a, b) in zip(steps, itertools.pairwise(stamps), strict=True)]
 
 
+# The tool's keys: (default, comment[, accepted types]).
+KEYS = {
+    "isa": ("native", "instruction set torch may use: native or avx2"),
+    "ref_gflops": (67.0, "dense rate of the host to estimate for"),
+    "work": (None, "folder for the clone (None: a new temporary folder)", (str, type(None))),
+    "json": (None, "also write the result here", (str, type(None))),
+}
+
+
+def parse_args(argv=None):
+    args = options.parse(argv, KEYS, "demo_time", __doc__)
+    if args.isa not in ("native", "avx2"):
+        raise SystemExit(f"--isa: expected native or avx2, got {args.isa!r}")
+    return args
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--isa", choices=("native", "avx2"), default="native", help="instruction set torch may use")
-    p.add_argument("--ref_gflops", type=float, default=67.0, help="dense rate of the host to estimate for")
-    p.add_argument("--work", default=None, help="folder for the clone (default: a new temporary folder)")
-    p.add_argument("--json", default=None, help="also write the result here")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
 
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()

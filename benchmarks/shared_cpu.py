@@ -12,7 +12,6 @@ Prints seconds per step and the slowdown loaded / idle. Run it on an otherwise i
 """
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -20,6 +19,8 @@ import platform
 import subprocess
 import sys
 import time
+
+from benchmarks import options
 
 CHILD = r"""
 import json, sys, time, torch  # run from the repository root: newmodel imports from there
@@ -62,19 +63,31 @@ def time_child(model: str, threads: int, steps: int, policy: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# The tool's keys: (default, comment[, accepted types]).
+KEYS = {
+    "model": ("ivlaai", "the model whose training steps are timed"),
+    "threads": (0, "torch threads in the timed process (0: one per core)"),
+    "steps": (20, "timed training steps per setting (the median is reported)"),
+    "load": (1, "competing busy-looping processes"),
+    "policies": (["unset", "PASSIVE", "ACTIVE"], "OMP_WAIT_POLICY values to compare, e.g. --policies=unset,PASSIVE "
+                 "(unset: the runtime's default; spin=N: GOMP_SPINCOUNT=N)", (list, str)),
+}
+
+
+def parse_args(argv=None):
+    args = options.parse(argv, KEYS, "shared_cpu", __doc__)
+    args.policies = options.as_list(args.policies, "policies")
+    if not args.policies:
+        raise SystemExit("--policies: give at least one, e.g. --policies=unset,PASSIVE")
+    return args
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="ivlaai")
-    p.add_argument("--threads", type=int, default=0, help="torch threads in the timed process (0: one per core)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--load", type=int, default=1, help="competing busy-looping processes")
-    p.add_argument("--policies", default="unset,PASSIVE,ACTIVE",
-                   help="OMP_WAIT_POLICY values to compare (unset: the runtime's default; spin=N: GOMP_SPINCOUNT=N)")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     print(f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores; model {args.model}, threads "
           f"{args.threads or 'default'}, {args.steps} steps, {args.load} competing process(es)", flush=True)
     rows = {}
-    for policy in args.policies.split(","):
+    for policy in args.policies:
         idle = time_child(args.model, args.threads, args.steps, policy)
         stop = mp.Event()
         burners = [mp.Process(target=_burn, args=(stop,), daemon=True) for _ in range(args.load)]

@@ -47,7 +47,6 @@ processes during the run, torch version and threads. ``--json=path`` also writes
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -59,6 +58,7 @@ import torch.nn.functional as F
 
 import newmodel
 import runtime
+from benchmarks import options
 from benchmarks.flops import call_flops, flops_per_sample, make_batch, vlaai_hand_flops
 from benchmarks.machine import LoadMeter, machine_info
 from benchmarks.tf_reference import TF_MISSING, measure_tf_reference, tf_reference_file
@@ -258,48 +258,57 @@ def data_wait(name: str, device, *, data_dir, steps: int, warmup: int, batch: in
 # ----------------------------------------------------------------------------- main
 
 
+# The tool's keys: (default, comment[, accepted types]). --models, --amp: a comma list (vlaai,ivlaai), a [list]
+# or one value.
+KEYS = {
+    "models": (["vlaai", "ivlaai"], "models to time, e.g. --models=vlaai,ivlaai: vlaai, ivlaai, linear_conv",
+               (list, str)),
+    "device": ("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'"),
+    "batch_size": (64, "windows per step"),
+    "window": (320, "samples per window in the synthetic timing"),
+    "steps": (10, "timed steps (training and inference each)"),
+    "warmup": (2, "untimed steps first (>= 1; compile happens here)"),
+    "threads": (0, "torch CPU threads (0: torch's default)"),
+    "amp": (["none"], "precisions to time: none, bf16 (bfloat16 autocast), e.g. --amp=none,bf16", (list, str)),
+    "compile": ("no", "torch.compile the model: no, yes (--compile alone) or both (eager and compiled in one run)",
+                (str, bool)),
+    "deterministic": (1, "1: torch.use_deterministic_algorithms like train.py's default (0: off)", (int, bool)),
+    "fill_uninitialized_memory": (0, "with --deterministic=1: torch.utils.deterministic.fill_uninitialized_memory "
+                                     "(0, as train.py sets it; 1 = torch's default, NaN-fills every new tensor)",
+                                  (int, bool)),
+    "lr": (1e-3, "Adam learning rate of the timed steps"),
+    "dense_repeats": (3, "timings of the dense reference ops (best taken)"),
+    "skip_dense": (False, "do not time the dense reference ops (no % of the dense rate)"),
+    "data_dir": (str(DEFAULT_DATA), "real data for the data-wait timing (any folder load_corpus reads)"),
+    "data_steps": (20, "timed real-data training steps (0: skip)"),
+    "data_window_s": (5.0, "window length of the real-data steps, seconds"),
+    "num_workers": (0, "DataLoader workers of the real-data steps"),
+    "profile": (False, "print torch.profiler's top ops of a training step"),
+    "tf_reference": (None, "also time the reference TensorFlow VLAAI from PATH/model.py (a clone of exporl/vlaai); "
+                           "skipped with a message when tensorflow is not installed", (str, type(None))),
+    "json": (None, "also write all numbers to this file", (str, type(None))),
+}
+COMPILE_MODES = {"no": [False], "yes": [True], "both": [False, True]}
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="vlaai,ivlaai", help="comma list of vlaai, ivlaai, linear_conv")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--window", type=int, default=320, help="samples per window in the synthetic timing")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (training and inference each)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1; compile happens here)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--amp", default="none", help="comma list of none, bf16 (bfloat16 autocast), e.g. none,bf16")
-    p.add_argument("--compile", nargs="?", const="yes", default="no", choices=["no", "yes", "both"],
-                   help="torch.compile the model (--compile); --compile=both times eager and compiled in one run")
-    p.add_argument("--deterministic", type=int, default=1,
-                   help="1: torch.use_deterministic_algorithms like train.py's default (0: off)")
-    p.add_argument("--fill_uninitialized_memory", type=int, default=0,
-                   help="with --deterministic=1: torch.utils.deterministic.fill_uninitialized_memory (0, as "
-                        "train.py sets it; 1 = torch's default, NaN-fills every new tensor)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--dense_repeats", type=int, default=3, help="timings of the dense reference ops (best taken)")
-    p.add_argument("--skip_dense", action="store_true")
-    p.add_argument("--data_dir", default=str(DEFAULT_DATA))
-    p.add_argument("--data_steps", type=int, default=20, help="timed real-data training steps (0: skip)")
-    p.add_argument("--data_window_s", type=float, default=5.0)
-    p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of a training step")
-    p.add_argument("--tf_reference", default=None, metavar="PATH",
-                   help="also time the reference TensorFlow VLAAI from PATH/model.py (a clone of exporl/vlaai); "
-                        "skipped with a message when tensorflow is not installed")
-    p.add_argument("--json", default=None, help="also write all numbers to this file")
-    a = p.parse_args(argv)
-    a.models = [m.strip() for m in a.models.split(",") if m.strip()]
+    # config.py checks a key named amp as train.py's one precision: it is read under another name here
+    a = options.parse(argv, KEYS, "throughput", __doc__.split("\n\n")[0], renamed={"amp": "amp_list"})
+    a.models = options.as_list(a.models, "models")
     bad = [m for m in a.models if m not in TRAINABLE]
-    if bad:
-        p.error(f"--models: {bad} not trainable by gradient descent; choose from {TRAINABLE}")
-    a.amp = [s.strip() for s in a.amp.split(",") if s.strip()]
+    if bad or not a.models:
+        raise SystemExit(f"--models: {bad or a.models} not trainable by gradient descent; choose from {TRAINABLE}")
+    a.amp = options.as_list(a.amp, "amp")
     if not a.amp or any(s not in ("none", "bf16") for s in a.amp):
-        p.error("--amp: comma list of none, bf16")
-    a.compile_modes = {"no": [False], "yes": [True], "both": [False, True]}[a.compile]
+        raise SystemExit(f"--amp: comma list of none, bf16, got {a.amp}")
+    if isinstance(a.compile, bool):  # --compile alone means yes
+        a.compile = "yes" if a.compile else "no"
+    if a.compile not in COMPILE_MODES:
+        raise SystemExit(f"--compile: expected one of no, yes, both, got {a.compile!r}")
+    a.compile_modes = COMPILE_MODES[a.compile]
     a.compile = a.compile != "no"
     if a.warmup < 1 or a.steps < 1:
-        p.error("--warmup and --steps must be >= 1")
+        raise SystemExit("--warmup and --steps must be >= 1")
     if a.tf_reference is not None:
         a.tf_reference_file = tf_reference_file(a.tf_reference)
     return a

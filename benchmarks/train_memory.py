@@ -32,7 +32,6 @@ mapped and unmapped, so RSS follows the live tensors.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -46,6 +45,8 @@ import tempfile
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
+
+from benchmarks import options
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "dtu"
@@ -259,29 +260,39 @@ def run_child(args, model: str, repeat: int, window_s: float, mmap_threshold: in
     raise SystemExit(f"child failed (rc {p.returncode}): {' '.join(cmd)}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
 
 
+# The tool's keys: (default, comment[, accepted types]). The lists take a comma list (1,2,4), a [list] or one
+# value; --extra_windows= (empty) is none.
+KEYS = {
+    "data_dir": (str(DEFAULT_DATA), "DTU-style npz folder whose trials are trained on"),
+    "models": (["ivlaai"], "models to measure, e.g. --models=ivlaai,vlaai (driver)", (list, str)),
+    "sizes": ([1, 2, 4], "data multiples, e.g. --sizes=1 (driver)", (list, int, str)),
+    "extra_windows": ([2.5], "also these window lengths (s) at 1x data (--extra_windows= : none)",
+                      (list, int, float, str)),
+    "mmap_threshold": ([0, 1048576], "malloc settings to compare; 0: glibc's default malloc; N > 0: run the children "
+                       "with MALLOC_MMAP_THRESHOLD_=N (blocks >= N bytes are mmapped and returned on free)",
+                       (list, int, str)),
+    "window_s": (5.0, "training window length in seconds"),
+    "batch_size": (64, "windows per training step"),
+    "threads": (0, "torch threads (0: torch's default)"),
+    "num_workers": (0, "DataLoader workers (0: RSS of one process)"),
+    "device": ("cpu", "train.py device (RSS is host memory)"),
+    "baseline_copies": (8, "baseline: links to one trial (8 x 0.8 MiB)"),
+    "baseline_epochs": (3, "baseline: epochs of train.main"),
+    "train_args": ("", "extra train.py arguments, space-separated (e.g. --train_args=--amp=bf16)"),
+    "json": (None, "also write all numbers to this file", (str, type(None))),
+    "child": (False, "one measurement in this process (internal)"),
+    "model": ("ivlaai", "child: the model"),
+    "repeat": (1, "child: data multiple (0: baseline without real data)"),
+}
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.train_memory", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_dir", default=str(DEFAULT_DATA))
-    p.add_argument("--models", default="ivlaai", help="comma list (driver)")
-    p.add_argument("--sizes", default="1,2,4", help="data multiples (driver)")
-    p.add_argument("--extra_windows", default="2.5", help="also these window lengths (s) at 1x data ('' none)")
-    p.add_argument("--mmap_threshold", default="0,1048576",
-                   help="comma list; 0: glibc's default malloc; N > 0: run the children with "
-                        "MALLOC_MMAP_THRESHOLD_=N (blocks >= N bytes are mmapped and returned on free)")
-    p.add_argument("--window_s", type=float, default=5.0)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (0: RSS of one process)")
-    p.add_argument("--device", default="cpu", help="train.py device (RSS is host memory)")
-    p.add_argument("--baseline_copies", type=int, default=8, help="baseline: links to one trial (8 x 0.8 MiB)")
-    p.add_argument("--baseline_epochs", type=int, default=3)
-    p.add_argument("--train_args", default="", help="extra train.py arguments, space-separated (e.g. --amp=bf16)")
-    p.add_argument("--json", default=None)
-    p.add_argument("--child", action="store_true", help="one measurement in this process (internal)")
-    p.add_argument("--model", default="ivlaai", help="child: the model")
-    p.add_argument("--repeat", type=int, default=1, help="child: data multiple (0: baseline without real data)")
-    return p.parse_args(argv)
+    args = options.parse(argv, KEYS, "train_memory", __doc__.split("\n\n")[0])
+    args.models = options.as_list(args.models, "models")
+    args.sizes = options.as_list(args.sizes, "sizes", int)
+    args.extra_windows = options.as_list(args.extra_windows, "extra_windows", float)
+    args.mmap_threshold = options.as_list(args.mmap_threshold, "mmap_threshold", int)
+    return args
 
 
 def _baseline_run(args, model: str, w: float, thr: int, saved: float) -> dict:
@@ -390,10 +401,7 @@ def main(argv=None) -> dict:
     print("== benchmarks/train_memory.py")
     for k in ("date", "command", "git", "host", "cpu", "cpu_count", "python", "torch", "threads", "loadavg_at_start"):
         print(f"{k:>17s}: {info[k]}")
-    models = [m for m in args.models.split(",") if m]
-    sizes = [int(s) for s in args.sizes.split(",") if s]
-    extra = [float(s) for s in args.extra_windows.split(",") if s]
-    thresholds = [int(s) for s in args.mmap_threshold.split(",") if s]
+    models, sizes, extra, thresholds = args.models, args.sizes, args.extra_windows, args.mmap_threshold
     print(f"{'setup':>17s}: data {args.data_dir}, sizes {sizes} x, windows {args.window_s} s (+ {extra} s at 1x), "
           f"batch {args.batch_size}, one epoch of train.main per size, num_workers {args.num_workers}, "
           f"malloc mmap thresholds {thresholds} (0 = glibc default), train args {args.train_args!r}", flush=True)

@@ -1,7 +1,8 @@
 """Smoke tests for benchmarks/throughput.py (with benchmarks/flops.py and benchmarks/tf_reference.py) and
-benchmarks/train_memory.py (tiny sizes, a few seconds).
+benchmarks/train_memory.py (tiny sizes, a few seconds), and the options of every tool in benchmarks/.
 
 Run from the repo root (``python -m pytest``), as the benchmarks themselves are."""
+import importlib
 import os
 import subprocess
 import sys
@@ -146,12 +147,80 @@ def test_repeated_folder_renames_subjects(npz_folder, tmp_path):
     assert tm.disk_mib(d) == pytest.approx(3 * tm.disk_mib(npz_folder))
 
 
-@pytest.mark.parametrize("module", ["benchmarks.throughput", "benchmarks.train_memory"])
+@pytest.mark.parametrize("module", ["benchmarks.throughput", "benchmarks.train_memory", "benchmarks.shared_cpu",
+                                    "benchmarks.demo_time"])
 def test_runs_as_a_module_from_the_repo_root(module):
-    """The documented way to run a benchmark, ``python -m benchmarks.X``, finds the project's modules."""
+    """The documented way to run a benchmark, ``python -m benchmarks.X``, finds the project's modules;
+    ``--help`` lists every key of the tool with its default, as config.py's programs do."""
     p = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert f"python -m {module}" in p.stdout
+    keys = importlib.import_module(module).KEYS
+    for key, (default, comment, *_) in keys.items():
+        assert f"  --{key}={default!r}\n" in p.stdout and comment in p.stdout
+
+
+def test_throughput_options():
+    """--key=value options; the comma lists of the argparse version still read as before."""
+    a = tp.parse_args([])
+    assert a.models == ["vlaai", "ivlaai"] and a.amp == ["none"] and a.compile is False and a.compile_modes == [False]
+    assert (a.batch_size, a.window, a.steps, a.warmup, a.deterministic, a.lr) == (64, 320, 10, 2, 1, 1e-3)
+    assert a.skip_dense is False and a.profile is False and a.tf_reference is None and a.json is None
+    a = tp.parse_args(["--models=vlaai,ivlaai", "--amp=none,bf16", "--compile", "--skip_dense", "--profile",
+                       "--json=tp.json", "--data_window_s=1"])
+    assert a.models == ["vlaai", "ivlaai"] and a.amp == ["none", "bf16"] and a.compile is True
+    assert a.compile_modes == [True] and a.skip_dense is True and a.profile is True and a.json == "tp.json"
+    assert a.data_window_s == 1.0
+    a = tp.parse_args(["--models=vlaai", "--amp=bf16", "--compile=both", "--deterministic=0"])
+    assert a.models == ["vlaai"] and a.amp == ["bf16"] and a.compile_modes == [False, True] and a.deterministic == 0
+    a = tp.parse_args(["--models=[ivlaai,linear_conv]", "--amp=[none,bf16]", "--compile=no"])
+    assert a.models == ["ivlaai", "linear_conv"] and a.amp == ["none", "bf16"] and a.compile_modes == [False]
+    for bad, says in ((["--amp=none,fp16"], "--amp"), (["--amp"], "--amp"), (["--models=linear"], "--models"),
+                      (["--compile=maybe"], "--compile"), (["--steps=0"], "--steps"), (["--device=tpu"], "--device"),
+                      (["--batch"], "unknown config key 'batch'"), (["models=vlaai"], "unexpected argument")):
+        with pytest.raises(SystemExit) as e:
+            tp.parse_args(bad)
+        msg = str(e.value.code)
+        assert says in msg and "\n" not in msg and "amp_list" not in msg, (bad, msg)
+
+
+def test_train_memory_options():
+    a = tm.parse_args([])
+    assert (a.models, a.sizes, a.extra_windows, a.mmap_threshold) == (["ivlaai"], [1, 2, 4], [2.5], [0, 1048576])
+    assert a.child is False and a.repeat == 1 and a.train_args == "" and a.device == "cpu" and a.json is None
+    # the command line of docs/performance.md, and a single value of each list
+    a = tm.parse_args(["--models=ivlaai,vlaai", "--sizes=1", "--extra_windows=", "--mmap_threshold=1048576"])
+    assert (a.models, a.sizes, a.extra_windows, a.mmap_threshold) == (["ivlaai", "vlaai"], [1], [], [1048576])
+    a = tm.parse_args(["--sizes=[1,2]", "--extra_windows=2.5,1.25", "--mmap_threshold=0"])
+    assert (a.sizes, a.extra_windows, a.mmap_threshold) == ([1, 2], [2.5, 1.25], [0])
+    # what the driver passes to each child (run_child)
+    a = tm.parse_args(["--child", "--model=vlaai", "--repeat=0", "--window_s=2.5", "--threads=0",
+                       "--data_dir=/tmp/data", "--train_args=--amp=bf16 --lr=1e-3", "--device=cpu"])
+    assert a.child is True and a.model == "vlaai" and a.repeat == 0 and a.window_s == 2.5
+    assert a.data_dir == "/tmp/data" and a.train_args.split() == ["--amp=bf16", "--lr=1e-3"]
+    for bad, says in ((["--sizes=1.5"], "--sizes"), (["--extra_windows=x"], "--extra_windows"),
+                      (["--child=2"], "--child")):
+        with pytest.raises(SystemExit) as e:
+            tm.parse_args(bad)
+        assert says in str(e.value.code) and "\n" not in str(e.value.code)
+
+
+def test_shared_cpu_and_demo_time_options():
+    from benchmarks import demo_time, shared_cpu
+
+    a = shared_cpu.parse_args([])
+    assert (a.model, a.threads, a.steps, a.load, a.policies) == ("ivlaai", 0, 20, 1, ["unset", "PASSIVE", "ACTIVE"])
+    a = shared_cpu.parse_args(["--steps=15", "--policies=unset,spin=10000,PASSIVE", "--load=2"])
+    assert (a.steps, a.load, a.policies) == (15, 2, ["unset", "spin=10000", "PASSIVE"])
+    assert shared_cpu.parse_args(["--policies=ACTIVE"]).policies == ["ACTIVE"]
+    with pytest.raises(SystemExit, match="--policies"):
+        shared_cpu.parse_args(["--policies="])
+    a = demo_time.parse_args([])
+    assert (a.isa, a.ref_gflops, a.work, a.json) == ("native", 67.0, None, None)
+    a = demo_time.parse_args(["--isa=avx2", "--ref_gflops=100", "--json=demo_time.json"])
+    assert (a.isa, a.ref_gflops, a.json) == ("avx2", 100.0, "demo_time.json")
+    with pytest.raises(SystemExit, match="--isa"):
+        demo_time.parse_args(["--isa=sse"])
 
 
 def _write_fake_reference(folder: Path) -> Path:
