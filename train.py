@@ -233,13 +233,13 @@ def train_seed(cfg: dict, seed: int, corpus, local_rank: int = 0, replaced: list
 
 
 # Training keys a resumed run may change: they take effect from the next epoch, and the checkpoint
-# records the change (ARCH_KEYS in runs.py may not change; the others act on every step anyway).
-RESUMABLE = ("lr", "weight_decay")
+# records from which (ARCH_KEYS in runs.py may not change; threads, device and the like change no result).
+RESUMABLE = ("lr", "weight_decay", "grad_clip", "amp", "epochs", "patience")
 
 
 def apply_resume_changes(opt, was: dict, cfg: dict) -> dict:
-    """Set the optimizer's lr / weight decay to ``cfg``'s when a resumed run asks for others than
-    its checkpoint's config: {key: (old, new)} of what changed."""
+    """Set the optimizer's lr / weight decay to ``cfg``'s (the other RESUMABLE keys act through
+    cfg by themselves): {key: (old, new)} of what a resumed run changed against its checkpoint."""
     changed = {k: (was.get(k), cfg[k]) for k in RESUMABLE if was.get(k) is not None and was.get(k) != cfg[k]}
     for group in opt.param_groups:
         group["lr"], group["weight_decay"] = cfg["lr"], cfg["weight_decay"]
