@@ -211,8 +211,8 @@ def seed_study(idx: dict) -> str:
         inits = sorted({i for f, i, _ in cells if f == fold})
         datas = sorted({j for f, _, j in cells if f == fold})
         if len(inits) < 2 or len(datas) < 2 or any((fold, i, j) not in cells for i in inits for j in datas):
-            out.append(f"Seed grid on {fold}: incomplete ({sum(f == fold for f, _, _ in cells)} of "
-                       f"{len(inits) * len(datas)} runs).")
+            out.append(f"Seed grid on {fold}: incomplete, {sum(f == fold for f, _, _ in cells)} runs so far (seeds "
+                       f"{inits} x data seeds {datas}; the grid needs at least 2 of each, every pair run).")
             continue
         r = np.array([[cells[(fold, i, j)] for j in datas] for i in inits])
         m = r.mean()
