@@ -47,7 +47,7 @@ import runtime
 import test as test_script
 from checkpoint import load_checkpoint
 from EEG_Dataset import natural_key
-from fileio import atomic_write_bytes, atomic_write_json, json_cached, sha256_file
+from fileio import atomic_write_bytes, atomic_write_json, json_cached, read_json, sha256_file
 from metrics import paired_differences
 from runs import finished_run, log_seconds
 from sweep import run_pool, threads_per_job, visible_gpus
@@ -250,6 +250,22 @@ def _score_group(cfg: dict, g: dict) -> dict:
             "ensemble_growth": growth}
 
 
+def recorded(cfg: dict, g: dict) -> Path | None:
+    """The ensemble record of a group already in ``records_dir`` (same seeds and ensemble sizes), or None."""
+    if not cfg["records_dir"]:
+        return None
+    path = (Path(cfg["records_dir"]) / g["proto"] / g["fold"] / g["label"]
+            / f"ensemble-{'-'.join(map(str, cfg['seeds']))}.json")
+    if not path.is_file():
+        return None
+    try:
+        rec = read_json(path)
+    except ValueError:
+        return None
+    sizes = {str(k) for k in cfg["ensemble_sizes"] if 1 <= k <= len(cfg["seeds"])}
+    return path if sizes <= set(rec.get("growth") or {}) else None
+
+
 def _training_tasks(cfg: dict, groups: list[dict], threads: int, finish) -> tuple[list[dict], dict]:
     """The train.py processes still to run, one per (group, seed), and {task key: (group, seed)}.
 
@@ -258,6 +274,10 @@ def _training_tasks(cfg: dict, groups: list[dict], threads: int, finish) -> tupl
     """
     tasks, owner = [], {}
     for g in groups:
+        record = recorded(cfg, g)
+        if record is not None:  # finished in an earlier sitting, maybe on another machine: its record is the result
+            print(f"  {g['proto']} {g['fold']} {g['label']}: recorded earlier ({record})", flush=True)
+            continue
         train_cfg = config.parse(g["run_args"], "train")[0]
         if all(finished_run(g["run_dir"] / g["model"] / f"seed-{s}", train_cfg, s) for s in cfg["seeds"]):
             print(f"  {g['proto']} {g['fold']} {g['label']}: all seeds finished earlier", flush=True)

@@ -9,8 +9,9 @@
 # Run it from a separate worktree at a fixed commit, so that editing the code never changes a run
 # in progress, and point RECORDS at the checkout that commits them:
 #   main=$PWD && git worktree add ../bench HEAD && cd ../bench && RECORDS=$main/results benchmarks/record_runs.sh
-# Reruns skip what is finished (records rewritten with the same figures) and resume interrupted
-# seeds. Two one-thread runs at a time (a 2-core CPU). Log: bench_runs/full/record_runs.log
+# Reruns skip every group that has its record in RECORDS (also one recorded on another machine)
+# and resume interrupted seeds whose run folders are here. Two one-thread runs at a time (a 2-core
+# CPU). Log: bench_runs/full/record_runs.log
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python}

@@ -203,3 +203,18 @@ def test_heldout_folds_follow_the_folder_subjects():
         benchmark.folds_of(["S1", "S2", "S3"])
     with pytest.raises(SystemExit, match="fold index 4"):
         list(benchmark.protocol_runs(benchmark.parse_args(["--folds=[4]"]), [f"S{k}" for k in range(1, 13)]))
+
+
+def test_a_group_recorded_earlier_is_not_trained_again(tmp_path):
+    """With records_dir, a group whose ensemble record exists (another sitting, another machine)
+    is skipped; a record without the asked ensemble sizes is not enough."""
+    cfg = benchmark.parse_args([f"--records_dir={tmp_path / 'results'}", "--protocols=[transfer]", "--models=[linear]",
+                                f"--out_dir={tmp_path / 'bench'}"])
+    groups = benchmark._run_groups(cfg, tmp_path / "bench", [f"S{k}" for k in range(1, 13)])
+    rec = tmp_path / "results" / "transfer" / groups[0]["fold"] / "linear" / "ensemble-1-2-3.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text(json.dumps({"kind": "ensemble", "growth": {}}))
+    tasks, _ = benchmark._training_tasks(cfg, groups, 1, lambda g: None)
+    assert tasks == []
+    cfg["ensemble_sizes"] = [1, 2]
+    assert benchmark.recorded(cfg, groups[0]) is None
