@@ -50,16 +50,27 @@ def load_records(folder) -> list[dict]:
     return out
 
 
+SEEDS = (1, 2, 3)  # the seeds every table compares (a group may have more, e.g. for the ensemble's growth)
+
+
 def index(records: list[dict]) -> dict:
-    """{protocol: {label: {fold: {'seeds': {seed: record}, 'ensemble': record or None}}}}"""
+    """{protocol: {label: {fold: {'seeds': {seed: record}, 'ensemble': record or None, 'growth': record or None}}}}
+
+    'ensemble' is the record of the SEEDS ensemble (else the group's largest); 'growth' the largest
+    ensemble record that holds the ensembles of its first k seeds."""
     out: dict = {}
     for rec in records:
         slot = out.setdefault(rec["protocol"], {}).setdefault(rec["label"], {}).setdefault(
-            rec["fold"], {"seeds": {}, "ensemble": None})
+            rec["fold"], {"seeds": {}, "ensemble": None, "growth": None})
         if rec["kind"] == "seed":
             slot["seeds"][int(rec["seed"])] = rec
-        elif slot["ensemble"] is None or len(rec["seeds"]) > len(slot["ensemble"]["seeds"]):
-            slot["ensemble"] = rec  # the largest ensemble of the group
+            continue
+        e = slot["ensemble"]
+        if e is None or (tuple(e["seeds"]) != SEEDS and (tuple(rec["seeds"]) == SEEDS
+                                                          or len(rec["seeds"]) > len(e["seeds"]))):
+            slot["ensemble"] = rec
+        if rec.get("growth") and (slot["growth"] is None or len(rec["seeds"]) > len(slot["growth"]["seeds"])):
+            slot["growth"] = rec
     return out
 
 
@@ -87,8 +98,12 @@ def _fold_mean(scores: dict | None, rec: dict, which: str, key: str = "test") ->
 def model_row(folds: dict, fold_names: list[str], which: str = "all", key: str = "test") -> dict | None:
     """Mean over the folds' subjects per seed, then mean ± sd over seeds; the seed ensemble; the
     spread of the folds; training minutes per run. None if a fold lacks a seed or its ensemble."""
-    seeds = sorted(set.intersection(*(set(folds[f]["seeds"]) for f in fold_names))) if fold_names else []
-    if not seeds or any(folds[f]["ensemble"] is None for f in fold_names):
+    if not fold_names or any(folds[f]["ensemble"] is None for f in fold_names):
+        return None
+    # the seeds of the ensembles, so that the single seeds and their ensemble are the same runs
+    seeds = sorted(set.intersection(*(set(folds[f]["seeds"]) & set(folds[f]["ensemble"]["seeds"])
+                                      for f in fold_names)))
+    if not seeds:
         return None
     per_seed = []
     for s in seeds:
@@ -250,10 +265,10 @@ def seed_study(idx: dict) -> str:
         out.append("")
     growth_lines = []
     for fold, v in sorted(heldout.get("ivlaai", {}).items()):
-        e = v["ensemble"]
-        if e and e.get("growth"):
+        e = v["growth"]
+        if e:
             ks = sorted(e["growth"], key=int)
-            singles = [float(v["seeds"][s]["scores"]["test"]["r"]) for s in sorted(v["seeds"])]
+            singles = [float(v["seeds"][s]["scores"]["test"]["r"]) for s in e["seeds"] if s in v["seeds"]]
             growth_lines += [f"ivlaai on held-out {fold}, trial r of the ensemble of the first k seeds (single seeds: "
                              f"{', '.join(f'{x:.4f}' for x in singles)}; mean {np.mean(singles):.4f}, "
                              f"sd {np.std(singles, ddof=1):.4f}):", "",
@@ -281,8 +296,8 @@ def seeds_short(idx: dict) -> str:
                      f"{min(row['per_seed']):.3f}-{max(row['per_seed']):.3f} (sd {row['sd']:.3f}), their ensemble "
                      f"**{row['ensemble']:.3f}** ({row['ensemble'] - row['mean']:+.3f} over the seeds' mean)")
     for fold, v in sorted(idx.get("heldout", {}).get("ivlaai", {}).items()):
-        e = v["ensemble"]
-        if e and e.get("growth"):
+        e = v["growth"]
+        if e:
             ks = sorted(e["growth"], key=int)
             lines.append(f"- held-out {fold}, ensemble of the first k seeds: "
                          + ", ".join(f"k={k} {e['growth'][k]['r']:.3f}" for k in ks))

@@ -116,3 +116,18 @@ def test_bf16_parity_pairs_seeds_and_applies_the_rule(tmp_path):
     text = report.bf16_parity(report.index(report.load_records(rec)))
     assert "+0.0050, +0.0000, -0.0100" in text and "| -0.0017 |" in text and "| yes |" in text
     assert report.bf16_parity({}).startswith("No bf16 records yet")
+
+
+def test_tables_compare_seeds_1_to_3_and_growth_reads_the_larger_ensemble(tmp_path):
+    rec = tmp_path / "results"
+    for seed in range(1, 6):
+        write_record(rec, "heldout", "f", "ivlaai", seed, {"S1": 0.1 * seed})
+    write_record(rec, "heldout", "f", "ivlaai", [1, 2, 3], {"S1": 0.25})
+    path = write_record(rec, "heldout", "f", "ivlaai", [1, 2, 3, 4, 5], {"S1": 0.35})
+    big = json.loads(path.read_text())
+    big["growth"] = {"1": {"r": 0.1}, "5": {"r": 0.35}}
+    path.write_text(json.dumps(big))
+    idx = report.index(report.load_records(rec))
+    row = report.model_row(idx["heldout"]["ivlaai"], ["f"])
+    assert row["seeds"] == [1, 2, 3] and row["ensemble"] == pytest.approx(0.25)
+    assert "| 0.1000 | 0.3500 |" in report.seed_study(idx)
