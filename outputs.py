@@ -104,7 +104,7 @@ class FolderLock:
             self.fd = None
 
 
-def _inside(folder: Path, rel: str) -> bool:
+def inside(folder: Path, rel: str) -> bool:
     """``rel`` is a relative path that stays inside ``folder`` (no '..', no absolute path, no link out)."""
     p = Path(rel)
     if not rel or p.is_absolute() or ".." in p.parts:
@@ -122,10 +122,10 @@ def recover(folder) -> bool:
         plan = read_json(journal, OutputError)
         stage = folder / plan["stage"]
         for rel in plan["remove"]:
-            if rel not in plan["files"] and _inside(folder, rel):
+            if rel not in plan["files"] and inside(folder, rel):
                 (folder / rel).unlink(missing_ok=True)
         for rel in plan["files"]:
-            if (stage / rel).is_file() and _inside(folder, rel):
+            if (stage / rel).is_file() and inside(folder, rel):
                 (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(stage / rel, folder / rel)
         if plan.get("manifest_name"):

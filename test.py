@@ -46,11 +46,11 @@ from challenge import (
     write_predictions,
     zscore,
 )
-from checkpoint import CheckpointError, load_model
+from checkpoint import CheckpointError, load_checkpoint, load_model
 from evaluation import predict, zscore_prediction
 from fileio import FileError, atomic_write_json, read_json, sha256_file
 from metrics import pearson
-from outputs import FolderLock, OutputError, Staging, recover
+from outputs import FolderLock, OutputError, Staging, inside, recover
 from recording import DataError
 from runs import corpus_from_config, epoch_seconds, lock_holder, read_log
 
@@ -109,14 +109,6 @@ def check_result_dir(result_dir: Path, cfg: dict, ckpts: list[Path]) -> None:
                                  "among the inputs; choose another --result_dir")
 
 
-def _inside(folder: Path, rel: str) -> bool:
-    """``rel`` is a relative path that stays inside ``folder`` (no '..', no absolute path, no link out)."""
-    p = Path(rel)
-    if p.is_absolute() or ".." in p.parts or not rel:
-        return False
-    return folder.resolve() in (folder / p).resolve().parents
-
-
 def plan_result_dir(result_dir: Path, inputs: dict, files: list[str], overwrite: bool) -> tuple[list[str], list[str]]:
     """Never replace another run's results, nor a file test.py did not write: decide before any
     prediction what the commit will do. ``files`` (relative to result_dir) are about to be
@@ -130,7 +122,7 @@ def plan_result_dir(result_dir: Path, inputs: dict, files: list[str], overwrite:
         except DataError:
             old = {}
     listed = old.get("files", []) if isinstance(old, dict) and isinstance(old.get("files"), list) else []
-    owned = {f for f in listed if isinstance(f, str) and _inside(result_dir, f)}  # never a path outside it
+    owned = {f for f in listed if isinstance(f, str) and inside(result_dir, f)}  # never a path outside it
     foreign = [f for f in files if (result_dir / f).exists() and f not in owned]
     if foreign:
         raise SystemExit(f"{result_dir}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
@@ -293,8 +285,8 @@ def check_loaded(ckpts: list[Path], loaded: list, cfg: dict, given: set) -> None
         last = path.parent / "last.pt"
         if path.name == "best.pt" and last.is_file():
             try:
-                lk = torch.load(last, map_location="cpu", weights_only=True)
-            except Exception:  # a damaged last.pt only costs this note
+                lk = load_checkpoint(last)
+            except CheckpointError:  # a damaged last.pt only costs this note
                 lk = {}
             if isinstance(lk, dict) and lk.get("history") and not lk.get("finished"):
                 print(f"note: {path.parent} is an unfinished run (stopped after epoch {lk.get('epoch')} of "

@@ -274,10 +274,8 @@ def save_epoch(out: Path, cfg: dict, ck: dict, improved: bool, meta: dict, row: 
 
 def draw_curves(out: Path, history: list, meta: dict) -> None:
     """curves.png: train, validation (and monitor) r per epoch, redrawn after every epoch."""
-    try:
-        import figures
-    except ImportError:
-        return
+    import figures  # imports matplotlib only when drawing
+
     try:
         figures.curves_figure(out / "curves.png", history, title=f"{meta['model_name']} seed {meta['seed']}")
     except ImportError:  # matplotlib missing: the curves are in log.csv all the same
