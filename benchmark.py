@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-import config
+import cli
 import runtime
 import test as test_script
 from checkpoint import load_checkpoint
@@ -66,8 +66,8 @@ KEYS = {
     "protocols": (["heldout", "speechcv", "transfer"], "which protocols to run: heldout, speechcv, transfer, seen "
                   "(--quick: heldout only)"),
     "models": (["linear", "vlaai", "ivlaai"], "models (train.py --model names) to compare"),
-    "variants": ({}, "extra named variants: {label: [train.py args]}, e.g. ablations"),
-    "seeds": ([1, 2, 3], "seeds per model (--quick: [1, 2])"),
+    "variants": ({}, "extra named variants: {label: [train.py args]}, e.g. ablations", (dict,)),
+    "seeds": cli.like("seeds", [1, 2, 3], "seeds per model (--quick: [1, 2])"),
     "lr": (None, "Adam learning rate (None: the recipe file's)", (float, int, dict, type(None))),
     "epochs": (None, "(maximum) epochs per run (--quick: 6, ~21 min on 2 CPU cores)", (int, dict, type(None))),
     "patience": (None, "early-stopping patience in epochs, where select is best_val (--quick: 6)",
@@ -75,9 +75,9 @@ KEYS = {
     "select": (None, "train.py --select: the final epoch or the best val r", (str, dict, type(None))),
     "avg_epochs": (None, "train.py --avg_epochs: keep the average of the last N epochs (--quick: 3)",
                    (int, dict, type(None))),
-    "threads": (0, "torch CPU threads per run (0: the cores split between the jobs)"),
-    "jobs": (1, "runs trained at once in separate processes: 2 one-thread jobs beat one 2-thread run on a 2-core "
-                "CPU (--quick: 2)"),
+    "threads": cli.like("threads", 0, "torch CPU threads per run (0: the cores split between the jobs)"),
+    "jobs": cli.like("jobs", 1, "runs trained at once in separate processes: 2 one-thread jobs beat one "
+                     "2-thread run on a 2-core CPU (--quick: 2)"),
     "quick": (False, "heldout fold S10-S12 only, 2 seeds, 6 epochs, 2 jobs: a check that ends in < 30 min"),
     "folds": (None, "heldout folds to run, by index 0-3 (None: all, or [3] with --quick)", (list, type(None))),
     "time_folds": ([1, 4, 6, 9], "speechcv: the tenths of the speech held out, 0-9 (each with a listener fold)"),
@@ -86,7 +86,7 @@ KEYS = {
     "records_dir": (None, "also write one JSON record per scored run here (e.g. results, committed)",
                     (str, type(None))),
     "ensemble_sizes": ([], "also score the ensembles of the first k seeds, for each k given, e.g. [1,2,3,5]"),
-    "extra": ([], "more train.py args for every run, e.g. ['--batch_size=32']"),
+    "extra": ([], "more train.py args for every run, e.g. ['--batch_size=32']", (list,)),
 }
 QUICK = {"protocols": ["heldout"], "folds": [3], "seeds": [1, 2], "epochs": 6, "patience": 6, "avg_epochs": 3,
          "jobs": 2}
@@ -102,7 +102,7 @@ OURS = "ivlaai"  # the project's network: the comparisons in results.md are made
 
 
 def parse_args(argv) -> dict:
-    cfg, given = config.parse_or_exit(argv, program=None, extra=KEYS)
+    cfg, given = cli.parse_or_exit(argv, program=None, extra=KEYS)
     if cfg["quick"]:  # options given on the command line win over the quick settings
         cfg.update({k: v for k, v in QUICK.items() if k not in given})
         if "jobs" not in given and (os.cpu_count() or 1) < 2:
@@ -192,7 +192,7 @@ def main(argv=None) -> dict:
     """Run the benchmark; an impossible setting of a run ends it with one line naming the key."""
     try:
         return _main(argv)
-    except config.ConfigError as exc:
+    except cli.ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from exc
 
 
@@ -278,7 +278,7 @@ def _training_tasks(cfg: dict, groups: list[dict], threads: int, finish) -> tupl
         if record is not None:  # finished in an earlier sitting, maybe on another machine: its record is the result
             print(f"  {g['proto']} {g['fold']} {g['label']}: recorded earlier ({record})", flush=True)
             continue
-        train_cfg = config.parse(g["run_args"], "train")[0]
+        train_cfg = cli.parse(g["run_args"], "train")[0]
         if all(finished_run(g["run_dir"] / g["model"] / f"seed-{s}", train_cfg, s) for s in cfg["seeds"]):
             print(f"  {g['proto']} {g['fold']} {g['label']}: all seeds finished earlier", flush=True)
             finish(g)
@@ -318,7 +318,7 @@ def _main(argv=None) -> dict:
 
     # One pool of (group, seed) train.py processes over all groups, so no core idles while the last
     # seed of a model trains; a group is scored as soon as its last seed ends.
-    gpus = visible_gpus(config.parse(cfg["extra"], "train")[0]["device"])
+    gpus = visible_gpus(cli.parse(cfg["extra"], "train")[0]["device"])
     threads = threads_per_job(cfg["threads"], cfg["jobs"])
     tasks, owner = _training_tasks(cfg, groups, threads, finish)
 
@@ -586,6 +586,8 @@ def write_results(out: Path, results: dict, cfg: dict, wall_s: float) -> None:
         lines += comparison_lines(cmp)
     atomic_write_json(out / "results.json", results)
     atomic_write_bytes(out / "results.md", "\n".join(lines).encode())
+    if not summary:  # no fold finished by every model in this sitting yet: nothing to draw
+        return
     try:
         plot(out / "results.png", summary)
     except ImportError:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-import config
+import cli
 from fileio import FileError, atomic_write_json, read_json
 
 FILES = ("score.json", "eval_score.json")
@@ -190,7 +190,7 @@ def main(argv=None) -> dict:
     """Compare two results; prints the table and the summary line, returns the comparison dict."""
     argv = sys.argv[1:] if argv is None else list(argv)
     paths, options = split_argv(argv)
-    cfg, _ = config.parse_or_exit(options, program=None, extra=OPTIONS)
+    cfg, _ = cli.parse_or_exit(options, program=None, extra=OPTIONS)
     for key in ("n_boot", "n_perm"):
         if cfg[key] < 1:
             raise SystemExit(f"config error: --{key}: must be >= 1, got {cfg[key]}")

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.signal import resample_poly
 
-import config as config_module
+import cli
 from EEG_Dataset import SEP, SPLIT_FRACTIONS, SPLITS
 from fileio import atomic_write_bytes, read_json
 from outputs import JOURNAL, LOCK_FILE, STAGING_PREFIX, FolderLock, OutputError, Staging, recover
@@ -763,7 +763,7 @@ def _build(out: Path, args: dict, remove: set, measure: bool, ceiling_factor) ->
 # CLI: the config keys of program "demo" (config.py)
 # ---------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    cfg, _ = config_module.parse_or_exit(argv, program="demo")
+    cfg, _ = cli.parse_or_exit(argv, program="demo")
     try:
         summary = make_demo_corpus(out_dir=cfg["demo_dir"], n_subjects=cfg["demo_subjects"],
                                    minutes=cfg["demo_minutes"], seed=cfg["demo_seed"], overwrite=cfg["overwrite"])

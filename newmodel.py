@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import config as config_module
+import cli
 from metrics import pearson
 
 __all__ = [
@@ -514,12 +514,12 @@ class ImprovedVLAAI(nn.Module):
 def model_args(name: str, config: dict) -> dict:
     """The constructor arguments of model ``name`` from a config dict.
 
-    ``config`` may be a whole run config: only the model's keys (config.MODEL_KEYS, plus
+    ``config`` may be a whole run config: only the model's keys (cli.model_keys(), plus
     ``n_chans`` and ``n_subjects``) are read; a missing key takes its default from config.py, the
     one place model defaults are written. A checkpoint stores the result, so a model is rebuilt
     from its own arguments, whatever config.py says later.
     """
-    base = config_module.defaults()
+    base = cli.defaults()
 
     def get(key):
         v = config.get(key)

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-import config as config_module
+import cli
 from checkpoint import load_checkpoint
 from EEG_Dataset import DataError, load_corpus
 from fileio import atomic_write_bytes
@@ -19,7 +19,7 @@ RUN_DIRS = ("epochs",)
 ARCH_KEYS = ("model", "n_chans", "subject_embedding", "ema_decay", "avg_epochs", "select", "window_s", "batch_size",
              "data_seed", "demo_subjects", "demo_minutes", "demo_seed",
              "data_dir", "subjects", "exclude_subjects", "val_recordings", "test_recordings", "monitor_recordings",
-             "split", "time_fold", *config_module.MODEL_KEYS)
+             "split", "time_fold", *cli.model_keys())
 
 
 # What a run did before these keys existed: no weight averaging, the best validation epoch kept.
@@ -89,7 +89,7 @@ def check_same_setup(path: Path, ck: dict, cfg: dict) -> None:
     """Stop when the run in ``path`` was made with other ARCH_KEYS than ``cfg`` asks for: neither
     continuing it nor passing it off as finished would give the run that was asked for. A key the
     checkpoint lacks counts as the value it had before the key existed (LEGACY), else its default."""
-    base = dict(config_module.defaults(), **LEGACY)
+    base = dict(cli.defaults(), **LEGACY)
     was = {k: ck["config"].get(k, base.get(k)) for k in ARCH_KEYS}
     changed = {k: (was[k], cfg[k]) for k in ARCH_KEYS if was[k] != cfg[k]}
     if changed:

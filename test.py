@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import config as config_module
+import cli
 import runtime
 import significance
 from challenge import (
@@ -299,7 +299,7 @@ def check_loaded(ckpts: list[Path], loaded: list, cfg: dict, given: set) -> None
 
 def _main(argv) -> dict:
     t0 = time.time()
-    cfg, given = config_module.parse_or_exit(argv, "test")
+    cfg, given = cli.parse_or_exit(argv, "test")
     runtime.set_threads(cfg["threads"])
     device = runtime.pick_device(cfg["device"])
     # ---- check everything first: nothing below this block is written before it passes
@@ -398,7 +398,7 @@ def main(argv=None) -> dict:
     """Predict and score; a bad checkpoint, data file or disk error ends it with one line naming the file."""
     try:
         return _main(sys.argv[1:] if argv is None else list(argv))
-    except (DataError, CheckpointError, FileError, config_module.ConfigError) as exc:
+    except (DataError, CheckpointError, FileError, cli.ConfigError) as exc:
         raise SystemExit(f"error: {exc}") from exc
 
 

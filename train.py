@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import config as config_module
+import cli
 import newmodel
 import runtime
 from averaging import WeightAverage
@@ -327,23 +327,23 @@ def run_seed(cfg: dict, seed: int, corpus, local_rank: int) -> dict:
 def check_setup(cfg: dict, corpus) -> None:
     """Settings that cannot work with this data or this launch: one-line config errors."""
     if cfg["time_fold"] and cfg["split"] != "time":
-        raise config_module.ConfigError(f"--time_fold={cfg['time_fold']} needs --split=time "
+        raise cli.ConfigError(f"--time_fold={cfg['time_fold']} needs --split=time "
                                         f"(got --split={cfg['split']})")
     if cfg["ema_decay"] > 0 and cfg["avg_epochs"] > 1:
-        raise config_module.ConfigError("--avg_epochs and --ema_decay both average the weights: use one of them")
+        raise cli.ConfigError("--avg_epochs and --ema_decay both average the weights: use one of them")
     run_dir = Path(cfg["run_dir"])
     if run_dir.exists() and not run_dir.is_dir():
-        raise config_module.ConfigError(f"--run_dir={cfg['run_dir']}: is a file, not a folder")
+        raise cli.ConfigError(f"--run_dir={cfg['run_dir']}: is a file, not a folder")
     world = runtime.world_size()
     if world > 1 and (cfg["jobs"] > 1 or cfg["batch_size"] % world or cfg["model"] == "linear"):
-        raise config_module.ConfigError(f"torchrun with {world} ranks: batch_size ({cfg['batch_size']}) must be a "
+        raise cli.ConfigError(f"torchrun with {world} ranks: batch_size ({cfg['batch_size']}) must be a "
                                         "multiple of the number of ranks, jobs must be 1, and linear runs without "
                                         "torchrun")
     if corpus is not None and cfg["model"] != "linear":
         window = int(round(cfg["window_s"] * cfg["fs"]))
         longest = max(corpus.with_part("train") or corpus.recordings, key=lambda r: r.length("train"))
         if window > longest.length("train"):
-            raise config_module.ConfigError(
+            raise cli.ConfigError(
                 f"--window_s={cfg['window_s']:g} ({window} samples) is longer than every training part; the longest "
                 f"is {longest.rec_id} with {longest.length('train')} samples")
 
@@ -368,7 +368,7 @@ def ignored_keys(cfg: dict, given: set) -> list[str]:
     return notes
 
 
-ERRORS = (config_module.ConfigError, DataError, RunError, CheckpointError, FileError, Diverged)
+ERRORS = (cli.ConfigError, DataError, RunError, CheckpointError, FileError, Diverged)
 
 
 def main(argv=None) -> list[dict]:
@@ -382,7 +382,7 @@ def main(argv=None) -> list[dict]:
 
 
 def _main(argv: list[str]) -> list[dict]:
-    cfg, given = config_module.parse_or_exit(argv, "train")
+    cfg, given = cli.parse_or_exit(argv, "train")
     _, _, local_rank = runtime.dist_setup(cfg["device"])
     lead = runtime.rank() == 0
     runtime.set_threads(cfg["threads"])

@@ -1,4 +1,4 @@
-"""The ``--key=value`` options of the tools in benchmarks/, read by ``config.parse_or_exit`` as every program's.
+"""The ``--key=value`` options of the tools in benchmarks/, read by ``cli.parse_or_exit`` as every program's.
 
 Each tool declares its keys in a module-level dict, ``{key: (default, comment[, accepted types])}``,
 and ``--help`` prints them with their defaults. A list option takes ``--models=vlaai,ivlaai``,
@@ -10,37 +10,20 @@ from __future__ import annotations
 import sys
 from types import SimpleNamespace
 
-import config
+import cli
 
 
-def parse(argv, keys: dict, program: str, doc: str = "", renamed: dict | None = None) -> SimpleNamespace:
-    """The tool's options as attributes (``config.parse_or_exit(argv, program=None, extra=keys)``).
+def parse(argv, keys: dict, program: str, doc: str = "") -> SimpleNamespace:
+    """The tool's options as attributes (``cli.parse_or_exit(argv, program=None, extra=keys)``).
 
-    ``--help`` prints ``doc`` and the keys under the title ``python -m benchmarks.<program>``.
-    ``renamed``: {key: internal name} for a key whose name config.py checks as train.py's own
-    (e.g. ``amp`` must be one precision there) while the tool reads another kind of value (a list
-    of precisions): it is parsed under the internal name and handed back under its own."""
+    ``--help`` prints ``doc`` and the keys under the title ``python -m benchmarks.<program>``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help" in argv or "-h" in argv:
         title = f"python -m benchmarks.{program}: keys (--key=value), defaults and what they do"
-        print((doc.strip() + "\n\n" if doc.strip() else "") + config.help_text(None, keys, title=title))
+        print((doc.strip() + "\n\n" if doc.strip() else "") + cli.help_text(None, keys, title=title))
         sys.exit(0)
-    renamed = renamed or {}
-    inner = {renamed.get(k, k): v for k, v in keys.items()}
-    back = {v: k for k, v in renamed.items()}
-
-    def rename(arg: str) -> str:
-        key, eq, text = arg[2:].partition("=")
-        return f"--{renamed[key]}{eq}{text}" if arg.startswith("--") and key in renamed else arg
-
-    try:
-        cfg, _ = config.parse([rename(a) for a in argv], None, inner)
-    except config.ConfigError as exc:
-        msg = str(exc)
-        for key, name in renamed.items():
-            msg = msg.replace(name, key)
-        sys.exit(f"config error: {msg}")
-    return SimpleNamespace(**{back.get(k, k): v for k, v in cfg.items()})
+    cfg, _ = cli.parse_or_exit(argv, None, keys)
+    return SimpleNamespace(**cfg)
 
 
 def as_list(value, key: str, kind=str) -> list:

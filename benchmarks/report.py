@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-import config
+import cli
 from fileio import atomic_write_bytes, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -374,7 +374,7 @@ def render(text: str, tables: dict, path: str = "") -> str:
 
 
 def main(argv=None) -> int:
-    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    cfg, _ = cli.parse_or_exit(argv, program=None, extra=OPTIONS)
     try:
         records = load_records(cfg["records_dir"])
         idx = index(records)

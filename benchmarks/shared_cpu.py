@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import cli
 from benchmarks import options
 
 CHILD = r"""
@@ -66,7 +67,7 @@ def time_child(model: str, threads: int, steps: int, policy: str) -> dict:
 # The tool's keys: (default, comment[, accepted types]).
 KEYS = {
     "model": ("ivlaai", "the model whose training steps are timed"),
-    "threads": (0, "torch threads in the timed process (0: one per core)"),
+    "threads": cli.like("threads", 0, "torch threads in the timed process (0: one per core)"),
     "steps": (20, "timed training steps per setting (the median is reported)"),
     "load": (1, "competing busy-looping processes"),
     "policies": (["unset", "PASSIVE", "ACTIVE"], "OMP_WAIT_POLICY values to compare, e.g. --policies=unset,PASSIVE "

@@ -56,6 +56,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import cli
 import newmodel
 import runtime
 from benchmarks import options
@@ -263,12 +264,12 @@ def data_wait(name: str, device, *, data_dir, steps: int, warmup: int, batch: in
 KEYS = {
     "models": (["vlaai", "ivlaai"], "models to time, e.g. --models=vlaai,ivlaai: vlaai, ivlaai, linear_conv",
                (list, str)),
-    "device": ("auto", "'auto' (CUDA when present), 'cpu' or 'cuda'"),
-    "batch_size": (64, "windows per step"),
+    "device": cli.like("device"),
+    "batch_size": cli.like("batch_size", 64, "windows per step"),
     "window": (320, "samples per window in the synthetic timing"),
     "steps": (10, "timed steps (training and inference each)"),
     "warmup": (2, "untimed steps first (>= 1; compile happens here)"),
-    "threads": (0, "torch CPU threads (0: torch's default)"),
+    "threads": cli.like("threads"),
     "amp": (["none"], "precisions to time: none, bf16 (bfloat16 autocast), e.g. --amp=none,bf16", (list, str)),
     "compile": ("no", "torch.compile the model: no, yes (--compile alone) or both (eager and compiled in one run)",
                 (str, bool)),
@@ -276,13 +277,13 @@ KEYS = {
     "fill_uninitialized_memory": (0, "with --deterministic=1: torch.utils.deterministic.fill_uninitialized_memory "
                                      "(0, as train.py sets it; 1 = torch's default, NaN-fills every new tensor)",
                                   (int, bool)),
-    "lr": (1e-3, "Adam learning rate of the timed steps"),
+    "lr": cli.like("lr", 1e-3, "Adam learning rate of the timed steps"),
     "dense_repeats": (3, "timings of the dense reference ops (best taken)"),
     "skip_dense": (False, "do not time the dense reference ops (no % of the dense rate)"),
     "data_dir": (str(DEFAULT_DATA), "real data for the data-wait timing (any folder load_corpus reads)"),
     "data_steps": (20, "timed real-data training steps (0: skip)"),
     "data_window_s": (5.0, "window length of the real-data steps, seconds"),
-    "num_workers": (0, "DataLoader workers of the real-data steps"),
+    "num_workers": cli.like("num_workers", 0, "DataLoader workers of the real-data steps"),
     "profile": (False, "print torch.profiler's top ops of a training step"),
     "tf_reference": (None, "also time the reference TensorFlow VLAAI from PATH/model.py (a clone of exporl/vlaai); "
                            "skipped with a message when tensorflow is not installed", (str, type(None))),
@@ -292,8 +293,7 @@ COMPILE_MODES = {"no": [False], "yes": [True], "both": [False, True]}
 
 
 def parse_args(argv=None):
-    # config.py checks a key named amp as train.py's one precision: it is read under another name here
-    a = options.parse(argv, KEYS, "throughput", __doc__.split("\n\n")[0], renamed={"amp": "amp_list"})
+    a = options.parse(argv, KEYS, "throughput", __doc__.split("\n\n")[0])
     a.models = options.as_list(a.models, "models")
     bad = [m for m in a.models if m not in TRAINABLE]
     if bad or not a.models:

@@ -46,6 +46,7 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import cli
 from benchmarks import options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,11 +272,11 @@ KEYS = {
     "mmap_threshold": ([0, 1048576], "malloc settings to compare; 0: glibc's default malloc; N > 0: run the children "
                        "with MALLOC_MMAP_THRESHOLD_=N (blocks >= N bytes are mmapped and returned on free)",
                        (list, int, str)),
-    "window_s": (5.0, "training window length in seconds"),
-    "batch_size": (64, "windows per training step"),
-    "threads": (0, "torch threads (0: torch's default)"),
-    "num_workers": (0, "DataLoader workers (0: RSS of one process)"),
-    "device": ("cpu", "train.py device (RSS is host memory)"),
+    "window_s": cli.like("window_s"),
+    "batch_size": cli.like("batch_size", 64, "windows per training step"),
+    "threads": cli.like("threads"),
+    "num_workers": cli.like("num_workers", 0, "DataLoader workers (0: RSS of one process)"),
+    "device": cli.like("device", "cpu", "train.py --device (RSS is host memory)"),
     "baseline_copies": (8, "baseline: links to one trial (8 x 0.8 MiB)"),
     "baseline_epochs": (3, "baseline: epochs of train.main"),
     "train_args": ("", "extra train.py arguments, space-separated (e.g. --train_args=--amp=bf16)"),

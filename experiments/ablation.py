@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import config
+import cli
 from checkpoint import load_checkpoint, load_model
 from evaluation import evaluate
 from experiments.selection import JUDGES, inner_unseen, study_run, unseen_run
@@ -35,7 +35,7 @@ from metrics import paired_differences
 OPTIONS = {
     "runs": ("bench_runs/ablate-*/*/*/seed-*", "glob pattern of the recipe runs' seed directories"),
     "baseline": ("bench_runs/select/*/*/seed-*", "glob pattern of the stopping-rule study's seed directories"),
-    "epochs": (10, "the recipe's epoch count"),
+    "epochs": cli.like("epochs", 10, "the recipe's epoch count"),
     "avg": (5, "the recipe's K: it keeps the average of the last K epochs' weights"),
     "judge": ("monitor", "'monitor': inner listeners' whole trials; 'unseen': their last 10 % (new speech)"),
     "out": ("", "also write the table to this JSON file ('': do not)"),
@@ -94,7 +94,7 @@ def baseline_run(seed_dir: Path, epochs: int, avg: int, judge: str = "monitor") 
 
 
 def main(argv=None) -> dict:
-    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    cfg, _ = cli.parse_or_exit(argv, program=None, extra=OPTIONS)
     epochs, avg, judge = cfg["epochs"], cfg["avg"], cfg["judge"]
     if judge not in JUDGES:
         raise SystemExit(f"--judge={judge}: use 'monitor' (whole trials) or 'unseen' (their last 10 %)")

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-import config
+import cli
 from EEG_Dataset import WindowDataset, load_corpus
 
 OPTIONS = {
     "data_dir": ("../shared/data/dtu", "the data folder to load (any format load_corpus reads)"),
-    "window_s": (5.0, "training window length in seconds"),
-    "batch_size": (64, "windows per batch"),
+    "window_s": cli.like("window_s"),
+    "batch_size": cli.like("batch_size", 64, "windows per batch"),
 }
 
 
@@ -37,7 +37,7 @@ def peak_mb() -> float:
 
 
 def main(argv=None) -> None:
-    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    cfg, _ = cli.parse_or_exit(argv, program=None, extra=OPTIONS)
     data_dir = Path(cfg["data_dir"])
     window = int(cfg["window_s"] * 64)
     bs = cfg["batch_size"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import config
+import cli
 from checkpoint import load_model
 from EEG_Dataset import load_corpus
 from experiments import as_list
@@ -30,8 +30,8 @@ OPTIONS = {
     "subjects": ([], "the fold's held-out subjects, e.g. [S1,S2,S3] (required)"),
     "data_dir": ("../shared/data/dtu", "the DTU-style npz folder the runs trained on"),
     "models": (["linear", "vlaai", "ivlaai"], "models to score"),
-    "seeds": ([1, 2, 3], "seeds of each model, ensembled"),
-    "window_s": (5.0, "length of each scored piece in seconds"),
+    "seeds": cli.like("seeds", [1, 2, 3], "seeds of each model, ensembled"),
+    "window_s": cli.like("window_s", 5.0, "length of each scored piece in seconds"),
     "checkpoint": ("best", "'best' (the kept weights) or 'last' (the last epoch trained)"),
 }
 
@@ -56,7 +56,7 @@ def position_r(models, recordings, window: int) -> np.ndarray:
 
 
 def main(argv=None) -> None:
-    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    cfg, _ = cli.parse_or_exit(argv, program=None, extra=OPTIONS)
     subjects, models, seeds = (as_list(cfg[k]) for k in ("subjects", "models", "seeds"))
     if not cfg["fold_dir"] or not subjects:
         raise SystemExit(__doc__ + "\n--fold_dir and --subjects are required")

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import config
+import cli
 from averaging import average_state_dicts
 from checkpoint import load_checkpoint, load_model
 from evaluation import evaluate
@@ -47,11 +47,11 @@ from runs import corpus_from_config
 JUDGES = ("monitor", "unseen")
 OPTIONS = {
     "runs": ("bench_runs/select/*/*/seed-*", "seed directories: a glob pattern, or several joined by commas"),
-    "patience": (10, "patience of the 'best val' rules, in epochs"),
+    "patience": cli.like("patience", 10, "patience of the 'best val' rules, in epochs"),
     "avg": ([1, 3, 5], "K values: rules keep the average of the last K epochs' weights"),
     "fixed": ([10, 20, 30], "epoch counts of the 'epoch N' rules"),
     "judge": ("monitor", "'monitor': inner listeners' whole trials; 'unseen': their last 10 % (new speech)"),
-    "threads": (1, "torch CPU threads"),
+    "threads": cli.like("threads", 1, "torch CPU threads"),
     "out": ("", "also write the whole table to this JSON file ('': do not)"),
 }
 
@@ -180,7 +180,7 @@ def int_list(cfg: dict, key: str, empty_ok: bool = False) -> list[int]:
 
 
 def main(argv=None) -> dict:
-    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    cfg, _ = cli.parse_or_exit(argv, program=None, extra=OPTIONS)
     patience = cfg["patience"]
     if patience < 1:
         raise SystemExit(f"--patience={patience}: must be >= 1")

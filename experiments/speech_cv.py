@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-import config
+import cli
 from checkpoint import load_checkpoint
 from experiments import as_list
 from fileio import atomic_write_json, read_json
@@ -115,7 +115,7 @@ def _diff_cell(p: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    cfg, _ = cli.parse_or_exit(argv, program=None, extra=OPTIONS)
     root, ref = Path(cfg["root"]), cfg["ref"]
     picks = {}
     for key in ("folds", "seeds"):

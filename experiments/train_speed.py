@@ -3,7 +3,7 @@
     python -m experiments.train_speed [--models=[vlaai,ivlaai]] [--batch_size=64] [--window=320] [--steps=5]
 
 A model may carry build options after colons, e.g. ``--models=[ivlaai,ivlaai:ivlaai_separable=True]``
-(the model keys of config.py, config.MODEL_KEYS; values as Python literals).
+(the model keys of config.py, cli.model_keys(); values as Python literals).
 ``python -m benchmarks.throughput`` measures the same rates with the machine's load, FLOPs and the
 dense rate beside them.
 """
@@ -13,21 +13,21 @@ import time
 
 import torch
 
-import config
+import cli
 import newmodel
 from experiments import as_list
 from metrics import pearson_loss
 
 OPTIONS = {
     "models": (["vlaai", "ivlaai", "linear_conv"], "models to time; 'name:key=value' adds a build option"),
-    "batch_size": (64, "windows per step"),
+    "batch_size": cli.like("batch_size", 64, "windows per step"),
     "window": (320, "samples per window"),
     "steps": (5, "timed steps (training and inference each), after one untimed step"),
 }
 
 
 def main(argv=None) -> None:
-    cfg, _ = config.parse_or_exit(argv, program=None, extra=OPTIONS)
+    cfg, _ = cli.parse_or_exit(argv, program=None, extra=OPTIONS)
     models = [str(m) for m in as_list(cfg["models"])]
     bs, win, steps = cfg["batch_size"], cfg["window"], cfg["steps"]
     torch.manual_seed(0)
@@ -38,10 +38,10 @@ def main(argv=None) -> None:
         build = {}
         for opt in opts:
             key, eq, value = opt.partition("=")
-            if key not in config.MODEL_KEYS:
+            if key not in cli.model_keys():
                 raise SystemExit(f"--models: unknown build option {key!r} in {spec!r}; "
-                                 f"valid: {', '.join(config.MODEL_KEYS)}")
-            default, value = config.defaults()[key], config.literal(value)
+                                 f"valid: {', '.join(cli.model_keys())}")
+            default, value = cli.defaults()[key], cli.literal(value)
             if not eq or type(value) is not type(default) and not (type(default) is float and type(value) is int):
                 raise SystemExit(f"--models: build option {opt!r} in {spec!r} needs a "
                                  f"{type(default).__name__} value, e.g. {key}={default!r}")

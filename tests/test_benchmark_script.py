@@ -128,14 +128,14 @@ def test_quick_settings_and_separate_output_folders():
 
 def test_recipe_files_are_what_they_say():
     """configs/heldout_listeners.py is config.py's defaults written out; the seen recipe stops early."""
-    import config
+    import cli
 
-    held = config.read_config_file(ROOT / "configs" / "heldout_listeners.py")
-    assert held == {k: config.defaults()[k] for k in held}
-    seen = config.read_config_file(ROOT / "configs" / "seen_listeners.py")
+    held = cli.read_config_file(ROOT / "configs" / "heldout_listeners.py")
+    assert held == {k: cli.defaults()[k] for k in held}
+    seen = cli.read_config_file(ROOT / "configs" / "seen_listeners.py")
     assert seen["select"] == "best_val" and seen["avg_epochs"] == 1
     for name in ("heldout_listeners", "seen_listeners", "finetune_vlaai"):  # each is a valid train.py --config
-        config.parse([f"--config={ROOT / 'configs' / (name + '.py')}"], "train")
+        cli.parse([f"--config={ROOT / 'configs' / (name + '.py')}"], "train")
 
 
 def test_comparisons_are_paired_over_subjects():
@@ -218,3 +218,13 @@ def test_a_group_recorded_earlier_is_not_trained_again(tmp_path):
     assert tasks == []
     cfg["ensemble_sizes"] = [1, 2]
     assert benchmark.recorded(cfg, groups[0]) is None
+
+
+def test_results_with_no_fold_shared_by_every_model_are_written_without_a_figure(tmp_path):
+    """A sitting that finished only groups of different folds (one model's fold here, another's
+    there) has no row to show yet: the tables say so and no figure is drawn, and nothing crashes."""
+    cfg = benchmark.parse_args(["--protocols=[heldout]", "--models=[linear,vlaai]", f"--out_dir={tmp_path}"])
+    results = {"runs": {"heldout": {"linear": {"fold2-S4-S6": {}}, "vlaai": {"fold1-S1-S3": {}}}}}
+    benchmark.write_results(tmp_path, results, cfg, 1.0)
+    assert json.loads((tmp_path / "results.json").read_text())["summary"] == {}
+    assert (tmp_path / "results.md").is_file() and not (tmp_path / "results.png").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import cli
 import config
 import newmodel
 from checkpoint import (
@@ -26,7 +27,7 @@ def _n_params(m):
 
 def _checkpoint(name="ivlaai", cfg=SMALL, subjects=("S1", "S2"), seed=3) -> dict:
     torch.manual_seed(seed)
-    run_cfg = dict(config.defaults("train"), model=name, **cfg)
+    run_cfg = dict(cli.defaults("train"), model=name, **cfg)
     args = newmodel.model_args(name, run_cfg)
     model = newmodel.MODELS[name](**args)
     return {"model_name": name, "model_args": args, "model": model.state_dict(), "subjects": list(subjects),
@@ -84,7 +85,7 @@ def test_the_model_is_rebuilt_from_its_own_arguments_not_from_config_py(tmp_path
 # --------------------------------------------------------------------------------------- version 1
 def _v1(subject_embedding=False, subjects=("S1", "S2", "S3")):
     """What train.py wrote before checkpoints had a version: no 'version', no 'model_args'."""
-    cfg = dict(config.defaults("train"), model="ivlaai", subject_embedding=subject_embedding, **SMALL)
+    cfg = dict(cli.defaults("train"), model="ivlaai", subject_embedding=subject_embedding, **SMALL)
     torch.manual_seed(0)
     model = newmodel.build_model("ivlaai", **dict(cfg, n_subjects=len(subjects) if subject_embedding else 0))
     return {"seed": 1, "model_name": "ivlaai", "subjects": list(subjects), "n_chans": 4,

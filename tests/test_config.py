@@ -7,19 +7,20 @@ from pathlib import Path
 
 import pytest
 
+import cli
 import config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(*args, program="train"):
-    cfg, given = config.parse(list(args), program)
+    cfg, given = cli.parse(list(args), program)
     return cfg, given
 
 
 # --------------------------------------------------------------------------------------- defaults
 def test_documented_keys_exist_with_sane_defaults():
-    d = config.defaults()
+    d = cli.defaults()
     for key in ("data_dir", "model", "seeds", "epochs", "run_dir", "test_dir", "label_dir", "result_dir"):
         assert key in d, key
     assert isinstance(d["seeds"], list) and len(d["seeds"]) == 1 and isinstance(d["seeds"][0], int)
@@ -28,14 +29,14 @@ def test_documented_keys_exist_with_sane_defaults():
     for internal in ("ast", "sys", "Path", "annotations", "parse", "defaults"):
         assert internal not in d
     cfg, given = parse()  # the default program is train
-    assert cfg == config.defaults("train") and given == set()
-    assert config.parse([]) == (cfg, given)
+    assert cfg == cli.defaults("train") and given == set()
+    assert cli.parse([]) == (cfg, given)
 
 
 def test_parsed_config_does_not_alias_the_defaults():
     cfg, _ = parse()
     cfg["seeds"].append(99)  # a caller changing its config must not change the defaults
-    assert 99 not in config.defaults()["seeds"]
+    assert 99 not in cli.defaults()["seeds"]
     assert 99 not in parse()[0]["seeds"]
 
 
@@ -79,7 +80,7 @@ def test_key_value_literals(arg, key, value, program):
         assert [type(v) for v in cfg[key]] == [type(v) for v in value]
     assert given == {key}
     # everything else keeps its default
-    d = config.defaults(program)
+    d = cli.defaults(program)
     assert {k: v for k, v in cfg.items() if k != key} == {k: v for k, v in d.items() if k != key}
 
 
@@ -93,7 +94,7 @@ def test_bare_flag_is_true_and_later_args_win():
 
 # --------------------------------------------------------------------------------------- rejections
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(config.ConfigError) as exc:
+    with pytest.raises(cli.ConfigError) as exc:
         parse("--epoch=3")
     msg = str(exc.value)
     assert "epoch" in msg and "unknown" in msg.lower()
@@ -112,20 +113,20 @@ def test_unknown_key_lists_valid_keys():
 ])
 def test_a_key_of_another_program_is_rejected_listing_the_accepted_keys(arg, program, other):
     key = arg[2:].split("=")[0]
-    assert key in config.defaults(other)  # a real key, just not this program's
-    with pytest.raises(config.ConfigError) as exc:
+    assert key in cli.defaults(other)  # a real key, just not this program's
+    with pytest.raises(cli.ConfigError) as exc:
         parse(arg, program=program)
     msg = str(exc.value)
     assert repr(key) in msg and "\n" not in msg
     accepted = msg.split("accepts:")[1]
-    assert sorted(k.strip() for k in accepted.split(",")) == sorted(config.PROGRAMS[program])
+    assert sorted(k.strip() for k in accepted.split(",")) == sorted(cli.read_by(program))
     assert key in parse(arg, program=other)[1]  # the program that reads it takes it
 
 
 def test_a_key_of_another_program_in_a_config_file_is_rejected(tmp_path):
     f = tmp_path / "over.py"
     f.write_text("epochs = 3\npre_highpass_hz = 1.0\n")
-    with pytest.raises(config.ConfigError, match="pre_highpass_hz"):
+    with pytest.raises(cli.ConfigError, match="pre_highpass_hz"):
         parse(f"--config={f}")
     f.write_text("pre_highpass_hz = 1.0\n")
     assert parse(f"--config={f}", program="preprocess")[0]["pre_highpass_hz"] == 1.0
@@ -133,12 +134,12 @@ def test_a_key_of_another_program_in_a_config_file_is_rejected(tmp_path):
 
 def test_unknown_program_is_refused():
     with pytest.raises(ValueError, match="unknown program"):
-        config.parse([], "tran")
+        cli.parse([], "tran")
 
 
 def test_unknown_key_through_parse_or_exit_is_a_clean_exit():
     with pytest.raises(SystemExit) as exc:
-        config.parse_or_exit(["--no_such_key=1"])
+        cli.parse_or_exit(["--no_such_key=1"])
     assert "no_such_key" in str(exc.value.code) and "epochs" in str(exc.value.code)
 
 
@@ -165,14 +166,14 @@ def test_unknown_key_through_parse_or_exit_is_a_clean_exit():
 )
 def test_wrong_type_rejected(arg):
     key = arg[2:].split("=")[0]
-    with pytest.raises(config.ConfigError) as exc:
+    with pytest.raises(cli.ConfigError) as exc:
         parse(arg)
     assert f"--{key}" in str(exc.value)
 
 
 @pytest.mark.parametrize("arg", ["--epochs={[1]: 2}", "--seeds={[1]: 2}", "--lr=[[[[[[[[[["])
 def test_unparseable_literal_is_a_config_error_not_a_crash(arg):
-    with pytest.raises(config.ConfigError):
+    with pytest.raises(cli.ConfigError):
         parse(arg)
 
 
@@ -182,7 +183,7 @@ def test_unparseable_text_for_a_string_key_is_the_text():
 
 
 def test_positional_argument_rejected():
-    with pytest.raises(config.ConfigError) as exc:
+    with pytest.raises(cli.ConfigError) as exc:
         parse("epochs=3")
     assert "--key=value" in str(exc.value)
 
@@ -233,7 +234,7 @@ def test_config_file_overrides(tmp_path):
 def test_config_file_is_data_not_code(tmp_path, text):
     f = tmp_path / "bad.py"
     f.write_text(text)
-    with pytest.raises(config.ConfigError) as exc:
+    with pytest.raises(cli.ConfigError) as exc:
         parse(f"--config={f}")
     assert str(f) in str(exc.value)
 
@@ -245,41 +246,41 @@ def test_config_file_is_never_executed(tmp_path):
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('x')\n"
         f"epochs = __import__('pathlib').Path({str(marker)!r}).write_text('x')\n"
     )
-    with pytest.raises(config.ConfigError):
+    with pytest.raises(cli.ConfigError):
         parse(f"--config={f}")
     f.write_text(f"epochs = __import__('pathlib').Path({str(marker)!r}).write_text('x')\n")
-    with pytest.raises(config.ConfigError):
+    with pytest.raises(cli.ConfigError):
         parse(f"--config={f}")
     assert not marker.exists()
 
 
 def test_config_file_errors(tmp_path):
-    with pytest.raises(config.ConfigError) as exc:
+    with pytest.raises(cli.ConfigError) as exc:
         parse(f"--config={tmp_path / 'missing.py'}")
     assert "missing.py" in str(exc.value)
     bad = tmp_path / "syntax.py"
     bad.write_text("epochs = = 3\n")
-    with pytest.raises(config.ConfigError) as exc:
+    with pytest.raises(cli.ConfigError) as exc:
         parse(f"--config={bad}")
     assert "syntax.py" in str(exc.value)
     unknown = tmp_path / "unknown.py"
     unknown.write_text("epoch = 3\n")
-    with pytest.raises(config.ConfigError) as exc:
+    with pytest.raises(cli.ConfigError) as exc:
         parse(f"--config={unknown}")
     assert "epoch" in str(exc.value) and "epochs" in str(exc.value)  # valid keys listed
     wrong = tmp_path / "wrong.py"
     wrong.write_text("epochs = 'many'\n")
-    with pytest.raises(config.ConfigError) as exc:
+    with pytest.raises(cli.ConfigError) as exc:
         parse(f"--config={wrong}")
     assert "--epochs" in str(exc.value)
-    with pytest.raises(config.ConfigError):
+    with pytest.raises(cli.ConfigError):
         parse("--config")  # no file given
 
 
 def test_a_key_set_twice_in_a_config_file_is_an_error(tmp_path):
     f = tmp_path / "twice.py"
     f.write_text("epochs = 3\nlr = 1e-3\nepochs = 5\n")
-    with pytest.raises(config.ConfigError) as exc:
+    with pytest.raises(cli.ConfigError) as exc:
         parse(f"--config={f}")
     msg = str(exc.value)
     assert msg.startswith(f"{f}:3:") and "'epochs'" in msg and "twice" in msg and "\n" not in msg
@@ -310,23 +311,28 @@ def test_a_key_set_twice_in_a_config_file_is_an_error(tmp_path):
     ("--demo_subjects=0", "demo"),
     ("--pre_env_bands=0", "preprocess"),
     ("--pre_highpass_hz=-0.5", "preprocess"),
+    ("--pre_env_power=0", "preprocess"),
+    ("--pre_channels=0", "preprocess"),
+    ("--pre_channels=[]", "preprocess"),
+    ("--pre_channels=[Cz,Cz]", "preprocess"),
+    ("--pre_channels=[Cz,3]", "preprocess"),
     ("--eval_hop_s=0", "test"),
 ])
 def test_values_that_cannot_work_are_one_line_errors_naming_the_key(arg, program):
     key = arg[2:].split("=")[0]
-    with pytest.raises(config.ConfigError) as exc:
+    with pytest.raises(cli.ConfigError) as exc:
         parse(arg, program=program)
     msg = str(exc.value)
     assert msg.startswith(f"--{key}:") and "\n" not in msg
     with pytest.raises(SystemExit) as exit_:  # and the program stops with that one line
-        config.parse_or_exit([arg], program)
+        cli.parse_or_exit([arg], program)
     assert f"--{key}" in str(exit_.value.code) and "\n" not in str(exit_.value.code)
 
 
 def test_value_errors_say_what_is_wanted():
     for arg, want in (("--fs=0", "> 0"), ("--lr=1e999", "finite"), ("--dropout=2", "[0, 1)"),
                       ("--seeds=[4294967296]", "2**32"), ("--lr=True", "boolean"), ("--epochs=0", ">= 1")):
-        with pytest.raises(config.ConfigError) as exc:
+        with pytest.raises(cli.ConfigError) as exc:
             parse(arg)
         assert want in str(exc.value), (arg, str(exc.value))
 
@@ -336,7 +342,7 @@ def test_values_that_cannot_work_in_a_config_file(tmp_path):
     for text, key in (("lr = 1e999\n", "lr"), ("fs = 0\n", "fs"), ("dropout = 2\n", "dropout"),
                       ("seeds = [1, 2**32]\n", None), ("seeds = [4294967296]\n", "seeds")):
         f.write_text(text)
-        with pytest.raises(config.ConfigError) as exc:
+        with pytest.raises(cli.ConfigError) as exc:
             parse(f"--config={f}")
         assert "\n" not in str(exc.value)
         if key:
@@ -359,30 +365,51 @@ def test_values_at_the_edge_of_their_range_are_accepted(arg, key, value):
 
 # --------------------------------------------------------------------------------------- programs
 def test_each_programs_keys_are_config_keys_once():
-    d = config.defaults()
-    assert set(config.PROGRAMS) >= {"train", "test", "preprocess", "demo"}
-    for program, keys in config.PROGRAMS.items():
+    d = cli.defaults()
+    assert set(cli.PROGRAMS) >= {"train", "test", "preprocess", "demo"}
+    for program in cli.PROGRAMS:
+        keys = cli.read_by(program)
         assert len(set(keys)) == len(keys), program
         for key in keys:
             assert key in d, (program, key)
-        assert config.defaults(program) == {k: d[k] for k in keys}
-        assert parse(program=program) == (config.defaults(program), set())
+        assert cli.defaults(program) == {k: d[k] for k in keys}
+        assert parse(program=program) == (cli.defaults(program), set())
 
 
-def test_every_config_key_is_read_by_some_program():
-    read = {k for keys in config.PROGRAMS.values() for k in keys}
-    assert set(config.defaults()) == read
+def test_every_config_key_is_declared_once_and_read_by_some_program():
+    """A key is one annotated line of config.py: a plain assignment without Key(...) would be a key
+    no program reads and nothing checks, and a reader name that is not a program reads nothing."""
+    import ast
+    tree = ast.parse((ROOT / "config.py").read_text())
+    plain = [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
+    annotated = [node.target.id for node in tree.body if isinstance(node, ast.AnnAssign)]
+    assert plain == [] and annotated == list(cli.declared())
+    for key, spec in cli.declared().items():
+        assert isinstance(spec, cli.Key) and spec.read_by, key
+        assert set(spec.read_by) <= {*cli.PROGRAMS, cli.MODEL_BUILDER}, (key, spec.read_by)
+        assert set(spec.read_by) & set(cli.PROGRAMS), key  # a model key is also set through a program
+    read = {k for program in cli.PROGRAMS for k in cli.read_by(program)}
+    assert set(cli.defaults()) == read
+
+
+def test_a_tools_own_key_is_checked_by_the_tool_not_by_config_py():
+    """A tool key that shares a name with a config.py key (amp, model, device) takes the tool's values."""
+    extra = {"amp": (["none"], "precisions to time", (list, str)), "model": ("mlp", "a tool's model")}
+    cfg, _ = cli.parse(["--amp=[none,bf16]", "--model=mlp"], None, extra)
+    assert cfg["amp"] == ["none", "bf16"] and cfg["model"] == "mlp"
+    with pytest.raises(cli.ConfigError, match="--amp: expected one of"):  # config.py's own check still holds
+        cli.parse(["--amp=[none,bf16]"], "train")
 
 
 def test_every_model_key_is_read_by_train_and_build_model():
     """build_model reads these keys from the config: a key train does not accept could never be set."""
     import newmodel
 
-    train = set(config.PROGRAMS["train"])
-    assert set(config.MODEL_KEYS) <= train and "n_chans" in train and "model" in train
+    train = set(cli.read_by("train"))
+    assert set(cli.model_keys()) <= train and "n_chans" in train and "model" in train
     # each model key changes what model_args gives for some model (none is dead)
-    d = config.defaults()
-    for key in config.MODEL_KEYS:
+    d = cli.defaults()
+    for key in cli.model_keys():
         if key == "subject_embedding":  # train.py turns it into n_subjects
             continue
         v = d[key]
@@ -393,8 +420,8 @@ def test_every_model_key_is_read_by_train_and_build_model():
 
 
 def test_comments_document_every_key():
-    notes = config.comments()
-    for key in config.defaults():
+    notes = cli.comments()
+    for key in cli.defaults():
         assert notes.get(key), key
     assert "monitor set" in notes["monitor_recordings"] and "log.csv" in notes["monitor_recordings"]  # continued line
 
@@ -406,9 +433,9 @@ def _run(*args):
 def test_python_config_py_prints_every_programs_keys_with_comments():
     out = _run("config.py")
     assert out.returncode == 0, out.stderr
-    notes = config.comments()
-    for keys in config.PROGRAMS.values():
-        for key in keys:
+    notes = cli.comments()
+    for program in cli.PROGRAMS:
+        for key in cli.read_by(program):
             assert f"--{key}=" in out.stdout, key
     for key in ("lr", "pre_highpass_hz", "result_dir", "demo_seed"):
         assert notes[key] in out.stdout
@@ -418,8 +445,8 @@ def test_python_config_py_prints_every_programs_keys_with_comments():
 def test_train_help_prints_train_keys_with_comments_only():
     out = _run("train.py", "--help")
     assert out.returncode == 0, out.stderr
-    notes = config.comments()
-    for key in config.PROGRAMS["train"]:
+    notes = cli.comments()
+    for key in cli.read_by("train"):
         assert f"--{key}=" in out.stdout and notes[key] in out.stdout, key
     for key in ("pre_highpass_hz", "result_dir", "label_dir"):  # other programs' keys
         assert f"--{key}=" not in out.stdout, key
@@ -427,7 +454,7 @@ def test_train_help_prints_train_keys_with_comments_only():
 
 def test_help_text_of_extra_keys():
     extra = {"protocols": (["seen"], "which protocols to run"), "limit": (None, "a cap", (int, type(None)))}
-    text = config.help_text(None, extra)
+    text = cli.help_text(None, extra)
     assert "--protocols=['seen']\n      which protocols to run" in text
     assert "--limit=None\n      a cap" in text
     assert "--lr=" not in text
@@ -439,26 +466,26 @@ def test_extra_keys_with_a_types_tuple():
              "rate": (0.5, "a float"),
              "label": ("x", "a string"),
              "where": (None, "anything")}
-    cfg, given = config.parse([], None, extra)
+    cfg, given = cli.parse([], None, extra)
     assert cfg == {"limit": None, "rate": 0.5, "label": "x", "where": None} and given == set()
-    cfg, given = config.parse(["--limit=3", "--rate=2", "--label=7"], None, extra)
+    cfg, given = cli.parse(["--limit=3", "--rate=2", "--label=7"], None, extra)
     assert cfg["limit"] == 3 and cfg["rate"] == 2.0 and isinstance(cfg["rate"], float) and cfg["label"] == "7"
     assert given == {"limit", "rate", "label"}
-    assert config.parse(["--limit=None"], None, extra)[0]["limit"] is None
+    assert cli.parse(["--limit=None"], None, extra)[0]["limit"] is None
     for bad in ("--limit=abc", "--limit=2.5", "--limit=True", "--rate=fast"):
-        with pytest.raises(config.ConfigError) as exc:
-            config.parse([bad], None, extra)
+        with pytest.raises(cli.ConfigError) as exc:
+            cli.parse([bad], None, extra)
         assert str(exc.value).startswith(bad.split("=")[0] + ":"), bad
-    with pytest.raises(config.ConfigError, match="accepts: label, limit, rate, where"):
-        config.parse(["--lr=1"], None, extra)  # program=None: only the extra keys
+    with pytest.raises(cli.ConfigError, match="accepts: label, limit, rate, where"):
+        cli.parse(["--lr=1"], None, extra)  # program=None: only the extra keys
 
 
 def test_extra_keys_add_to_a_programs_keys():
     extra = {"limit": (None, "a cap", (int, type(None)))}
-    cfg, given = config.parse(["--limit=4", "--epochs=2"], "train", extra)
+    cfg, given = cli.parse(["--limit=4", "--epochs=2"], "train", extra)
     assert cfg["limit"] == 4 and cfg["epochs"] == 2 and given == {"limit", "epochs"}
-    assert set(cfg) == set(config.PROGRAMS["train"]) | {"limit"}
-    assert "limit" not in config.parse([], "train")[0]  # not kept for later calls
+    assert set(cfg) == set(cli.read_by("train")) | {"limit"}
+    assert "limit" not in cli.parse([], "train")[0]  # not kept for later calls
 
 
 def test_time_fold_range_matches_the_dataset_and_is_checked():
@@ -466,5 +493,16 @@ def test_time_fold_range_matches_the_dataset_and_is_checked():
     assert parse(f"--time_fold={TIME_FOLDS - 1}")[0]["time_fold"] == TIME_FOLDS - 1
     assert parse("--time_fold=0")[0]["time_fold"] == 0
     for bad in (f"--time_fold={TIME_FOLDS}", "--time_fold=-1"):
-        with pytest.raises(config.ConfigError, match="time_fold: expected one of"):
+        with pytest.raises(cli.ConfigError, match="time_fold: expected one of"):
             parse(bad)
+
+
+def test_a_tool_key_like_a_config_key_takes_its_check_and_help():
+    extra = {"threads": cli.like("threads", 1, "threads of the tool"), "device": cli.like("device")}
+    cfg, _ = cli.parse([], None, extra)
+    assert cfg == {"threads": 1, "device": config.device}
+    text = cli.help_text(None, extra)
+    assert "threads of the tool" in text and cli.comments()["device"] in text
+    for bad, says in (("--threads=-1", "--threads: must be >= 0"), ("--device=tpu", "--device: expected one of")):
+        with pytest.raises(cli.ConfigError, match=says):
+            cli.parse([bad], None, extra)

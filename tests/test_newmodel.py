@@ -5,6 +5,7 @@ import pytest
 import scipy.stats
 import torch
 
+import cli
 import config
 import newmodel
 from metrics import paired_differences, pearson, pearson_loss
@@ -108,7 +109,7 @@ def _n_params(m):
 def test_build_model_without_config_uses_config_py_defaults(monkeypatch):
     """Model defaults live only in config.py: build_model with no keys reads them from there."""
     assert _n_params(build_model("ivlaai")) == 797_505
-    d = config.defaults()
+    d = cli.defaults()
     assert _n_params(build_model("ivlaai")) == _n_params(build_model("ivlaai", **d))
     m = build_model("ivlaai")
     assert m.n_chans == d["n_chans"] and m.n_blocks == d["ivlaai_blocks"] and m.concat == d["ivlaai_concat"]
@@ -121,9 +122,9 @@ def test_build_model_without_config_uses_config_py_defaults(monkeypatch):
 
 
 def test_every_model_argument_comes_from_a_config_key():
-    """model_args reads only config.MODEL_KEYS, n_chans and n_subjects: each exists in config.py."""
-    d = config.defaults()
-    for key in config.MODEL_KEYS + ("n_chans",):
+    """model_args reads only cli.model_keys(), n_chans and n_subjects: each exists in config.py."""
+    d = cli.defaults()
+    for key in cli.model_keys() + ("n_chans",):
         assert key in d, key
     assert "n_subjects" not in d  # derived from the data by train.py, default 0
     assert newmodel.model_args("ivlaai", {})["n_subjects"] == 0
@@ -140,7 +141,7 @@ def test_every_model_argument_comes_from_a_config_key():
 ])
 def test_model_args_round_trips(name, cfg):
     """A checkpoint stores model_args: the class built from them is the model build_model gives."""
-    full = dict(config.defaults(), **cfg)  # a whole run config; unrelated keys are ignored
+    full = dict(cli.defaults(), **cfg)  # a whole run config; unrelated keys are ignored
     args = newmodel.model_args(name, full)
     rebuilt = newmodel.MODELS[name](**args)
     built = build_model(name, **full)

@@ -41,7 +41,7 @@ def test_a_bf16_training_step_loss_is_within_0_01_of_float32():
     (bf16 keeps 8 bits of mantissa; the loss and its reductions run in float32)."""
     torch.manual_seed(0)
     model = newmodel.MODELS["ivlaai"](**newmodel.model_args("ivlaai", {
-        **{k: v for k, v in __import__("config").defaults("train").items()}, "n_chans": 16, "n_subjects": 0,
+        **{k: v for k, v in __import__("cli").defaults("train").items()}, "n_chans": 16, "n_subjects": 0,
         "ivlaai_width": 32, "ivlaai_blocks": 2}))
     g = torch.Generator().manual_seed(1)
     env = torch.randn(8, 320, 1, generator=g)

@@ -23,7 +23,7 @@ import scipy.integrate
 import scipy.signal
 from scipy.io import wavfile
 
-import config
+import cli
 import envelope
 import preprocess as pp
 from EEG_Dataset import DataError, load_corpus
@@ -126,7 +126,7 @@ def write_pairs(path: Path, rows, header=True) -> Path:
 
 
 def run(tmp: Path, pairs: Path, *extra, out="out") -> dict:
-    cfg, _ = config.parse([f"--pairs={pairs}", f"--out_dir={tmp / out}", *extra], program="preprocess")
+    cfg, _ = cli.parse([f"--pairs={pairs}", f"--out_dir={tmp / out}", *extra], program="preprocess")
     return pp.preprocess(cfg)
 
 

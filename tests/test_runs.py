@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import config
+import cli
 import newmodel
 import runs
 from checkpoint import save_checkpoint
@@ -121,7 +121,7 @@ def test_a_lock_under_a_file_is_a_run_error(tmp_path):
 
 # --------------------------------------------------------------------------------------- prepare_run_dir
 def _cfg(**kw):
-    return dict(config.defaults("train"), **kw)
+    return dict(cli.defaults("train"), **kw)
 
 
 def _run_folder(folder: Path, notes=True) -> Path:

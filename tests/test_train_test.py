@@ -26,6 +26,7 @@ import torch
 from scipy.stats import pearsonr
 
 import checkpoint
+import cli
 import config
 import demo_corpus
 import train
@@ -388,7 +389,7 @@ def test_checkpoint_contents_and_log(corpus, two_seeds):
         assert ck["optimizer"]["state"] and ck["optimizer"]["param_groups"][0]["lr"] == config.lr
         assert ck["model_args"]["n_chans"] == N_CHANS
         cfg = ck["config"]
-        assert set(cfg) == set(config.defaults("train"))  # the resolved config, every key train.py reads
+        assert set(cfg) == set(cli.defaults("train"))  # the resolved config, every key train.py reads
         assert cfg["epochs"] == 2 and cfg["seeds"] == [1, 2] and cfg["ivlaai_width"] == 16
         assert cfg["data_dir"] == str(corpus / "split_data") and cfg["n_chans"] == N_CHANS
     assert last["epoch"] == 2 and last["finished"]
@@ -677,7 +678,7 @@ def test_only_the_default_data_dir_falls_back_to_the_demo_corpus(tmp_path, monke
     monkeypatch.setattr(demo_corpus, "_build", counted_build)
     demo = tmp_path / "demo_xfdata"
     argv = ["--demo_subjects=2", "--demo_minutes=0.5", f"--demo_dir={demo}", f"--n_chans={N_CHANS}"]
-    cfg, given = config.parse(argv)
+    cfg, given = cli.parse(argv)
     ensure_data(cfg, given)
     out = capsys.readouterr().out
     assert "missing or empty" in out and "demo" in out and str(demo) in out
@@ -687,7 +688,7 @@ def test_only_the_default_data_dir_falls_back_to_the_demo_corpus(tmp_path, monke
     assert (demo / "auditory-eeg-test-dataset").is_dir() and (demo / "test_labels").is_dir()
     before = file_bytes(demo)
 
-    cfg, given = config.parse(argv)
+    cfg, given = cli.parse(argv)
     ensure_data(cfg, given)  # the demo corpus exists now: used, not rebuilt
     assert cfg["data_dir"] == str(demo / "split_data") and len(built) == 1
     assert "training on the demo corpus" in capsys.readouterr().out
@@ -697,7 +698,7 @@ def test_only_the_default_data_dir_falls_back_to_the_demo_corpus(tmp_path, monke
     for given_dir in (tmp_path / "missing", tmp_path / "empty"):
         if given_dir.name == "empty":
             given_dir.mkdir()
-        cfg, given = config.parse([*argv, f"--data_dir={given_dir}"])
+        cfg, given = cli.parse([*argv, f"--data_dir={given_dir}"])
         with pytest.raises(DataError, match=re.escape(str(given_dir))):
             ensure_data(cfg, given)
         assert cfg["data_dir"] == str(given_dir) and len(built) == 1
@@ -705,7 +706,7 @@ def test_only_the_default_data_dir_falls_back_to_the_demo_corpus(tmp_path, monke
     real = tmp_path / "real"
     real.mkdir()
     (real / "x.npz").write_bytes(b"")
-    cfg, given = config.parse([f"--data_dir={real}"])
+    cfg, given = cli.parse([f"--data_dir={real}"])
     ensure_data(cfg, given)  # a non-empty folder is left alone
     assert cfg["data_dir"] == str(real)
 
@@ -814,7 +815,7 @@ def test_monitor_recordings_are_scored_every_epoch_but_never_trained_on(tmp_path
     args = [f"--data_dir={data}", *TINY, f"--run_dir={run_dir}", "--seeds=[1]", "--epochs=3", "--lr=1e-2",
             "--split=time", "--monitor_recordings=['S3']"]
     train.main(args)
-    cfg = config.parse(args)[0]
+    cfg = cli.parse(args)[0]
     corpus = corpus_from_config(cfg)
     s3 = [r for r in corpus.recordings if r.subject == "S3"]
     assert len(s3) == 2 and all(set(r.parts) == {"monitor"} for r in s3)
@@ -881,7 +882,7 @@ def test_keep_epochs_writes_the_weights_of_every_epoch(corpus, tmp_path):
     assert same_tensors(eps[-1]["model"], load(out / "last.pt")["model"])
     assert not same_tensors(eps[0]["model"], eps[-1]["model"])
     model, ck = load_model(files[1], torch.device("cpu"))
-    corpus_ = corpus_from_config(config.parse(args)[0])
+    corpus_ = corpus_from_config(cli.parse(args)[0])
     index = {s: i for i, s in enumerate(ck["subjects"])}
     r = evaluate(model, corpus_.with_part("val"), "val", torch.device("cpu"), index)["r"]
     assert r == pytest.approx(float(rows[1]["val_r"]), abs=1e-5)
@@ -905,7 +906,7 @@ def test_avg_epochs_tests_the_average_of_the_last_epochs_and_resumes_exactly(cor
     assert same_tensors(first, raw_eps[0])  # one epoch: nothing to average yet
     rows = read_log(avg / "ivlaai" / "seed-2" / "log.csv")
     model, ck = load_model(avg / "ivlaai" / "seed-2" / "last.pt", torch.device("cpu"))
-    cfg = config.parse([*common, f"--run_dir={avg}"])[0]
+    cfg = cli.parse([*common, f"--run_dir={avg}"])[0]
     val = corpus_from_config(cfg).with_part("val")
     index = {s: i for i, s in enumerate(ck["subjects"])}
     assert evaluate(model, val, "val", torch.device("cpu"), index)["r"] == pytest.approx(
@@ -937,8 +938,8 @@ def test_select_last_keeps_the_final_epoch_and_ignores_patience(corpus, tmp_path
                 "--avg_epochs=1", f"--run_dir={tmp_path / 'bv'}"])
     bv = tmp_path / "bv" / "ivlaai" / "seed-1"
     assert load(bv / "best.pt")["epoch"] == int(np.argmax(val)) + 1 and len(read_log(bv / "log.csv")) < 4
-    with pytest.raises(config.ConfigError, match="select"):
-        config.parse(["--select=worst"])
+    with pytest.raises(cli.ConfigError, match="select"):
+        cli.parse(["--select=worst"])
 
 
 def test_a_finished_run_with_another_recipe_is_not_passed_off_as_done(corpus, tmp_path):
@@ -996,6 +997,6 @@ def test_time_fold_run_is_scored_on_its_own_held_out_tenth(tmp_path, capsys):
     with pytest.raises(SystemExit, match="config error: --time_fold=4 needs --split=time"):
         train.main(common + ["--time_fold=4", "--split=whole", f"--run_dir={tmp_path / 'whole'}"])
     # a saved config from before time folds (benchmarks/selection.py re-reads old runs) is fold 0
-    old_cfg = dict(config.defaults(), data_dir=str(d), n_chans=N_CHANS)
+    old_cfg = dict(cli.defaults(), data_dir=str(d), n_chans=N_CHANS)
     del old_cfg["time_fold"]
     assert [r.length("test") for r in corpus_from_config(old_cfg).with_part("test")] == [128] * 4

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-import config
+import cli
 import demo_corpus
 import preprocess as pp
 import runs
@@ -228,7 +228,7 @@ def test_a_commit_interrupted_midway_is_finished_by_the_next_run(earlier_output,
 def demo_cfg(tmp_path: Path, subjects: int = 1) -> dict:
     """train.py's config with the default data_dir inside a demo_dir in ``tmp_path``."""
     demo = tmp_path / "xfdata"
-    return dict(config.defaults(), data_dir=str(demo / "split_data"), demo_dir=str(demo), demo_subjects=subjects,
+    return dict(cli.defaults(), data_dir=str(demo / "split_data"), demo_dir=str(demo), demo_subjects=subjects,
                 demo_minutes=0.1, demo_seed=0)
 
 
