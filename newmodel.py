@@ -9,10 +9,10 @@ All models take EEG time-first and return one envelope value per EEG sample:
 (1 sample included); samples outside the recording are taken as zeros.
 
 Models (``build_model`` names):
-    'vlaai'        VLAAI (Accou et al. 2023), exact re-creation, 1,740,289 parameters.
+    'vlaai'        VLAAI (Accou et al. 2023), exact re-creation, 1,740,289 parameters (config.py's default).
     'linear'       RidgeDecoder: ridge backward model over EEG lags 0..400 ms, closed-form fit.
     'linear_conv'  LinearConv: the challenge's Conv1D linear baseline, trained by gradient descent.
-    'ivlaai'       ImprovedVLAAI: the project's network (default).
+    'ivlaai'       ImprovedVLAAI: the project's network, 797,505 parameters.
 
 Receptive field convention, in samples: ``(before, after)`` means that output ``t`` depends on
 input samples ``t - before .. t + after`` and on nothing else.
@@ -31,10 +31,9 @@ from metrics import pearson
 
 __all__ = [
     "VLAAI", "RidgeDecoder", "LinearConv", "ImprovedVLAAI",
-    "build_model", "model_args", "receptive_field", "MODEL_NAMES", "DEFAULT_MODEL",
+    "build_model", "model_args", "receptive_field", "MODEL_NAMES",
 ]
 
-DEFAULT_MODEL = "ivlaai"
 
 _LEAK = 0.3      # Keras LeakyReLU default slope
 _LN_EPS = 1e-3   # Keras LayerNormalization default epsilon

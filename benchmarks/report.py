@@ -96,8 +96,11 @@ def _fold_mean(scores: dict | None, rec: dict, which: str, key: str = "test") ->
 
 
 def model_row(folds: dict, fold_names: list[str], which: str = "all", key: str = "test") -> dict | None:
-    """Mean over the folds' subjects per seed, then mean ± sd over seeds; the seed ensemble; the
-    spread of the folds; training minutes per run. None if a fold lacks a seed or its ensemble."""
+    """Mean over the folds' subjects per seed, then the mean over seeds; the seeds' sd within each
+    fold (one training set, several seeds: the spread a user sees) and its root mean square over
+    the folds; the seed ensemble; the spread of the folds; training minutes per run. None if a
+    fold lacks a seed or its ensemble. (An sd of seeds pooled over folds would average each
+    fold's independent models and shrink with the number of folds.)"""
     if not fold_names or any(folds[f]["ensemble"] is None for f in fold_names):
         return None
     # the seeds of the ensembles, so that the single seeds and their ensemble are the same runs
@@ -105,7 +108,7 @@ def model_row(folds: dict, fold_names: list[str], which: str = "all", key: str =
                                       for f in fold_names)))
     if not seeds:
         return None
-    per_seed = []
+    per_seed, by_fold = [], {f: [] for f in fold_names}
     for s in seeds:
         vals = []
         for f in fold_names:
@@ -113,8 +116,11 @@ def model_row(folds: dict, fold_names: list[str], which: str = "all", key: str =
             block = rec["scores"].get(key)
             if not block:
                 return None
-            vals += list(subject_scores(block, rec, which).values())
+            fold_vals = list(subject_scores(block, rec, which).values())
+            vals += fold_vals
+            by_fold[f].append(float(np.mean(fold_vals)))
         per_seed.append(float(np.mean(vals)))
+    fold_sd = {f: float(np.std(v, ddof=1)) for f, v in by_fold.items()} if len(seeds) > 1 else None
     ens, fold_ens = [], []
     for f in fold_names:
         e = folds[f]["ensemble"]
@@ -127,7 +133,8 @@ def model_row(folds: dict, fold_names: list[str], which: str = "all", key: str =
         fold_ens.append(float(np.mean(vals)))
     minutes = [folds[f]["seeds"][s]["train_s"] / 60 for f in fold_names for s in seeds]
     return {"seeds": seeds, "per_seed": per_seed, "mean": float(np.mean(per_seed)),
-            "sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
+            "sd": float(np.sqrt(np.mean(np.square(list(fold_sd.values()))))) if fold_sd else None,
+            "fold_sd": fold_sd, "fold_seed_range": {f: (min(v), max(v)) for f, v in by_fold.items()},
             "ensemble": float(np.mean(ens)), "fold_ensemble": dict(zip(fold_names, fold_ens, strict=True)),
             "minutes_per_run": float(np.mean(minutes)), "n_folds": len(fold_names)}
 
@@ -136,6 +143,11 @@ def common_folds(by_label: dict, labels) -> list[str]:
     """The folds every one of ``labels`` has finished (seeds and ensemble), sorted."""
     have = [set(f for f, v in by_label.get(lab, {}).items() if v["seeds"] and v["ensemble"]) for lab in labels]
     return sorted(set.intersection(*have)) if have else []
+
+
+def _fold_sd(row: dict, fold: str) -> str:
+    sd = (row.get("fold_sd") or {}).get(fold)
+    return "" if sd is None or sd < 1e-9 else f" ± {sd:.3f}"
 
 
 def _cell(row: dict | None, digits: int = 3) -> str:
@@ -168,8 +180,9 @@ def summary_table(idx: dict) -> str:
         lines.append(f"| {text} ({len(folds)}/{FOLDS[proto]}) | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return "No records yet: run `benchmarks/record_runs.sh`."
-    return "\n".join(lines) + ("\n\nEach cell: mean over listeners, then mean ± sd over 3 seeds (the ensemble of the "
-                               "seeds in brackets).")
+    return "\n".join(lines) + ("\n\nEach cell: mean over listeners and folds, averaged over 3 seeds ± the seeds' sd "
+                               "within a fold (root mean square over the folds), and the ensemble of the seeds in "
+                               "brackets.")
 
 
 def protocol_table(idx: dict, proto: str) -> str:
@@ -192,11 +205,13 @@ def protocol_table(idx: dict, proto: str) -> str:
         rows[m] = [model_row(by_label[m], folds, w, k) for w, k in whiches]
         first = rows[m][0]
         lines.append(f"| {MODELS[m]} | " + " | ".join(_cell(r) for r in rows[m]) + " | "
-                     + " | ".join(f"{first['fold_ensemble'][f]:.3f}" for f in folds)
+                     + " | ".join(f"{first['fold_ensemble'][f]:.3f}" + _fold_sd(first, f) for f in folds)
                      + f" | {first['minutes_per_run']:.1f} |")
     notes = [f"Folds: {', '.join(folds)} ({len(folds)} of {FOLDS[proto]}); per-fold columns: the ensemble's "
-             f"{names[whiches[0]]}." + (" One fold's test speech is a single 5 s stretch, so the folds' spread is "
-                                         "the error bar that counts." if proto == "speechcv" else "")]
+             f"{names[whiches[0]]} (± the single seeds' sd on that fold). \"± sd\": the seeds' sd within a fold, "
+             "root mean square over the folds."
+             + (" One fold's test speech is a single 5 s stretch, so the folds' spread is the error bar that counts."
+                if proto == "speechcv" else "")]
     if "ivlaai" in rows and "vlaai" in rows and len(folds) > 1:
         d = [rows["ivlaai"][0]["fold_ensemble"][f] - rows["vlaai"][0]["fold_ensemble"][f] for f in folds]
         notes.append(f"ivlaai − VLAAI per fold (ensembles, {names[whiches[0]]}): {np.mean(d):+.3f} ± "
@@ -282,28 +297,32 @@ PROTOCOL_NAMES = {"heldout": "held-out listeners (50 s trials)", "speechcv": "sp
                   "transfer": "the SparrKULee sample"}
 
 
-def seeds_short(idx: dict) -> str:
-    """For the README: ivlaai's single seeds against their ensemble, per protocol, and the
-    ensemble's growth with more seeds."""
+def seeds_short(idx: dict, model: str | None = None) -> str:
+    """For the README: the default model's single seeds against their ensemble, per protocol, and
+    the ensemble's growth with more seeds (where a growth record exists, of any network)."""
+    model = model or cli.defaults()["model"]
     lines = []
     for proto, which in (("heldout", "all"), ("speechcv", "new"), ("transfer", "all")):
         by_label = idx.get(proto, {})
         folds = common_folds(by_label, [m for m in MODELS if m in by_label])
-        row = model_row(by_label["ivlaai"], folds, which) if folds and "ivlaai" in by_label else None
+        row = model_row(by_label[model], folds, which) if folds and model in by_label else None
         if row is None or len(row["per_seed"]) < 2:
             continue
-        lines.append(f"- {PROTOCOL_NAMES[proto]}, {row['n_folds']} fold(s): single seeds "
-                     f"{min(row['per_seed']):.3f}-{max(row['per_seed']):.3f} (sd {row['sd']:.3f}), their ensemble "
-                     f"**{row['ensemble']:.3f}** ({row['ensemble'] - row['mean']:+.3f} over the seeds' mean)")
-    for fold, v in sorted(idx.get("heldout", {}).get("ivlaai", {}).items()):
-        e = v["growth"]
-        if e:
-            ks = sorted(e["growth"], key=int)
-            lines.append(f"- held-out {fold}, ensemble of the first k seeds: "
-                         + ", ".join(f"k={k} {e['growth'][k]['r']:.3f}" for k in ks))
+        ranges = "; ".join(f"{lo:.3f}-{hi:.3f}" for lo, hi in row["fold_seed_range"].values())
+        lines.append(f"- {PROTOCOL_NAMES[proto]}, {row['n_folds']} fold(s): single seeds {ranges} "
+                     f"(sd {row['sd']:.3f} within a fold), the ensemble of 3 **{row['ensemble']:.3f}** "
+                     f"({row['ensemble'] - row['mean']:+.3f} over the seeds' mean)")
+    for label in MODELS:
+        for fold, v in sorted(idx.get("heldout", {}).get(label, {}).items()):
+            e = v["growth"]
+            if e:
+                ks = sorted(e["growth"], key=int)
+                lines.append(f"- {MODELS[label]} on held-out {fold}, ensemble of the first k seeds: "
+                             + ", ".join(f"k={k} {e['growth'][k]['r']:.3f}" for k in ks))
     if not lines:
         return "(no records yet: run `benchmarks/record_runs.sh`)"
-    return "ivlaai, default recipe ([records](docs/results.md#benchmark-records)):\n\n" + "\n".join(lines)
+    return (f"{MODELS.get(model, model)} (the default model), default recipe "
+            "([records](docs/results.md#benchmark-records)):\n\n" + "\n".join(lines))
 
 
 def provenance(records: list[dict]) -> str:

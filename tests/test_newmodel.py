@@ -10,7 +10,6 @@ import config
 import newmodel
 from metrics import paired_differences, pearson, pearson_loss
 from newmodel import (
-    DEFAULT_MODEL,
     VLAAI,
     ImprovedVLAAI,
     LinearConv,
@@ -98,7 +97,7 @@ def test_build_model_ignores_unrelated_keys_and_reads_its_own():
     assert isinstance(build_model("linear", **cfg), RidgeDecoder)
     assert isinstance(build_model("linear_conv", **cfg), LinearConv)
     assert build_model("linear", linear_lags=10).weight.shape == (1, 64, 10)
-    assert DEFAULT_MODEL == "ivlaai" and isinstance(build_model(DEFAULT_MODEL), ImprovedVLAAI)
+    assert cli.defaults()["model"] == "vlaai" and isinstance(build_model(cli.defaults()["model"]), VLAAI)
     assert RidgeDecoder.closed_form is True
 
 

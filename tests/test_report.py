@@ -131,3 +131,19 @@ def test_tables_compare_seeds_1_to_3_and_growth_reads_the_larger_ensemble(tmp_pa
     row = report.model_row(idx["heldout"]["ivlaai"], ["f"])
     assert row["seeds"] == [1, 2, 3] and row["ensemble"] == pytest.approx(0.25)
     assert "| 0.1000 | 0.3500 |" in report.seed_study(idx)
+
+
+def test_the_seed_sd_is_within_a_fold_not_of_seeds_pooled_over_folds(tmp_path):
+    """Seed 1 is the best on one fold and the worst on the other: pooled over the folds the seeds
+    tie (sd 0), but a user training on either fold sees seeds 0.1 apart. The table shows that."""
+    rec = tmp_path / "results"
+    for fold, subj, scores in (("fold1-S1-S1", "S1", (0.3, 0.2, 0.1)), ("fold2-S2-S2", "S2", (0.1, 0.2, 0.3))):
+        for seed, r in zip((1, 2, 3), scores, strict=True):
+            write_record(rec, "heldout", fold, "ivlaai", seed, {subj: r})
+        write_record(rec, "heldout", fold, "ivlaai", [1, 2, 3], {subj: 0.25})
+    idx = report.index(report.load_records(rec))
+    row = report.model_row(idx["heldout"]["ivlaai"], ["fold1-S1-S1", "fold2-S2-S2"])
+    assert row["per_seed"] == pytest.approx([0.2, 0.2, 0.2])
+    assert row["fold_sd"] == pytest.approx({"fold1-S1-S1": 0.1, "fold2-S2-S2": 0.1})
+    assert row["sd"] == pytest.approx(0.1)
+    assert "0.250 ± 0.100" in report.protocol_table(idx, "heldout")
