@@ -3,8 +3,8 @@ recorded on: a change that moves the numbers (a kernel, a random stream, the dem
 here and must be meant, and then the digests are recorded again.
 
 Reference: `python train.py --run_dir=R --model=linear --epochs=2 --threads=1`, then the same with
---model=ivlaai, on the default demo corpus. Weights depend on the CPU's instruction set and the
-torch build, so another machine skips with that reason."""
+--model=vlaai (the default) and --model=ivlaai, on the default demo corpus. Weights depend on the
+CPU's instruction set and the torch build, so another machine skips with that reason."""
 from __future__ import annotations
 
 import hashlib
@@ -18,13 +18,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # (machine, digests recorded there). The closed-form ridge gives the same weights on both; ivlaai's
-# random streams changed (data_seed) after host C's digest was taken, so only the AMD host has it.
+# random streams changed (data_seed) after host C's digest was taken, so only the AMD host has it and
+# VLAAI's (recorded when it became the default).
 _INTEL_C = {"torch": "2.13.0+cpu", "cpu": "Intel(R) Xeon(R) Processor", "avx512f": True, "machine": "x86_64"}
 _AMD_EPYC = {"torch": "2.13.0+cpu", "cpu": "AMD EPYC", "avx512f": True, "machine": "x86_64"}
 REFERENCES = [
     (_INTEL_C, {"linear": "e4d3578cdf55e87b2ac98f312296f33f05cdc5365cdb412d3348f7f6cbb32643"}),
     (_AMD_EPYC, {"linear": "e4d3578cdf55e87b2ac98f312296f33f05cdc5365cdb412d3348f7f6cbb32643",
-                 "ivlaai": "298783c728e7ed17db512c2ab08958e92b114264886f77bfb072938f4a5ad3bd"}),
+                 "ivlaai": "298783c728e7ed17db512c2ab08958e92b114264886f77bfb072938f4a5ad3bd",
+                 "vlaai": "cfa6927623a589e01f662b648aad055391ae3fdb10c4d267c5bfb8c075267ef4"}),
 ]
 
 
@@ -46,7 +48,7 @@ def weights_digest(path: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["linear", "ivlaai"])
+@pytest.mark.parametrize("model", ["linear", "vlaai", "ivlaai"])
 def test_fixed_seed_weights_unchanged(model, tmp_path):
     digests = next((d for machine, d in REFERENCES if machine == this_machine()), {})
     if model not in digests:
