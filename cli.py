@@ -208,7 +208,8 @@ def _program_keys(program: str | None, extra: dict | None) -> tuple[dict, dict]:
     if program is not None and program not in PROGRAMS:
         raise ValueError(f"unknown program {program!r}; known: {', '.join(PROGRAMS)}")
     base = defaults(program) if program else {}
-    specs = {k: declared()[k] for k in base}
+    keys = declared()
+    specs = {k: keys[k] for k in base}
     for key, (default, _comment, *given) in (extra or {}).items():
         base[key], specs[key] = default, _extra_key(default, given)
     return base, specs

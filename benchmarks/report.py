@@ -310,8 +310,8 @@ def seeds_short(idx: dict, model: str | None = None) -> str:
             continue
         ranges = "; ".join(f"{lo:.3f}-{hi:.3f}" for lo, hi in row["fold_seed_range"].values())
         lines.append(f"- {PROTOCOL_NAMES[proto]}, {row['n_folds']} fold(s): single seeds {ranges} "
-                     f"(sd {row['sd']:.3f} within a fold), the ensemble of 3 **{row['ensemble']:.3f}** "
-                     f"({row['ensemble'] - row['mean']:+.3f} over the seeds' mean)")
+                     f"(sd {row['sd']:.3f} within a fold), the ensemble of {len(row['seeds'])} "
+                     f"**{row['ensemble']:.3f}** ({row['ensemble'] - row['mean']:+.3f} over the seeds' mean)")
     for label in MODELS:
         for fold, v in sorted(idx.get("heldout", {}).get(label, {}).items()):
             e = v["growth"]
