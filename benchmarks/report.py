@@ -308,8 +308,9 @@ def seeds_short(idx: dict, model: str | None = None) -> str:
         row = model_row(by_label[model], folds, which) if folds and model in by_label else None
         if row is None or len(row["per_seed"]) < 2:
             continue
-        ranges = "; ".join(f"{lo:.3f}-{hi:.3f}" for lo, hi in row["fold_seed_range"].values())
-        lines.append(f"- {PROTOCOL_NAMES[proto]}, {row['n_folds']} fold(s): single seeds {ranges} "
+        # "to", not "-": a range may start below zero
+        ranges = "; ".join(f"{fold} {lo:.3f} to {hi:.3f}" for fold, (lo, hi) in row["fold_seed_range"].items())
+        lines.append(f"- {PROTOCOL_NAMES[proto]}, {row['n_folds']} fold(s), single seeds per fold: {ranges} "
                      f"(sd {row['sd']:.3f} within a fold), the ensemble of {len(row['seeds'])} "
                      f"**{row['ensemble']:.3f}** ({row['ensemble'] - row['mean']:+.3f} over the seeds' mean)")
     for label in MODELS:

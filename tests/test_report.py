@@ -147,3 +147,13 @@ def test_the_seed_sd_is_within_a_fold_not_of_seeds_pooled_over_folds(tmp_path):
     assert row["fold_sd"] == pytest.approx({"fold1-S1-S1": 0.1, "fold2-S2-S2": 0.1})
     assert row["sd"] == pytest.approx(0.1)
     assert "0.250 ± 0.100" in report.protocol_table(idx, "heldout")
+
+
+def test_the_readme_seed_lines_name_each_fold_and_read_negative_ranges(tmp_path):
+    rec = tmp_path / "results"
+    for fold, subj, scores in (("fold1-S1-S1", "S1", (-0.04, 0.01, 0.05)), ("fold2-S2-S2", "S2", (0.1, 0.2, 0.3))):
+        for seed, r in zip((1, 2, 3), scores, strict=True):
+            write_record(rec, "heldout", fold, "vlaai", seed, {subj: r})
+        write_record(rec, "heldout", fold, "vlaai", [1, 2, 3], {subj: 0.25})
+    text = report.seeds_short(report.index(report.load_records(rec)), "vlaai")
+    assert "fold1-S1-S1 -0.040 to 0.050; fold2-S2-S2 0.100 to 0.300" in text
