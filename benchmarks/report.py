@@ -30,7 +30,7 @@ OPTIONS = {
 }
 MODELS = {"linear": "ridge", "vlaai": "VLAAI", "ivlaai": "ivlaai"}  # label -> column name, in table order
 FOLDS = {"heldout": 4, "speechcv": 4, "transfer": 1}  # folds a complete protocol has
-GRID = "ivlaai-data"  # seed-study labels: ivlaai-data<J>, trained with --data_seed=J
+GRID = "-data"  # seed-study labels: MODEL-data<J>, trained with --data_seed=J
 
 
 class ReportError(ValueError):
@@ -225,67 +225,96 @@ def _seed_fold_r(folds: dict, seed: int) -> float:
     return float(rec["scores"]["test"]["r"])
 
 
-def seed_study(idx: dict) -> str:
-    """The 3 x 3 grid of initial-weights seed x data seed, and the ensemble's growth with seeds."""
-    heldout = idx.get("heldout", {})
-    grid_labels = sorted(k for k in heldout if k.startswith(GRID))
-    out = []
-    cells = {}
-    for lab in grid_labels:
-        j = int(lab[len(GRID):])
+def _data_seed(rec: dict) -> int:
+    """The data seed a seed record trained with (data_seed None or absent: the seed itself)."""
+    d = rec.get("data_seed")
+    return int(rec["seed"]) if d is None else int(d)
+
+
+def _grid_cells(heldout: dict, model: str) -> tuple[dict, list, dict]:
+    """{(fold, seed, data_seed): r} from the labels MODEL-data<J>; a cell they lack with data_seed =
+    seed is the plain run of that seed (returned apart too). Also the differences where both ran a
+    diagonal cell."""
+    prefix = f"{model}{GRID}"
+    cells, grid_diag = {}, {}
+    for lab in sorted(k for k in heldout if k.startswith(prefix) and k[len(prefix):].isdigit()):
+        j = int(lab[len(prefix):])
         for fold, v in heldout[lab].items():
             for i, rec in v["seeds"].items():
                 cells[(fold, i, j)] = float(rec["scores"]["test"]["r"])
-    fold_names = sorted({f for f, _, _ in cells})
-    for fold in fold_names:
-        inits = sorted({i for f, i, _ in cells if f == fold})
-        datas = sorted({j for f, _, j in cells if f == fold})
-        if len(inits) < 2 or len(datas) < 2 or any((fold, i, j) not in cells for i in inits for j in datas):
-            out.append(f"Seed grid on {fold}: incomplete, {sum(f == fold for f, _, _ in cells)} runs so far (seeds "
-                       f"{inits} x data seeds {datas}; the grid needs at least 2 of each, every pair run).")
-            continue
-        r = np.array([[cells[(fold, i, j)] for j in datas] for i in inits])
-        m = r.mean()
-        ss_init = len(datas) * float(((r.mean(1) - m) ** 2).sum())
-        ss_data = len(inits) * float(((r.mean(0) - m) ** 2).sum())
-        ss_total = float(((r - m) ** 2).sum())
-        ss_rest = ss_total - ss_init - ss_data
-        out += [f"Seed grid on held-out {fold}: trial r of each run (mean over the 3 listeners); rows: seed (initial "
-                "weights), columns: data_seed (window order and dropout masks).", "",
-                "| seed \\ data_seed | " + " | ".join(map(str, datas)) + " | row mean |",
-                "|---" * (len(datas) + 2) + "|"]
-        for a, i in enumerate(inits):
-            out.append(f"| {i} | " + " | ".join(f"{x:.4f}" for x in r[a]) + f" | {r[a].mean():.4f} |")
-        out.append("| column mean | " + " | ".join(f"{x:.4f}" for x in r.mean(0)) + f" | {m:.4f} |")
-        df_i, df_d = len(inits) - 1, len(datas) - 1
-        df_r = df_i * df_d
-        ms_r = ss_rest / df_r if df_r else float("nan")
-        f_i = (ss_init / df_i) / ms_r if ms_r > 0 else float("nan")
-        f_d = (ss_data / df_d) / ms_r if ms_r > 0 else float("nan")
-        from scipy.stats import f as f_dist
+    diffs = []
+    for fold in sorted({f for f, _, _ in cells}):
+        in_grid = {i for f, i, _ in cells if f == fold} | {j for f, _, j in cells if f == fold}
+        for i, rec in heldout.get(model, {}).get(fold, {}).get("seeds", {}).items():
+            if _data_seed(rec) != i or i not in in_grid:
+                continue
+            r = float(rec["scores"]["test"]["r"])
+            if (fold, i, i) in cells:
+                diffs.append(abs(cells[(fold, i, i)] - r))
+            else:
+                grid_diag[(fold, i, i)] = r
+    cells.update(grid_diag)
+    return cells, diffs, grid_diag
 
-        p_i, p_d = float(f_dist.sf(f_i, df_i, df_r)), float(f_dist.sf(f_d, df_d, df_r))
-        out += ["", f"Sum of squares around the grand mean (sd of all {r.size} runs {r.std(ddof=1):.4f}): initial "
-                f"weights {100 * ss_init / ss_total:.0f} % (F = {f_i:.2f}, p = {p_i:.2f}), window order and dropout "
-                f"{100 * ss_data / ss_total:.0f} % (F = {f_d:.2f}, p = {p_d:.2f}), interaction and rest "
-                f"{100 * ss_rest / ss_total:.0f} % (two-way analysis of variance without replication)."]
-        diag = []
-        plain = heldout.get("ivlaai", {}).get(fold, {}).get("seeds", {})
-        for i in inits:
-            if i in datas and i in plain:
-                diag.append(abs(cells[(fold, i, i)] - float(plain[i]["scores"]["test"]["r"])))
-        if diag:
-            out.append(f"The cells with data_seed = seed repeat the plain ivlaai runs of that seed: largest "
-                       f"difference {max(diag):.1e} over {len(diag)} runs.")
-        out.append("")
-    growth_lines = []
-    for fold, v in sorted(heldout.get("ivlaai", {}).items()):
-        e = v["growth"]
-        if e:
+
+def _grid_table(model: str, fold: str, cells: dict, diffs: list, plain: dict) -> list[str]:
+    inits = sorted({i for f, i, _ in cells if f == fold})
+    datas = sorted({j for f, _, j in cells if f == fold})
+    if len(inits) < 2 or len(datas) < 2 or any((fold, i, j) not in cells for i in inits for j in datas):
+        return [f"{MODELS[model]} seed grid on {fold}: incomplete, {sum(f == fold for f, _, _ in cells)} runs so far "
+                f"(seeds {inits} x data seeds {datas}; the grid needs at least 2 of each, every pair run).", ""]
+    r = np.array([[cells[(fold, i, j)] for j in datas] for i in inits])
+    m = r.mean()
+    ss_init = len(datas) * float(((r.mean(1) - m) ** 2).sum())
+    ss_data = len(inits) * float(((r.mean(0) - m) ** 2).sum())
+    ss_total = float(((r - m) ** 2).sum())
+    ss_rest = ss_total - ss_init - ss_data
+    data_what = "window order and dropout masks" if model == "ivlaai" else "window order"
+    out = [f"{MODELS[model]} seed grid on held-out {fold}: trial r of each run (mean over the 3 listeners); rows: "
+           f"seed (initial weights), columns: data_seed ({data_what}).", "",
+           "| seed \\ data_seed | " + " | ".join(map(str, datas)) + " | row mean |",
+           "|---" * (len(datas) + 2) + "|"]
+    for a, i in enumerate(inits):
+        out.append(f"| {i} | " + " | ".join(f"{x:.4f}" for x in r[a]) + f" | {r[a].mean():.4f} |")
+    out.append("| column mean | " + " | ".join(f"{x:.4f}" for x in r.mean(0)) + f" | {m:.4f} |")
+    df_i, df_d = len(inits) - 1, len(datas) - 1
+    df_r = df_i * df_d
+    ms_r = ss_rest / df_r if df_r else float("nan")
+    f_i = (ss_init / df_i) / ms_r if ms_r > 0 else float("nan")
+    f_d = (ss_data / df_d) / ms_r if ms_r > 0 else float("nan")
+    from scipy.stats import f as f_dist
+
+    p_i, p_d = float(f_dist.sf(f_i, df_i, df_r)), float(f_dist.sf(f_d, df_d, df_r))
+    out += ["", f"Sum of squares around the grand mean (sd of all {r.size} runs {r.std(ddof=1):.4f}): initial "
+            f"weights {100 * ss_init / ss_total:.0f} % (F = {f_i:.2f}, p = {p_i:.2f}), {data_what} "
+            f"{100 * ss_data / ss_total:.0f} % (F = {f_d:.2f}, p = {p_d:.2f}), interaction and rest "
+            f"{100 * ss_rest / ss_total:.0f} % (two-way analysis of variance without replication)."]
+    if diffs:
+        out.append(f"The cells with data_seed = seed repeat the plain {MODELS[model]} runs of that seed: largest "
+                   f"difference {max(diffs):.1e} over {len(diffs)} runs.")
+    if any(f == fold for f, _, _ in plain):
+        out.append(f"The cells with data_seed = seed are the plain {MODELS[model]} runs of that seed.")
+    return out + [""]
+
+
+def seed_study(idx: dict) -> str:
+    """Per network, the grid of initial-weights seed x data seed (labels MODEL-data<J>, the diagonal
+    may be the plain runs), and the ensemble's growth with seeds."""
+    heldout = idx.get("heldout", {})
+    out, growth_lines = [], []
+    for model in MODELS:
+        cells, diffs, plain = _grid_cells(heldout, model)
+        for fold in sorted({f for f, _, _ in cells}):
+            out += _grid_table(model, fold, cells, diffs, plain)
+    for model in MODELS:
+        for fold, v in sorted(heldout.get(model, {}).items()):
+            e = v["growth"]
+            if not e:
+                continue
             ks = sorted(e["growth"], key=int)
             singles = [float(v["seeds"][s]["scores"]["test"]["r"]) for s in e["seeds"] if s in v["seeds"]]
-            growth_lines += [f"ivlaai on held-out {fold}, trial r of the ensemble of the first k seeds (single seeds: "
-                             f"{', '.join(f'{x:.4f}' for x in singles)}; mean {np.mean(singles):.4f}, "
+            growth_lines += [f"{MODELS[model]} on held-out {fold}, trial r of the ensemble of the first k seeds "
+                             f"(single seeds: {', '.join(f'{x:.4f}' for x in singles)}; mean {np.mean(singles):.4f}, "
                              f"sd {np.std(singles, ddof=1):.4f}):", "",
                              "| seeds k | " + " | ".join(ks) + " |", "|---" * (len(ks) + 1) + "|",
                              "| ensemble r | " + " | ".join(f"{e['growth'][k]['r']:.4f}" for k in ks) + " |", ""]

@@ -82,7 +82,7 @@ def test_seed_grid_splits_the_spread_into_its_sources(tmp_path):
         write_record(rec, "heldout", "fold4-S10-S12", f"ivlaai-data{j}", [1, 2, 3], {"S10": 0.15})
     text = report.seed_study(report.index(report.load_records(rec)))
     assert "initial weights 100 %" in text or "initial weights 99 %" in text
-    assert "window order and dropout 0 %" in text or "window order and dropout 1 %" in text
+    assert "window order and dropout masks 0 %" in text or "window order and dropout masks 1 %" in text
 
 
 def test_render_replaces_only_marked_blocks_and_checks_markers(tmp_path):
@@ -157,3 +157,20 @@ def test_the_readme_seed_lines_name_each_fold_and_read_negative_ranges(tmp_path)
         write_record(rec, "heldout", fold, "vlaai", [1, 2, 3], {subj: 0.25})
     text = report.seeds_short(report.index(report.load_records(rec)), "vlaai")
     assert "fold1-S1-S1 -0.040 to 0.050; fold2-S2-S2 0.100 to 0.300" in text
+
+
+def test_a_seed_grid_may_take_its_diagonal_from_the_plain_runs(tmp_path):
+    """VLAAI's grid runs only data_seed != seed; the cells data_seed = seed are the plain runs of
+    those seeds, and plain seeds outside the grid (growth runs) stay out of it."""
+    rec = tmp_path / "results"
+    for i in (1, 2, 3, 4, 5):
+        write_record(rec, "heldout", "f", "vlaai", i, {"S10": 0.1 + 0.01 * i})
+    for j in (1, 2, 3):
+        others = [i for i in (1, 2, 3) if i != j]
+        for i in others:
+            write_record(rec, "heldout", "f", f"vlaai-data{j}", i, {"S10": 0.1 + 0.01 * i + 0.001 * j}, data_seed=j)
+        write_record(rec, "heldout", "f", f"vlaai-data{j}", others, {"S10": 0.15})
+    text = report.seed_study(report.index(report.load_records(rec)))
+    assert "| 2 | 0.1210 | 0.1200 | 0.1230 | " in text  # (2, 2) from the plain seed-2 run
+    assert "data seeds [1, 2, 3]" not in text and "are the plain VLAAI runs" in text
+    assert "columns: data_seed (window order)" in text
