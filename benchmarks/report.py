@@ -220,31 +220,26 @@ def protocol_table(idx: dict, proto: str) -> str:
     return "\n".join(lines) + "\n\n" + " ".join(notes)
 
 
-def _seed_fold_r(folds: dict, seed: int) -> float:
-    rec = next(iter(folds.values()))["seeds"][seed]
-    return float(rec["scores"]["test"]["r"])
-
-
 def _data_seed(rec: dict) -> int:
     """The data seed a seed record trained with (data_seed None or absent: the seed itself)."""
     d = rec.get("data_seed")
     return int(rec["seed"]) if d is None else int(d)
 
 
-def _grid_cells(heldout: dict, model: str) -> tuple[dict, list, dict]:
-    """{(fold, seed, data_seed): r} from the labels MODEL-data<J>; a cell they lack with data_seed =
-    seed is the plain run of that seed (returned apart too). Also the differences where both ran a
-    diagonal cell."""
+def _grid_cells(heldout: dict, model: str) -> tuple[dict, dict]:
+    """{(fold, seed, data_seed): r} from the labels MODEL-data<J>, and per fold a sentence on its
+    diagonal: a cell the grid lacks with data_seed = seed is the plain run of that seed; where
+    both ran it, how far they differ."""
     prefix = f"{model}{GRID}"
-    cells, grid_diag = {}, {}
+    cells, notes = {}, {}
     for lab in sorted(k for k in heldout if k.startswith(prefix) and k[len(prefix):].isdigit()):
         j = int(lab[len(prefix):])
         for fold, v in heldout[lab].items():
             for i, rec in v["seeds"].items():
                 cells[(fold, i, j)] = float(rec["scores"]["test"]["r"])
-    diffs = []
     for fold in sorted({f for f, _, _ in cells}):
         in_grid = {i for f, i, _ in cells if f == fold} | {j for f, _, j in cells if f == fold}
+        diffs, filled = [], 0
         for i, rec in heldout.get(model, {}).get(fold, {}).get("seeds", {}).items():
             if _data_seed(rec) != i or i not in in_grid:
                 continue
@@ -252,12 +247,15 @@ def _grid_cells(heldout: dict, model: str) -> tuple[dict, list, dict]:
             if (fold, i, i) in cells:
                 diffs.append(abs(cells[(fold, i, i)] - r))
             else:
-                grid_diag[(fold, i, i)] = r
-    cells.update(grid_diag)
-    return cells, diffs, grid_diag
+                cells[(fold, i, i)], filled = r, filled + 1
+        notes[fold] = " ".join(
+            ([f"The cells with data_seed = seed repeat the plain {MODELS[model]} runs of that seed: largest "
+              f"difference {max(diffs):.1e} over {len(diffs)} runs."] if diffs else [])
+            + ([f"The cells with data_seed = seed are the plain {MODELS[model]} runs of that seed."] if filled else []))
+    return cells, notes
 
 
-def _grid_table(model: str, fold: str, cells: dict, diffs: list, plain: dict) -> list[str]:
+def _grid_table(model: str, fold: str, cells: dict, note: str) -> list[str]:
     inits = sorted({i for f, i, _ in cells if f == fold})
     datas = sorted({j for f, _, j in cells if f == fold})
     if len(inits) < 2 or len(datas) < 2 or any((fold, i, j) not in cells for i in inits for j in datas):
@@ -289,12 +287,17 @@ def _grid_table(model: str, fold: str, cells: dict, diffs: list, plain: dict) ->
             f"weights {100 * ss_init / ss_total:.0f} % (F = {f_i:.2f}, p = {p_i:.2f}), {data_what} "
             f"{100 * ss_data / ss_total:.0f} % (F = {f_d:.2f}, p = {p_d:.2f}), interaction and rest "
             f"{100 * ss_rest / ss_total:.0f} % (two-way analysis of variance without replication)."]
-    if diffs:
-        out.append(f"The cells with data_seed = seed repeat the plain {MODELS[model]} runs of that seed: largest "
-                   f"difference {max(diffs):.1e} over {len(diffs)} runs.")
-    if any(f == fold for f, _, _ in plain):
-        out.append(f"The cells with data_seed = seed are the plain {MODELS[model]} runs of that seed.")
+    if note:
+        out.append(note)
     return out + [""]
+
+
+def _growths(heldout: dict):
+    """(model, fold, its index entry, the k's) of every record of an ensemble's growth with seeds."""
+    for model in MODELS:
+        for fold, v in sorted(heldout.get(model, {}).items()):
+            if v["growth"]:
+                yield model, fold, v, sorted(v["growth"]["growth"], key=int)
 
 
 def seed_study(idx: dict) -> str:
@@ -303,21 +306,17 @@ def seed_study(idx: dict) -> str:
     heldout = idx.get("heldout", {})
     out, growth_lines = [], []
     for model in MODELS:
-        cells, diffs, plain = _grid_cells(heldout, model)
-        for fold in sorted({f for f, _, _ in cells}):
-            out += _grid_table(model, fold, cells, diffs, plain)
-    for model in MODELS:
-        for fold, v in sorted(heldout.get(model, {}).items()):
-            e = v["growth"]
-            if not e:
-                continue
-            ks = sorted(e["growth"], key=int)
-            singles = [float(v["seeds"][s]["scores"]["test"]["r"]) for s in e["seeds"] if s in v["seeds"]]
-            growth_lines += [f"{MODELS[model]} on held-out {fold}, trial r of the ensemble of the first k seeds "
-                             f"(single seeds: {', '.join(f'{x:.4f}' for x in singles)}; mean {np.mean(singles):.4f}, "
-                             f"sd {np.std(singles, ddof=1):.4f}):", "",
-                             "| seeds k | " + " | ".join(ks) + " |", "|---" * (len(ks) + 1) + "|",
-                             "| ensemble r | " + " | ".join(f"{e['growth'][k]['r']:.4f}" for k in ks) + " |", ""]
+        cells, notes = _grid_cells(heldout, model)
+        for fold in sorted(notes):
+            out += _grid_table(model, fold, cells, notes[fold])
+    for model, fold, v, ks in _growths(heldout):
+        e = v["growth"]
+        singles = [float(v["seeds"][s]["scores"]["test"]["r"]) for s in e["seeds"] if s in v["seeds"]]
+        growth_lines += [f"{MODELS[model]} on held-out {fold}, trial r of the ensemble of the first k seeds "
+                         f"(single seeds: {', '.join(f'{x:.4f}' for x in singles)}; mean {np.mean(singles):.4f}, "
+                         f"sd {np.std(singles, ddof=1):.4f}):", "",
+                         "| seeds k | " + " | ".join(ks) + " |", "|---" * (len(ks) + 1) + "|",
+                         "| ensemble r | " + " | ".join(f"{e['growth'][k]['r']:.4f}" for k in ks) + " |", ""]
     text = "\n".join(out + growth_lines).strip()
     return text or "No records yet."
 
@@ -342,13 +341,9 @@ def seeds_short(idx: dict, model: str | None = None) -> str:
         lines.append(f"- {PROTOCOL_NAMES[proto]}, {row['n_folds']} fold(s), single seeds per fold: {ranges} "
                      f"(sd {row['sd']:.3f} within a fold), the ensemble of {len(row['seeds'])} "
                      f"**{row['ensemble']:.3f}** ({row['ensemble'] - row['mean']:+.3f} over the seeds' mean)")
-    for label in MODELS:
-        for fold, v in sorted(idx.get("heldout", {}).get(label, {}).items()):
-            e = v["growth"]
-            if e:
-                ks = sorted(e["growth"], key=int)
-                lines.append(f"- {MODELS[label]} on held-out {fold}, ensemble of the first k seeds: "
-                             + ", ".join(f"k={k} {e['growth'][k]['r']:.3f}" for k in ks))
+    for label, fold, v, ks in _growths(idx.get("heldout", {})):
+        lines.append(f"- {MODELS[label]} on held-out {fold}, ensemble of the first k seeds: "
+                     + ", ".join(f"k={k} {v['growth']['growth'][k]['r']:.3f}" for k in ks))
     if not lines:
         return "(no records yet: run `benchmarks/record_runs.sh`)"
     return (f"{MODELS.get(model, model)} (the default model), default recipe "
